@@ -1,0 +1,28 @@
+"""The errors users see: each one's message is a complete sentence naming what and where."""
+
+
+class ShardrunError(Exception):
+    """Base of every error the CLI turns into a one-line `Error: ...` and a non-zero exit."""
+
+
+class ConfigError(ShardrunError):
+    """A job file, platform file or profile with one or more problems, all reported at once."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        lines = [f"{source}: {len(self.problems)} {noun}:"] + [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class DatasetError(ShardrunError):
+    """The dataset cannot be used at all (missing folder, no usable image)."""
+
+
+class PlanError(ShardrunError):
+    """The job cannot be planned as described (not enough space, changed dataset, ...)."""
+
+
+class LedgerError(ShardrunError):
+    """The ledger or journal is unreadable or inconsistent."""
