@@ -1,0 +1,60 @@
+"""Stores by URL scheme: `local:///path`, `memory://name` (and `drive://<folder-id>` later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+
+from shardrun.storage.base import (
+    IntegrityError,
+    InvalidKey,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    Stat,
+    Store,
+    StoreError,
+    TransientError,
+    Usage,
+)
+
+SCHEMES = ("local", "memory")
+
+__all__ = [
+    "IntegrityError", "InvalidKey", "NotFound", "PermissionDenied", "QuotaExceeded", "Stat",
+    "Store", "StoreError", "TransientError", "Usage", "SCHEMES", "open_store", "split_url",
+]
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Returns (scheme, rest) of a store URL, or raises StoreError naming the URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise StoreError(f"store URL {url!r} has no scheme; expected one of: "
+                         + ", ".join(f"{s}://..." for s in SCHEMES))
+    if scheme not in SCHEMES:
+        raise StoreError(f"store URL {url!r} has unknown scheme {scheme!r}; expected one of: "
+                         + ", ".join(SCHEMES))
+    if not rest:
+        raise StoreError(f"store URL {url!r} names no location after '{scheme}://'")
+    return scheme, rest
+
+
+def local_root(rest: str, base_dir: Path | None) -> Path:
+    """Returns the folder a `local://` URL names; relative ones are relative to `base_dir`."""
+    path = Path(unquote(rest)).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    return path
+
+
+def open_store(url: str, quota_bytes: int | None = None, base_dir: Path | None = None) -> Store:
+    """Returns the store a URL names, enforcing `quota_bytes` where the backend has no own quota."""
+    scheme, rest = split_url(url)
+    if scheme == "local":
+        from shardrun.storage.local import LocalStore
+
+        return LocalStore(local_root(rest, base_dir), quota_bytes, url=url)
+    from shardrun.storage.memory import MemoryStore
+
+    return MemoryStore.named(rest, quota_bytes)

@@ -1,0 +1,261 @@
+"""The store contract, documented once; every backend supplies only what differs.
+
+A store holds objects under relative keys (`a/b/c`) for one account. Backends implement five
+primitives (`_write`, `_read`, `_stat`, `_list`, `_delete`, plus `usage`); everything else
+(key validation, hashing, verification, resumable downloads, `exists`, ...) is written here.
+
+Guarantees every backend gives (and tests/test_store_contract.py checks):
+- `put` is atomic: a reader sees the old object or the new one, never a torn one.
+- `put` returns a `Stat` whose `mtime` is the store's own time of the write (server time).
+- A write that would exceed the account's quota raises `QuotaExceeded` and leaves nothing behind.
+- Keys with `..`, `.`, empty parts, backslashes or a leading `/` are refused with `InvalidKey`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from shardrun.errors import ShardrunError
+
+COPY_BUFFER = 1024 * 1024
+
+
+class StoreError(ShardrunError):
+    """Base of the store's small error vocabulary."""
+
+
+class NotFound(StoreError, FileNotFoundError):
+    """No object under that key."""
+
+
+class QuotaExceeded(StoreError):
+    """The account has no room for the write; never retried."""
+
+
+class PermissionDenied(StoreError, PermissionError):
+    """The account may not read or write there."""
+
+
+class TransientError(StoreError):
+    """A failure worth retrying (network, rate limit); backends retry before raising it."""
+
+
+class IntegrityError(StoreError):
+    """An object's bytes do not match the hash they were expected to have."""
+
+
+class InvalidKey(StoreError, ValueError):
+    """A key that is not a clean relative path."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What a store knows about one object.
+
+    `mtime` is the store's (server's) time of the write in seconds since the epoch; it orders
+    journal events and judges leases, so it must never come from the writer's clock.
+    `md5` is always set by `put` and `stat`; `list` may leave it None where a backend cannot
+    give it cheaply (the local store computes hashes only on demand).
+    """
+
+    key: str
+    size: int
+    mtime: float
+    md5: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Bytes an account uses and its limit (None: unlimited)."""
+
+    used_bytes: int
+    limit_bytes: int | None
+
+    @property
+    def free_bytes(self) -> int | None:
+        return None if self.limit_bytes is None else max(0, self.limit_bytes - self.used_bytes)
+
+
+_BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f]")
+
+
+def validate_key(key: str) -> str:
+    """Returns `key` unchanged if it is a clean relative path, else raises InvalidKey."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"store key must be a non-empty string, got {key!r}")
+    if key.startswith("/"):
+        raise InvalidKey(f"store key {key!r} is absolute; keys are relative paths like 'a/b/c'")
+    if _BAD_KEY_CHARS.search(key):
+        raise InvalidKey(f"store key {key!r} contains a backslash or a control character")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"store key {key!r} has an empty, '.' or '..' part")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Returns a listing prefix ('' or a clean key, optionally ending in '/')."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix.rstrip("/"))
+    return prefix
+
+
+@dataclass(frozen=True)
+class Digest:
+    size: int
+    md5: str
+    sha256: str
+
+
+def digest_file(path: str | os.PathLike) -> Digest:
+    """Returns the size, md5 and sha256 of a local file, read once."""
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(COPY_BUFFER):
+            md5.update(block)
+            sha.update(block)
+            size += len(block)
+    return Digest(size, md5.hexdigest(), sha.hexdigest())
+
+
+def digest_bytes(data: bytes) -> Digest:
+    return Digest(len(data), hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest())
+
+
+class Store(ABC):
+    """One account's objects. Subclasses implement the underscore primitives and `usage`."""
+
+    #: The URL this store was opened from (for messages; never holds credentials).
+    url: str
+
+    # -- primitives -------------------------------------------------------------------------
+
+    @abstractmethod
+    def _write(self, key: str, source: BinaryIO, digest: Digest) -> Stat:
+        """Atomically stores `digest.size` bytes read from `source` under `key`."""
+
+    @abstractmethod
+    def _read(self, key: str, offset: int = 0) -> BinaryIO:
+        """Returns a binary stream of the object from `offset`; raises NotFound."""
+
+    @abstractmethod
+    def _stat(self, key: str) -> Stat:
+        """Returns the object's Stat with md5; raises NotFound."""
+
+    @abstractmethod
+    def _list(self, prefix: str) -> list[Stat]:
+        """Returns the Stats of all objects whose key starts with `prefix`."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Removes the object; raises NotFound."""
+
+    @abstractmethod
+    def usage(self) -> Usage:
+        """Returns the account's bytes used and its limit."""
+
+    # -- the contract, written once ---------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes) -> Stat:
+        """Stores `data` under `key` atomically; returns the new object's Stat."""
+        import io
+
+        validate_key(key)
+        return self._write(key, io.BytesIO(data), digest_bytes(data))
+
+    def put_file(self, key: str, path: str | os.PathLike) -> Stat:
+        """Uploads a local file atomically and verifies the stored md5; returns its Stat."""
+        validate_key(key)
+        digest = digest_file(path)
+        with open(path, "rb") as source:
+            stat = self._write(key, source, digest)
+        if stat.md5 is not None and stat.md5 != digest.md5:
+            raise IntegrityError(
+                f"{self.url}: {key} was stored with md5 {stat.md5}, but {path} has {digest.md5}"
+            )
+        return stat
+
+    def get_bytes(self, key: str, expected_md5: str | None = None) -> bytes:
+        """Returns the object's bytes, checked against `expected_md5` when given."""
+        validate_key(key)
+        with self._read(key) as stream:
+            data = stream.read()
+        if expected_md5 is not None:
+            actual = hashlib.md5(data).hexdigest()
+            if actual != expected_md5:
+                raise IntegrityError(
+                    f"{self.url}: {key} has md5 {actual}, expected {expected_md5}"
+                )
+        return data
+
+    def download(self, key: str, dest: str | os.PathLike, expected_md5: str | None = None) -> Stat:
+        """Copies the object to a local file, resuming a partial `dest.part`; returns its Stat.
+
+        The file appears at `dest` only once complete and, when `expected_md5` (or else the
+        store's own md5) is known, verified. A mismatch removes the partial file and raises
+        IntegrityError, so the next attempt starts clean.
+        """
+        validate_key(key)
+        stat = self._stat(key)
+        want = expected_md5 or stat.md5
+        dest = Path(dest)
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > stat.size:
+            part.unlink()
+            offset = 0
+        if offset < stat.size:
+            with self._read(key, offset) as stream, open(part, "ab") as out:
+                while block := stream.read(COPY_BUFFER):
+                    out.write(block)
+        if want is not None:
+            got = digest_file(part).md5
+            if got != want:
+                part.unlink()
+                raise IntegrityError(f"{self.url}: {key} downloaded with md5 {got}, expected {want}")
+        os.replace(part, dest)
+        return stat
+
+    def stat(self, key: str) -> Stat:
+        """Returns the object's Stat (md5 included); raises NotFound."""
+        return self._stat(validate_key(key))
+
+    def list(self, prefix: str = "") -> list[Stat]:
+        """Returns the Stats of objects under `prefix`, sorted by key."""
+        return sorted(self._list(validate_prefix(prefix)), key=lambda s: s.key)
+
+    def delete(self, key: str) -> None:
+        """Removes the object under `key`; raises NotFound if there is none."""
+        self._delete(validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def check_room(self, key: str, size: int, replaced: int = 0) -> None:
+        """Raises QuotaExceeded if writing `size` bytes (replacing `replaced`) would not fit."""
+        usage = self.usage()
+        if usage.limit_bytes is None:
+            return
+        after = usage.used_bytes - replaced + size
+        if after > usage.limit_bytes:
+            raise QuotaExceeded(
+                f"{self.url}: no room for {key} ({size:,} bytes): "
+                f"{usage.used_bytes:,} of {usage.limit_bytes:,} bytes used"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

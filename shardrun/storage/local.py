@@ -1,0 +1,225 @@
+"""The embedded store: one folder per account on a local (or mounted) file system.
+
+Objects live at `<root>/<key>` so a user can browse them. Two reserved folders sit beside them:
+`.shardrun-tmp/` for writes in progress (renamed into place, which is atomic on one file
+system) and `.shardrun-meta/` caching each object's hashes, trusted only while the object's size
+and mtime still match (so a file changed behind shardrun's back is hashed again).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from shardrun.storage.base import (
+    COPY_BUFFER,
+    Digest,
+    InvalidKey,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    Stat,
+    Store,
+    StoreError,
+    Usage,
+    digest_file,
+)
+
+RESERVED_PREFIX = ".shardrun-"
+TMP_DIR = ".shardrun-tmp"
+META_DIR = ".shardrun-meta"
+
+# Usage is recounted from disk (a walk) only when a write comes this close to the quota, or when
+# the cached count is older than this many writes; other processes may write to the same folder.
+RECOUNT_MARGIN = 0.95
+RECOUNT_EVERY = 1000
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike, quota_bytes: int | None = None, url: str | None = None):
+        self.root = Path(root).expanduser().resolve()
+        self.url = url or f"local://{self.root}"
+        self.quota_bytes = quota_bytes
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / TMP_DIR).mkdir(exist_ok=True)
+        except PermissionError as e:
+            raise PermissionDenied(f"{self.url}: cannot create the store folder: {e.strerror}") from e
+        except OSError as e:
+            raise StoreError(f"{self.url}: cannot use {self.root} as a store: {e.strerror}") from e
+        self._lock = threading.Lock()
+        self._used: int | None = None
+        self._writes_since_count = 0
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        if key.split("/", 1)[0].startswith(RESERVED_PREFIX):
+            raise InvalidKey(f"store key {key!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+        return self.root / key
+
+    def _meta_path(self, key: str) -> Path:
+        return self.root / META_DIR / (key + ".json")
+
+    def _count_used(self) -> int:
+        total = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if dirpath == str(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+            for name in filenames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass  # deleted by another process during the walk
+        return total
+
+    def _reserve(self, key: str, size: int, replaced: int) -> None:
+        """Raises QuotaExceeded unless `size` more bytes (minus `replaced`) fit in the quota."""
+        if self.quota_bytes is None:
+            return
+        with self._lock:
+            stale = self._used is None or self._writes_since_count >= RECOUNT_EVERY
+            if not stale and self._used - replaced + size > self.quota_bytes * RECOUNT_MARGIN:
+                stale = True
+            if stale:
+                self._used = self._count_used()
+                self._writes_since_count = 0
+            if self._used - replaced + size > self.quota_bytes:
+                raise QuotaExceeded(
+                    f"{self.url}: no room for {key} ({size:,} bytes): "
+                    f"{self._used:,} of {self.quota_bytes:,} bytes used"
+                )
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            if self._used is not None:
+                self._used += delta
+                self._writes_since_count += 1
+
+    def _remember_digest(self, key: str, path: Path, digest: Digest) -> Stat:
+        st = path.stat()
+        meta = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": digest.md5, "sha256": digest.sha256}
+        meta_path = self._meta_path(key)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
+        return Stat(key, st.st_size, st.st_mtime_ns / 1e9, digest.md5, digest.sha256)
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def _write(self, key: str, source: BinaryIO, digest: Digest) -> Stat:
+        path = self._path(key)
+        try:
+            replaced = path.stat().st_size if path.is_file() else 0
+        except OSError:
+            replaced = 0
+        self._reserve(key, digest.size, replaced)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root / TMP_DIR, prefix="put-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, COPY_BUFFER)
+                out.flush()
+                os.fsync(out.fileno())
+            written = os.path.getsize(tmp_name)
+            if written != digest.size:
+                raise StoreError(f"{self.url}: {key}: wrote {written} bytes, expected {digest.size}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, path)
+        except OSError as e:
+            _remove_quietly(tmp_name)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise QuotaExceeded(f"{self.url}: the disk is full while writing {key}") from e
+            if isinstance(e, PermissionError):
+                raise PermissionDenied(f"{self.url}: cannot write {key}: {e.strerror}") from e
+            raise StoreError(f"{self.url}: cannot write {key}: {e.strerror or e}") from e
+        except BaseException:
+            _remove_quietly(tmp_name)
+            raise
+        self._account(digest.size - replaced)
+        return self._remember_digest(key, path, digest)
+
+    def _read(self, key: str, offset: int = 0) -> BinaryIO:
+        path = self._path(key)
+        try:
+            stream = open(path, "rb")
+        except FileNotFoundError as e:
+            raise NotFound(f"{self.url}: no object {key}") from e
+        except IsADirectoryError as e:
+            raise NotFound(f"{self.url}: {key} is a folder, not an object") from e
+        except PermissionError as e:
+            raise PermissionDenied(f"{self.url}: cannot read {key}: {e.strerror}") from e
+        if offset:
+            stream.seek(offset)
+        return stream
+
+    def _stat(self, key: str) -> Stat:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError as e:
+            raise NotFound(f"{self.url}: no object {key}") from e
+        if not path.is_file():
+            raise NotFound(f"{self.url}: {key} is a folder, not an object")
+        try:
+            meta = json.loads(self._meta_path(key).read_text())
+            if meta["size"] == st.st_size and meta["mtime_ns"] == st.st_mtime_ns:
+                return Stat(key, st.st_size, st.st_mtime_ns / 1e9, meta["md5"], meta["sha256"])
+        except (OSError, ValueError, KeyError):
+            pass  # no cached hashes, or stale ones: hash the file again below
+        return self._remember_digest(key, path, digest_file(path))
+
+    def _list(self, prefix: str) -> list[Stat]:
+        # Walk only the folder the prefix names, so listing journal/ ignores shards/ entirely.
+        folder, _, stem = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        stats = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            if dirpath == str(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in filenames:
+                key = rel + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted during the listing
+                stats.append(Stat(key, st.st_size, st.st_mtime_ns / 1e9))
+            if stem and dirpath == str(start):
+                dirnames[:] = [d for d in dirnames if d.startswith(stem)]
+        return stats
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError as e:
+            raise NotFound(f"{self.url}: no object {key}") from e
+        except PermissionError as e:
+            raise PermissionDenied(f"{self.url}: cannot delete {key}: {e.strerror}") from e
+        _remove_quietly(self._meta_path(key))
+        self._account(-size)
+
+    def usage(self) -> Usage:
+        used = self._count_used()
+        with self._lock:
+            self._used = used
+            self._writes_since_count = 0
+        return Usage(used, self.quota_bytes)
+
+
+def _remove_quietly(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
