@@ -1,0 +1,310 @@
+"""The job file (TOML) as typed objects.
+
+Validation reads the whole file before it complains, so a user fixes every problem in one pass:
+each problem names the key (`runs[1].scale`), the value given and what is allowed, and an
+unknown key comes with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from shardrun.errors import ConfigError
+from shardrun.storage import SCHEMES
+
+GB = 1_000_000_000  # Drive counts quota in decimal gigabytes, and so do we
+MB = 1_000_000
+
+# Names of the model factories in shardrun.train.models, listed here so validating a job file
+# never imports TensorFlow; tests/test_config.py checks the two lists agree.
+MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    store: str
+    quota_gb: float = 15.0
+
+    @property
+    def quota_bytes(self) -> int:
+        return int(self.quota_gb * GB)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: str
+    scale: int
+    channels: int
+    epochs: int
+    batch_size: int
+    patch_size: int
+    seed: int = 0
+    patches_per_image: int = 16
+    learning_rate: float = 1e-3
+    options: dict[str, Any] = field(default_factory=dict)
+    patches_per_second: float | None = None  # overrides the throughput profile for this run
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str
+    data: str
+    platform: str
+    accounts: tuple[AccountConfig, ...]
+    runs: tuple[RunConfig, ...]
+    base_dir: Path  # the job file's folder: relative paths in the file are relative to it
+    source: str = "<job>"
+    shard_size_mb: int = 256
+    reserve_mb: int = 512
+    workers: int | None = None
+    profile: str | None = None
+    ledger: str | None = None
+
+    @property
+    def home(self) -> AccountConfig:
+        return self.accounts[0]
+
+    @property
+    def shard_size_bytes(self) -> int:
+        return self.shard_size_mb * MB
+
+    @property
+    def reserve_bytes(self) -> int:
+        return self.reserve_mb * MB
+
+    @property
+    def parallel_workers(self) -> int:
+        return self.workers or len(self.accounts)
+
+    @property
+    def ledger_path(self) -> Path:
+        path = Path(self.ledger) if self.ledger else Path(".shardrun") / self.name / "ledger.db"
+        return path if path.is_absolute() else self.base_dir / path
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise ConfigError(self.source, [f"no account named {name!r}; the job has: "
+                                        + ", ".join(a.name for a in self.accounts)])
+
+
+# -- a small declarative validator --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    """One allowed key: its type, whether it is required, its default and an extra check."""
+
+    kind: type | tuple[type, ...]
+    required: bool = False
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None  # returns what is allowed, or None if ok
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "a number greater than 0"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "a number of 0 or more"
+
+
+def one_of(*allowed) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else "one of " + ", ".join(map(repr, allowed))
+
+
+def valid_name(value) -> str | None:
+    return None if _NAME.match(value) else NAME_RULE
+
+
+def valid_store_url(value) -> str | None:
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme in SCHEMES and rest:
+        return None
+    return "a store URL: " + " or ".join(f"{s}://..." for s in SCHEMES)
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+
+JOB_KEYS = {
+    "name": Key(str, required=True, check=valid_name),
+    "data": Key(str, required=True),
+    "platform": Key(str, default="colab-free"),
+    "shard_size_mb": Key(int, default=256, check=positive),
+    "reserve_mb": Key(int, default=512, check=non_negative),
+    "workers": Key(int, check=positive),
+    "profile": Key(str),
+    "ledger": Key(str),
+}
+ACCOUNT_KEYS = {
+    "name": Key(str, required=True, check=valid_name),
+    "store": Key(str, required=True, check=valid_store_url),
+    "quota_gb": Key((int, float), default=15.0, check=positive),
+}
+RUN_KEYS = {
+    "name": Key(str, required=True, check=valid_name),
+    "model": Key(str, required=True, check=one_of(*MODEL_NAMES)),
+    "scale": Key(int, required=True, check=one_of(2, 3, 4)),
+    "channels": Key(int, required=True, check=one_of(1, 3)),
+    "epochs": Key(int, required=True, check=positive),
+    "batch_size": Key(int, required=True, check=positive),
+    "patch_size": Key(int, required=True, check=positive),
+    "seed": Key(int, default=0, check=non_negative),
+    "patches_per_image": Key(int, default=16, check=positive),
+    "learning_rate": Key((int, float), default=1e-3, check=positive),
+    "options": Key(dict, default={}),
+    "patches_per_second": Key((int, float), check=positive),
+}
+TOP_KEYS = ("job", "accounts", "runs")
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def _is_kind(value, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False  # TOML's true is not the integer 1
+    return isinstance(value, kinds)
+
+
+def unknown_key_problem(where: str, key: str, allowed) -> str:
+    """Returns the problem line for an unknown key, with a did-you-mean where one is close."""
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; allowed: " + ", ".join(allowed)
+    return f"{where}{key}: unknown key{hint}"
+
+
+def check_table(table: Any, where: str, spec: dict[str, Key], problems: list[str]) -> dict[str, Any]:
+    """Returns the table's values with defaults filled in; appends every problem found."""
+    if not isinstance(table, dict):
+        problems.append(f"{where.rstrip('.')}: expected a table, got {table!r}")
+        return {}
+    values = {}
+    for key in table:
+        if key not in spec:
+            problems.append(unknown_key_problem(where, key, spec))
+    for key, rule in spec.items():
+        if key not in table:
+            if rule.required:
+                problems.append(f"{where}{key}: missing (required, {_kind_name(rule.kind)})")
+            values[key] = rule.default
+            continue
+        value = table[key]
+        if not _is_kind(value, rule.kind):
+            problems.append(f"{where}{key} = {value!r}: must be {_kind_name(rule.kind)}")
+            values[key] = rule.default
+            continue
+        if rule.check and (allowed := rule.check(value)):
+            problems.append(f"{where}{key} = {value!r}: must be {allowed}")
+        values[key] = value
+    return values
+
+
+def _check_list(doc: dict, key: str, spec: dict[str, Key], problems: list[str]) -> list[dict]:
+    items = doc.get(key)
+    if items is None:
+        problems.append(f"{key}: missing; add at least one [[{key}]] table")
+        return []
+    if not isinstance(items, list) or not items:
+        problems.append(f"{key}: must be one or more [[{key}]] tables, got {items!r}")
+        return []
+    return [check_table(item, f"{key}[{i}].", spec, problems) for i, item in enumerate(items)]
+
+
+def _check_unique(items: list[dict], list_name: str, field_name: str, problems: list[str]) -> None:
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = item.get(field_name)
+        if value is None:
+            continue
+        if value in seen:
+            problems.append(
+                f"{list_name}[{i}].{field_name} = {value!r}: already used by "
+                f"{list_name}[{seen[value]}]; each must be different"
+            )
+        else:
+            seen[value] = i
+
+
+def _check_run(run: dict, where: str, problems: list[str]) -> None:
+    scale, patch = run.get("scale"), run.get("patch_size")
+    if isinstance(scale, int) and isinstance(patch, int) and scale > 0 and patch > 0:
+        if patch % scale:
+            problems.append(f"{where}patch_size = {patch}: must be a multiple of scale ({scale})")
+        elif patch // scale < 4:
+            problems.append(f"{where}patch_size = {patch}: must be at least {4 * scale} at scale {scale} "
+                            "(a low-resolution patch of 4x4 pixels)")
+
+
+def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict | None = None) -> JobConfig:
+    """Returns the job described by TOML `text`, or raises ConfigError listing every problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [f"not valid TOML: {e}"]) from e
+    problems: list[str] = []
+    for key in doc:
+        if key not in TOP_KEYS:
+            problems.append(unknown_key_problem("", key, TOP_KEYS))
+    if "job" not in doc:
+        problems.append("job: missing; add a [job] table with at least name and data")
+    job = check_table(doc.get("job", {}), "job.", JOB_KEYS, problems)
+    accounts = _check_list(doc, "accounts", ACCOUNT_KEYS, problems)
+    runs = _check_list(doc, "runs", RUN_KEYS, problems)
+    _check_unique(accounts, "accounts", "name", problems)
+    _check_unique(accounts, "accounts", "store", problems)
+    _check_unique(runs, "runs", "name", problems)
+    for i, run in enumerate(runs):
+        _check_run(run, f"runs[{i}].", problems)
+    if platforms is not None and isinstance(job.get("platform"), str) and job["platform"] not in platforms:
+        problems.append(f"job.platform = {job['platform']!r}: must be one of "
+                        + ", ".join(map(repr, sorted(platforms))) + " (from configs/platforms.toml)")
+    if problems:
+        raise ConfigError(source, problems)
+    return JobConfig(
+        name=job["name"],
+        data=job["data"],
+        platform=job["platform"],
+        accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"])) for a in accounts),
+        runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second") and v is not None else v)
+                                for k, v in run.items()}) for run in runs),
+        base_dir=base_dir,
+        source=source,
+        shard_size_mb=job["shard_size_mb"],
+        reserve_mb=job["reserve_mb"],
+        workers=job["workers"],
+        profile=job["profile"],
+        ledger=job["ledger"],
+    )
+
+
+def load_job(path: str | Path, platforms: dict | None = None) -> JobConfig:
+    """Returns the job in the TOML file at `path` (see parse_job)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(str(path), ["no such file"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})"]) from e
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
+    if platforms is None:
+        from shardrun.platforms import load_platforms
+
+        platforms = load_platforms()
+    return parse_job(text, path.resolve().parent, str(path), platforms)
