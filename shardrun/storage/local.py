@@ -35,6 +35,10 @@ RESERVED_PREFIX = ".shardrun-"
 TMP_DIR = ".shardrun-tmp"
 META_DIR = ".shardrun-meta"
 
+# Hashes of objects smaller than this are recomputed on demand rather than cached in a sidecar:
+# journal events are tiny and numerous, and a sidecar each would double the folder's file count.
+CACHE_DIGEST_FROM = 1 << 20
+
 # Usage is recounted from disk (a walk) only when a write comes this close to the quota, or when
 # the cached count is older than this many writes; other processes may write to the same folder.
 RECOUNT_MARGIN = 0.95
@@ -46,18 +50,22 @@ class LocalStore(Store):
         self.root = Path(root).expanduser().resolve()
         self.url = url or f"local://{self.root}"
         self.quota_bytes = quota_bytes
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / TMP_DIR).mkdir(exist_ok=True)
-        except PermissionError as e:
-            raise PermissionDenied(f"{self.url}: cannot create the store folder: {e.strerror}") from e
-        except OSError as e:
-            raise StoreError(f"{self.url}: cannot use {self.root} as a store: {e.strerror}") from e
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.url}: {self.root} is a file, not a folder")
         self._lock = threading.Lock()
         self._used: int | None = None
         self._writes_since_count = 0
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _make_folders(self) -> None:
+        # Created on the first write only, so reading (a dry run, `status`) never changes disk.
+        try:
+            (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+        except PermissionError as e:
+            raise PermissionDenied(f"{self.url}: cannot create the store folder: {e.strerror}") from e
+        except OSError as e:
+            raise StoreError(f"{self.url}: cannot use {self.root} as a store: {e.strerror}") from e
 
     def _path(self, key: str) -> Path:
         if key.split("/", 1)[0].startswith(RESERVED_PREFIX):
@@ -104,6 +112,8 @@ class LocalStore(Store):
 
     def _remember_digest(self, key: str, path: Path, digest: Digest) -> Stat:
         st = path.stat()
+        if st.st_size < CACHE_DIGEST_FROM:
+            return Stat(key, st.st_size, st.st_mtime_ns / 1e9, digest.md5, digest.sha256)
         meta = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": digest.md5, "sha256": digest.sha256}
         meta_path = self._meta_path(key)
         meta_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +131,7 @@ class LocalStore(Store):
         except OSError:
             replaced = 0
         self._reserve(key, digest.size, replaced)
+        self._make_folders()
         fd, tmp_name = tempfile.mkstemp(dir=self.root / TMP_DIR, prefix="put-")
         try:
             with os.fdopen(fd, "wb") as out:
