@@ -169,6 +169,11 @@ RUN_KEYS = {
 TOP_KEYS = ("job", "accounts", "runs")
 
 
+def show(value) -> str:
+    """Returns a value as the user wrote it in TOML (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _kind_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
@@ -205,11 +210,11 @@ def check_table(table: Any, where: str, spec: dict[str, Key], problems: list[str
             continue
         value = table[key]
         if not _is_kind(value, rule.kind):
-            problems.append(f"{where}{key} = {value!r}: must be {_kind_name(rule.kind)}")
+            problems.append(f"{where}{key} = {show(value)}: must be {_kind_name(rule.kind)}")
             values[key] = rule.default
             continue
         if rule.check and (allowed := rule.check(value)):
-            problems.append(f"{where}{key} = {value!r}: must be {allowed}")
+            problems.append(f"{where}{key} = {show(value)}: must be {allowed}")
         values[key] = value
     return values
 
@@ -242,7 +247,7 @@ def _check_unique(items: list[dict], list_name: str, field_name: str, problems: 
 
 def _check_run(run: dict, where: str, problems: list[str]) -> None:
     scale, patch = run.get("scale"), run.get("patch_size")
-    if isinstance(scale, int) and isinstance(patch, int) and scale > 0 and patch > 0:
+    if scale in (2, 3, 4) and isinstance(patch, int) and patch > 0:
         if patch % scale:
             problems.append(f"{where}patch_size = {patch}: must be a multiple of scale ({scale})")
         elif patch // scale < 4:

@@ -1,0 +1,156 @@
+"""The job file: a valid file's typed values, and every kind of bad input reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardrun.config import GB, MODEL_NAMES, load_job, parse_job
+from shardrun.errors import ConfigError
+from shardrun.platforms import load_platforms
+
+PLATFORMS = load_platforms()
+
+VALID = """
+[job]
+name = "ultrasound-x2"
+data = "images/"
+platform = "colab-free"
+[[accounts]]
+name = "alice"
+store = "local:///srv/shardrun/alice"
+quota_gb = 15
+[[accounts]]
+name = "bob"
+store = "local:///srv/shardrun/bob"
+[[runs]]
+name = "decusr-x2"
+model = "decusr"
+scale = 2
+channels = 1
+epochs = 4
+batch_size = 64
+patch_size = 32
+seed = 1
+[runs.options]
+blocks = 4
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_job(text, Path("/jobs"), "job.toml", PLATFORMS)
+    return info.value.problems
+
+
+def test_valid_job_parses_into_typed_values():
+    job = parse_job(VALID, Path("/jobs"), "job.toml", PLATFORMS)
+    assert job.name == "ultrasound-x2" and job.platform == "colab-free"
+    assert [a.name for a in job.accounts] == ["alice", "bob"]
+    assert job.home.name == "alice"
+    assert job.accounts[1].quota_bytes == 15 * GB  # default quota
+    run = job.runs[0]
+    assert (run.model, run.scale, run.channels, run.epochs, run.batch_size, run.patch_size, run.seed) == (
+        "decusr", 2, 1, 4, 64, 32, 1)
+    assert run.options == {"blocks": 4} and run.patches_per_image == 16
+    assert job.shard_size_bytes == 256_000_000 and job.parallel_workers == 2
+    assert job.ledger_path == Path("/jobs/.shardrun/ultrasound-x2/ledger.db")
+
+
+def test_every_problem_is_reported_at_once_with_key_value_and_allowed():
+    text = VALID.replace("scale = 2", "scale = 5").replace("epochs = 4", "epochs = 0").replace(
+        "batch_size = 64", 'batch_size = "64"').replace("quota_gb = 15", "quota_gb = -1")
+    found = problems(text)
+    assert len(found) == 4, found
+    assert "runs[0].scale = 5: must be one of 2, 3, 4" in found
+    assert "runs[0].epochs = 0: must be a number greater than 0" in found
+    assert "runs[0].batch_size = '64': must be an integer" in found
+    assert "accounts[0].quota_gb = -1: must be a number greater than 0" in found
+
+
+def test_unknown_keys_get_a_did_you_mean():
+    found = problems(VALID.replace("epochs = 4", "epoch = 4").replace('platform = "colab-free"',
+                                                                      'platfrom = "colab-free"'))
+    assert "runs[0].epoch: unknown key; did you mean 'epochs'?" in found
+    assert "runs[0].epochs: missing (required, an integer)" in found
+    assert "job.platfrom: unknown key; did you mean 'platform'?" in found
+
+
+def test_unknown_top_level_table_and_unrelated_key():
+    found = problems(VALID + "\n[[run]]\nname = 'x'\n")
+    assert any(p.startswith("run: unknown key; did you mean 'runs'?") for p in found)
+    found = problems(VALID.replace("seed = 1", "zzz = 1"))
+    assert any(p.startswith("runs[0].zzz: unknown key; allowed: name, model") for p in found)
+
+
+def test_missing_tables_and_keys():
+    found = problems('[job]\nname = "x"\n')
+    assert "job.data: missing (required, a string)" in found
+    assert "accounts: missing; add at least one [[accounts]] table" in found
+    assert "runs: missing; add at least one [[runs]] table" in found
+
+
+@pytest.mark.parametrize("replace, expected", [
+    ('scale = 2', "runs[0].scale = true: must be an integer"),
+    ('patch_size = 32', "runs[0].patch_size = -32: must be a number greater than 0"),
+])
+def test_wrong_types_and_negative_sizes(replace, expected):
+    value = {"scale = 2": "scale = true", "patch_size = 32": "patch_size = -32"}[replace]
+    assert expected in problems(VALID.replace(replace, value))
+
+
+def test_zero_shard_size_and_negative_reserve():
+    found = problems(VALID.replace('platform = "colab-free"', 'platform = "colab-free"\nshard_size_mb = 0\nreserve_mb = -1'))
+    assert "job.shard_size_mb = 0: must be a number greater than 0" in found
+    assert "job.reserve_mb = -1: must be a number of 0 or more" in found
+
+
+def test_unknown_store_scheme_platform_and_model():
+    found = problems(VALID.replace("local:///srv/shardrun/alice", "s3://bucket/alice")
+                     .replace('"colab-free"', '"colab-paid"').replace('"decusr"', '"unet"'))
+    assert "accounts[0].store = 's3://bucket/alice': must be a store URL: local://... or memory://..." in found
+    assert any(p.startswith("job.platform = 'colab-paid': must be one of 'colab-free', 'colab-pro'") for p in found)
+    assert any(p.startswith("runs[0].model = 'unet': must be one of 'srcnn-915'") for p in found)
+
+
+def test_two_accounts_with_the_same_name_or_store():
+    text = VALID.replace('name = "bob"\nstore = "local:///srv/shardrun/bob"',
+                         'name = "alice"\nstore = "local:///srv/shardrun/alice"')
+    found = problems(text)
+    assert "accounts[1].name = 'alice': already used by accounts[0]; each must be different" in found
+    assert "accounts[1].store = 'local:///srv/shardrun/alice': already used by accounts[0]; each must be different" in found
+
+
+def test_patch_size_must_suit_the_scale():
+    assert "runs[0].patch_size = 33: must be a multiple of scale (2)" in problems(
+        VALID.replace("patch_size = 32", "patch_size = 33"))
+    assert any("must be at least 8 at scale 2" in p for p in problems(VALID.replace("patch_size = 32", "patch_size = 6")))
+
+
+def test_not_toml_is_one_clear_problem(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text("[job\nname = ")
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("not valid TOML")
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_binary_job_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_job(tmp_path / "absent.toml")
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_job(binary)
+
+
+def test_invalid_names_are_refused():
+    found = problems(VALID.replace('name = "ultrasound-x2"', 'name = "../escape"'))
+    assert any(p.startswith("job.name = '../escape': must be 1-64 letters") for p in found)
+
+
+def test_model_names_match_the_training_registry():
+    from shardrun.train import models
+    assert list(MODEL_NAMES) == models.model_names()
