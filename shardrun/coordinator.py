@@ -111,20 +111,24 @@ def _existing_shards(stores: dict[str, Store], job: str) -> dict[str, tuple[str,
 
 
 def _verified_existing(specs: list[ShardSpec], existing: dict[str, tuple[str, Stat]],
-                       stores: dict[str, Store], check_hash: bool) -> dict[str, tuple[str, Stat]]:
-    """Returns shard id -> (account, Stat) for existing shards whose bytes are the right ones."""
-    kept = {}
+                       stores: dict[str, Store], check_hash: bool) -> tuple[dict[str, tuple[str, Stat]], dict[str, str]]:
+    """Returns (shard id -> (account, Stat) of intact shards, shard id -> account of damaged ones).
+
+    A damaged shard (a partial upload, or bytes changed on the store) is uploaded again onto the
+    same account, replacing it rather than leaving an orphan behind.
+    """
+    intact, damaged = {}, {}
     for spec in specs:
         if spec.id not in existing:
             continue
         account, stat = existing[spec.id]
-        if stat.size != spec.size:
-            continue  # a partial or foreign object: upload again
-        stat = stores[account].stat(stat.key)
-        if check_hash and stat.md5 != digest_shard(spec).md5:
-            continue
-        kept[spec.id] = (account, stat)
-    return kept
+        if stat.size == spec.size:
+            stat = stores[account].stat(stat.key)
+            if not check_hash or stat.md5 == digest_shard(spec).md5:
+                intact[spec.id] = (account, stat)
+                continue
+        damaged[spec.id] = account
+    return intact, damaged
 
 
 def _upload(spec: ShardSpec, account: str, stores: dict[str, Store], job: str, workdir: Path) -> BuiltShard:
@@ -170,12 +174,12 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
         notes.append(f"dataset changed ({change.summary()}); the new plan replaces {current['id']}")
 
     existing = _existing_shards(stores, job.name)
-    kept = _verified_existing(specs, existing, stores, check_hash=not dry_run)
+    kept, damaged = _verified_existing(specs, existing, stores, check_hash=not dry_run)
     usages = {name: store.usage() for name, store in stores.items()}
     spaces = [AccountSpace(a.name, a.quota_bytes, usages[a.name].used_bytes, job.reserve_bytes)
               for a in job.accounts]
     placement = place_shards([ShardToPlace(s.id, s.size) for s in specs], spaces,
-                             {sid: acct for sid, (acct, _) in kept.items()})
+                             {**damaged, **{sid: acct for sid, (acct, _) in kept.items()}})
 
     accounts = {a.name: AccountReport(a.name, a.store, a.quota_bytes, usages[a.name].used_bytes,
                                       job.reserve_bytes) for a in job.accounts}

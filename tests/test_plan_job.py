@@ -1,0 +1,151 @@
+"""`plan` end to end on local stores: what it writes, idempotent re-runs, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import job_text, write_images
+from shardrun import paths
+from shardrun.config import load_job
+from shardrun.coordinator import plan_job
+from shardrun.errors import DatasetError, PlanError
+from shardrun.ledger import Ledger
+from shardrun.report import job_status
+from shardrun.shards import Manifest
+from shardrun.storage.local import LocalStore
+
+SMALL_SHARDS = dict(shard_size_mb=1, reserve_mb=0)  # 12 images of ~6 kB -> one shard each is too big; see below
+
+
+def files_under(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.fixture
+def many_images_job(job_dir, write_job):
+    """A job whose 60 images (~58 kB each) fill several 1 MB shards over two accounts."""
+    shutil.rmtree(job_dir / "images")
+    write_images(job_dir / "images", 60, size=(140, 140))
+    return load_job(write_job(**SMALL_SHARDS))
+
+
+def test_plan_uploads_shards_writes_the_journal_and_folds_the_ledger(many_images_job):
+    job = many_images_job
+    report = plan_job(job, scan_workers=1)
+    assert report.written and len(report.scan.accepted) == 60
+    assert len(report.shards) >= 3
+    assert {s["account"] for s in report.shards} == {"alice", "bob"}  # spread over the team
+    for shard in report.shards:
+        store = LocalStore(job.base_dir / "stores" / shard["account"])
+        assert store.stat(shard["key"]).md5 == shard["md5"]
+    home = LocalStore(job.base_dir / "stores" / "alice")
+    assert len(home.list(paths.journal_prefix(job.name))) == 1
+    manifest = Manifest.from_json_bytes(home.get_bytes(paths.manifest_key(job.name, report.plan_id)))
+    assert len(manifest.images) == 60 and manifest.fingerprint == report.scan.fingerprint
+    ledger = Ledger.open(job.ledger_path)
+    assert ledger.plan()["id"] == report.plan_id
+    assert sum(a["placed_bytes"] for a in ledger.accounts()) == sum(s["size"] for s in report.shards)
+    assert home.exists(paths.ledger_snapshot_key(job.name))
+
+
+def test_rerun_uploads_nothing_and_writes_no_second_plan(many_images_job):
+    first = plan_job(many_images_job, scan_workers=1)
+    again = plan_job(many_images_job, scan_workers=1)
+    assert again.plan_id == first.plan_id and not again.written
+    assert sum(a.uploaded_bytes for a in again.accounts) == 0
+    home = LocalStore(many_images_job.base_dir / "stores" / "alice")
+    assert len(home.list(paths.journal_prefix(many_images_job.name))) == 1
+
+
+def test_interrupted_plan_resumes_uploading_only_what_is_missing(many_images_job):
+    def interrupt(phase, done, total):
+        if phase == "upload" and done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        plan_job(many_images_job, scan_workers=1, on_progress=interrupt)
+    home = LocalStore(many_images_job.base_dir / "stores" / "alice")
+    assert home.list(paths.journal_prefix(many_images_job.name)) == []  # no plan yet
+    resumed = plan_job(many_images_job, scan_workers=1)
+    uploaded = [s for s in resumed.shards if s["uploaded"]]
+    assert len(uploaded) == len(resumed.shards) - 2
+    assert resumed.written
+
+
+def test_a_damaged_shard_on_the_store_is_uploaded_again(many_images_job):
+    first = plan_job(many_images_job, scan_workers=1)
+    victim = first.shards[0]
+    path = many_images_job.base_dir / "stores" / victim["account"] / victim["key"]
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    again = plan_job(many_images_job, scan_workers=1)
+    assert [s["id"] for s in again.shards if s["uploaded"]] == [victim["id"]]
+    assert LocalStore(path.parents[2]).stat(victim["key"]).md5 == victim["md5"]
+
+
+def test_dry_run_writes_nothing_anywhere(many_images_job):
+    report = plan_job(many_images_job, dry_run=True, scan_workers=1)
+    assert not report.written and report.dry_run
+    assert files_under(many_images_job.base_dir / "stores") == []
+    assert not many_images_job.ledger_path.exists()
+    assert sum(a.uploaded_bytes for a in report.accounts) == sum(s["size"] for s in report.shards)
+
+
+def test_too_little_space_fails_before_writing_anything(job_dir, write_job):
+    shutil.rmtree(job_dir / "images")
+    write_images(job_dir / "images", 60, size=(140, 140))
+    job = load_job(write_job(accounts=[("alice", 0.001), ("bob", 0.001)], **SMALL_SHARDS))
+    with pytest.raises(PlanError, match=r"more bytes needed \(about \d+ more accounts? of 0.001 GB\)"):
+        plan_job(job, scan_workers=1)
+    assert files_under(job_dir / "stores") == []
+
+
+def test_changed_dataset_is_detected_and_reported(many_images_job):
+    plan_job(many_images_job, scan_workers=1)
+    images = many_images_job.base_dir / "images"
+    (images / "img00000.png").unlink()
+    write_images(images, 2, size=(140, 140), seed=99, prefix="new")
+    with pytest.raises(PlanError, match=r"dataset changed since the job was planned: 2 added, 1 removed, 0 modified"):
+        plan_job(many_images_job, scan_workers=1)
+    replaced = plan_job(many_images_job, replace=True, scan_workers=1)
+    assert replaced.written and "dataset changed" in replaced.notes[0]
+    status = job_status(many_images_job)
+    assert status["plan"]["id"] == replaced.plan_id and status["plan"]["images"] == 61
+
+
+def test_status_json_has_the_documented_fields(job_dir, write_job):
+    (job_dir / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    (job_dir / "images" / "empty.jpg").write_bytes(b"")
+    job = load_job(write_job(reserve_mb=0))
+    plan_job(job, scan_workers=1)
+    status = json.loads(json.dumps(job_status(job)))
+    run = status["runs"][0]
+    assert run["name"] == "decusr-x2" and run["steps_done"] == 0
+    assert run["steps_total"] == 4 * (12 * 16 // 16)
+    assert run["chunks"] == {"waiting": 0, "ready": 1, "running": 0, "done": 0}
+    by_name = {a["name"]: a for a in status["accounts"]}
+    alice = LocalStore(job_dir / "stores" / "alice").usage().used_bytes
+    assert by_name["alice"]["used_bytes"] == alice and by_name["alice"]["quota_bytes"] == 15 * 10**9
+    assert {(r["path"], r["reason"].split(":")[0].split(" (")[0]) for r in status["rejected"]} >= {
+        ("empty.jpg", "empty file")}
+    assert {r["path"] for r in status["rejected"]} == {"corrupt.png", "empty.jpg"}
+
+
+def test_status_before_any_plan_says_so(write_job):
+    status = job_status(load_job(write_job()))
+    assert status["plan"] is None and status["runs"] == []
+    assert "no plan yet" in status["notes"][0]
+
+
+def test_missing_data_folder_and_folder_without_images(job_dir, write_job):
+    with pytest.raises(DatasetError, match="absent"):
+        plan_job(load_job(write_job(data="absent/")), scan_workers=1)
+    (job_dir / "texts").mkdir()
+    (job_dir / "texts" / "a.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="no usable image"):
+        plan_job(load_job(write_job(data="texts/")), scan_workers=1)
+    assert files_under(job_dir / "stores") == []
