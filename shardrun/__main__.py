@@ -1,0 +1,5 @@
+"""Lets `python -m shardrun` run the command line."""
+
+from shardrun.cli import main
+
+main(prog_name="shardrun")
