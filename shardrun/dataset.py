@@ -257,7 +257,9 @@ def _matches(pattern: Sequence[str], parts: Sequence[str], prefix: bool = False)
     return fnmatchcase(parts[0], pattern[0]) and _matches(pattern[1:], parts[1:], prefix)
 
 
-def _list_files(root: str, pattern: list[str] | None) -> tuple[list[tuple[str, str]], list[Rejected]]:
+def _list_files(
+    root: str, pattern: list[str] | None
+) -> tuple[list[tuple[str, str]], list[Rejected]]:
     """Returns the (real path, display path) of candidate files under `root`, and early rejects.
 
     Real folders are walked first, folders reached through symlinks afterwards, so a folder
@@ -374,7 +376,8 @@ def _inspect_all(sources: list[str], min_side: int, max_pixels: int, workers: in
     """Returns one outcome per source, inspecting in worker processes when there are many."""
     total = len(sources)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
     chunk = max(16, min(_MAX_CHUNK, total // (workers * 8) or 1))
     starts = range(0, total, chunk)
     outcomes: list[tuple] = [()] * total
@@ -464,8 +467,7 @@ def _inspect(source: str, min_side: int) -> tuple:
     with image:
         fmt = image.format
         if fmt not in SUPPORTED_FORMATS:
-            supported = ", ".join(SUPPORTED_FORMATS)
-            return ("no", "unsupported-format", f"unsupported format {fmt} (supported: {supported})")
+            return _unsupported(fmt)
         width, height = image.size
         if width < min_side or height < min_side:
             return ("no", "too-small", f"too small: {width}x{height} px, training patches need "
@@ -490,6 +492,10 @@ def _identify_only(head: bytes) -> tuple:
             fmt = image.format
     except Exception:
         return ("no", "not-an-image", "not an image (Pillow cannot identify it)")
+    return _unsupported(fmt)
+
+
+def _unsupported(fmt: str | None) -> tuple:
     supported = ", ".join(SUPPORTED_FORMATS)
     return ("no", "unsupported-format", f"unsupported format {fmt} (supported: {supported})")
 
@@ -507,7 +513,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _counts(counter: Counter) -> str:
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+    """Returns `3 too-small, 1 empty`: most frequent first."""
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{n} {kind}" for kind, n in ordered)
 
 
 def _human_bytes(n: float) -> str:

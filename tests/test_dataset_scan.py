@@ -172,6 +172,14 @@ def test_non_utf8_names_get_printable_escaped_paths_and_stay_readable(tmp_path):
     assert display_path(os.fsdecode(b"a/\xff.png")) == "a/\\xff.png"
 
 
+def test_a_name_that_prints_like_an_escaped_one_is_rejected_not_merged(tmp_path):
+    put(tmp_path, b"\xff.png", encode("PNG"))
+    put(tmp_path, b"\\xff.png", encode("PNG"))  # a real backslash, then 'xff'
+    result = scan(".", tmp_path)
+    assert [image.path for image in result.accepted] == ["\\xff.png"]
+    assert [(r.path, r.kind) for r in result.rejected] == [("\\xff.png", "ambiguous-name")]
+
+
 def test_symlink_loops_broken_links_and_repeated_folders(tmp_path):
     root = tmp_path / "data"
     put(root, "real/a.png", encode("PNG"))

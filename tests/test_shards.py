@@ -136,7 +136,7 @@ def test_shards_are_byte_identical_across_builds_and_ids_follow_content(tmp_path
 def test_a_source_changed_or_deleted_since_the_scan_fails_the_build(tmp_path):
     images = fake_images(tmp_path, [1000, 1000])
     spec = make_shard_spec(images)
-    Path(images[1].source).write_bytes(b"x" * 1000)  # same size, other bytes
+    Path(images[1].source).write_bytes(b"x" * images[1].size)  # same size, other bytes
     with pytest.raises(DatasetError, match=r"^img00001.png changed since the dataset was scanned"):
         write_shard(spec, tmp_path / "s.tar")
     assert not (tmp_path / "s.tar").exists()
