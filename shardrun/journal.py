@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock
-from shardrun.storage import Stat, Store
+from shardrun.storage import Store
 
 KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound
@@ -74,25 +74,26 @@ class Journal:
         stat = self.store.put_bytes(paths.event_key(self.job, event.id), event.to_bytes())
         return replace(event, server_time=stat.mtime)
 
-    def list(self) -> list[Stat]:
-        """Returns the Stats of every event object (cheap: no event is read)."""
-        return self.store.list(paths.journal_prefix(self.job))
+    def keys(self) -> list[str]:
+        """Returns the key of every event object (cheap: names only, nothing is read)."""
+        return self.store.list_keys(paths.journal_prefix(self.job))
 
-    def read(self, stats: Iterable[Stat]) -> tuple[list[Event], list[tuple[str, str]]]:
-        """Returns the events behind `stats`, and (key, reason) for objects that are not events."""
-        stats = list(stats)
+    def read(self, keys: Iterable[str]) -> tuple[list[Event], list[tuple[str, str]]]:
+        """Returns the events under `keys`, and (key, reason) for objects that are not events."""
+        keys = list(keys)
 
-        def load(stat: Stat):
+        def load(key: str):
             try:
-                event = Event.from_bytes(self.store.get_bytes(stat.key), stat.mtime)
+                data, stat = self.store.get_with_stat(key)  # the store's time of the write orders events
+                event = Event.from_bytes(data, stat.mtime)
             except (ValueError, UnicodeDecodeError) as e:
-                return None, (stat.key, f"unreadable event: {e}")
-            if event.id != paths.event_id_of(stat.key):
-                return None, (stat.key, f"event id {event.id!r} does not match its key")
+                return None, (key, f"unreadable event: {e}")
+            if event.id != paths.event_id_of(key):
+                return None, (key, f"event id {event.id!r} does not match its key")
             return event, None
 
-        with ThreadPoolExecutor(min(READ_THREADS, max(1, len(stats)))) as pool:
-            results = list(pool.map(load, stats))
+        with ThreadPoolExecutor(min(READ_THREADS, max(1, len(keys)))) as pool:
+            results = list(pool.map(load, keys))
         events = [e for e, _ in results if e is not None]
         bad = [b for _, b in results if b is not None]
         return events, bad

@@ -323,8 +323,8 @@ class Ledger:
     def sync(self, journal: Journal) -> SyncResult:
         """Reads the journal's new events (only those not yet known) and folds them."""
         known = self.known_keys()  # event ids, and the keys of objects found not to be events
-        new_stats = [s for s in journal.list() if paths.event_id_of(s.key) not in known and s.key not in known]
-        events, bad = journal.read(new_stats)
+        new_keys = [k for k in journal.keys() if paths.event_id_of(k) not in known and k not in known]
+        events, bad = journal.read(new_keys)
         return self.add_events(events, bad)
 
     # -- snapshots --

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from shardrun.clock import Clock, SystemClock
 from shardrun.config import JobConfig
 from shardrun.coordinator import load_job_ledger
 from shardrun.ledger import CHUNK_STATES, Ledger
-from shardrun.storage import StoreError, open_store
+from shardrun.storage import StoreError, Usage, open_store
 
 STATUS_SCHEMA = "shardrun.status/1"
 
@@ -24,19 +25,31 @@ def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = Tr
     """Returns the job's status: the ledger synced with the journal, plus live account usage."""
     clock = clock or SystemClock()
     notes = []
-    home = open_store(job.home.store, job.home.quota_bytes, job.base_dir)
+    # Asking every account for its usage is I/O-bound (a folder walk, an API call): do it while
+    # the ledger syncs.
+    with ThreadPoolExecutor(max(1, len(job.accounts))) as pool:
+        usages = {a.name: pool.submit(_usage, job, a) for a in job.accounts} if live_usage else {}
+        home = open_store(job.home.store, job.home.quota_bytes, job.base_dir)
+        try:
+            ledger, _ = load_job_ledger(job, home, clock)
+        except StoreError as e:
+            notes.append(f"the journal could not be read ({e}); showing the local ledger")
+            ledger = Ledger.open(job.ledger_path)
+        try:
+            return status_from_ledger(job, ledger, clock, {n: f.result() for n, f in usages.items()}, notes)
+        finally:
+            ledger.close()
+
+
+def _usage(job: JobConfig, account) -> Usage | StoreError:
     try:
-        ledger, _ = load_job_ledger(job, home, clock)
+        return open_store(account.store, account.quota_bytes, job.base_dir).usage()
     except StoreError as e:
-        notes.append(f"the journal could not be read ({e}); showing the local ledger")
-        ledger = Ledger.open(job.ledger_path)
-    try:
-        return status_from_ledger(job, ledger, clock, live_usage, notes)
-    finally:
-        ledger.close()
+        return e
 
 
-def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, live_usage: bool, notes: list[str]) -> dict:
+def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dict[str, Usage | StoreError],
+                       notes: list[str]) -> dict:
     plan = ledger.plan()
     if plan is None:
         notes.append(f"job {job.name!r} has no plan yet: run `shardrun plan` first")
@@ -58,14 +71,13 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, live_usage:
         entry = {"name": account.name, "store": account.store, "quota_bytes": account.quota_bytes,
                  "used_bytes": None, "placed_bytes": row.get("placed_bytes", 0),
                  "shards": row.get("shards", 0), "reachable": None}
-        if live_usage:
-            try:
-                usage = open_store(account.store, account.quota_bytes, job.base_dir).usage()
-                entry["used_bytes"], entry["reachable"] = usage.used_bytes, True
-                if usage.limit_bytes is not None:
-                    entry["quota_bytes"] = usage.limit_bytes
-            except StoreError as e:
-                entry["reachable"], entry["error"] = False, str(e)
+        usage = usages.get(account.name)
+        if isinstance(usage, StoreError):
+            entry["reachable"], entry["error"] = False, str(usage)
+        elif usage is not None:
+            entry["used_bytes"], entry["reachable"] = usage.used_bytes, True
+            if usage.limit_bytes is not None:
+                entry["quota_bytes"] = usage.limit_bytes
         accounts.append(entry)
     return {
         "schema": STATUS_SCHEMA,

@@ -239,3 +239,17 @@ def test_local_store_refuses_reserved_keys_and_hides_its_folders(tmp_path):
         store.put_bytes(".shardrun-tmp/x", b"1")
     assert [s.key for s in store.list()] == ["visible"]
     assert store.usage().used_bytes == 1
+
+
+def test_list_keys_names_the_same_objects_as_list(store):
+    for key in ["p/b", "p/a/x", "q/c"]:
+        store.put_bytes(key, b"1")
+    assert store.list_keys("p/") == ["p/a/x", "p/b"]
+    assert store.list_keys() == [s.key for s in store.list()]
+
+
+def test_get_with_stat_returns_bytes_and_the_write_time(store):
+    written = store.put_bytes("e/1.json", b'{"a": 1}')
+    data, stat = store.get_with_stat("e/1.json")
+    assert data == b'{"a": 1}'
+    assert (stat.size, stat.mtime, stat.md5) == (written.size, written.mtime, written.md5)

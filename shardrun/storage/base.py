@@ -197,6 +197,11 @@ class Store(ABC):
                 )
         return data
 
+    def get_with_stat(self, key: str) -> tuple[bytes, Stat]:
+        """Returns the object's bytes and its Stat, read together where the backend can."""
+        validate_key(key)
+        return self.get_bytes(key), self._stat(key)
+
     def download(self, key: str, dest: str | os.PathLike, expected_md5: str | None = None) -> Stat:
         """Copies the object to a local file, resuming a partial `dest.part`; returns its Stat.
 
@@ -233,6 +238,10 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[Stat]:
         """Returns the Stats of objects under `prefix`, sorted by key."""
         return sorted(self._list(validate_prefix(prefix)), key=lambda s: s.key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Returns the keys under `prefix`, sorted; backends override it where names are cheaper than Stats."""
+        return [stat.key for stat in self.list(prefix)]
 
     def delete(self, key: str) -> None:
         """Removes the object under `key`; raises NotFound if there is none."""

@@ -28,7 +28,10 @@ from shardrun.storage.base import (
     Store,
     StoreError,
     Usage,
+    digest_bytes,
     digest_file,
+    validate_key,
+    validate_prefix,
 )
 
 RESERVED_PREFIX = ".shardrun-"
@@ -75,16 +78,31 @@ class LocalStore(Store):
     def _meta_path(self, key: str) -> Path:
         return self.root / META_DIR / (key + ".json")
 
+    def _entries(self, folder: Path, rel: str):
+        """Yields (key, DirEntry) of every object under `folder`; reserved folders are skipped."""
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if not rel and entry.name.startswith(RESERVED_PREFIX):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                yield from self._entries(Path(entry.path), f"{rel}{entry.name}/")
+            else:
+                yield f"{rel}{entry.name}", entry
+
     def _count_used(self) -> int:
         total = 0
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
-            for name in filenames:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except FileNotFoundError:
-                    pass  # deleted by another process during the walk
+        for _, entry in self._entries(self.root, ""):
+            try:
+                total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                pass  # deleted by another process during the walk
         return total
 
     def _reserve(self, key: str, size: int, replaced: int) -> None:
@@ -170,6 +188,14 @@ class LocalStore(Store):
             stream.seek(offset)
         return stream
 
+    def get_with_stat(self, key: str) -> tuple[bytes, Stat]:
+        validate_key(key)
+        with self._read(key) as stream:
+            st = os.fstat(stream.fileno())
+            data = stream.read()
+        digest = digest_bytes(data)
+        return data, Stat(key, st.st_size, st.st_mtime_ns / 1e9, digest.md5, digest.sha256)
+
     def _stat(self, key: str) -> Stat:
         path = self._path(key)
         try:
@@ -187,27 +213,23 @@ class LocalStore(Store):
         return self._remember_digest(key, path, digest_file(path))
 
     def _list(self, prefix: str) -> list[Stat]:
-        # Walk only the folder the prefix names, so listing journal/ ignores shards/ entirely.
-        folder, _, stem = prefix.rpartition("/")
-        start = self.root / folder if folder else self.root
         stats = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
-            rel = os.path.relpath(dirpath, self.root)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for name in filenames:
-                key = rel + name
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    st = os.stat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue  # deleted during the listing
-                stats.append(Stat(key, st.st_size, st.st_mtime_ns / 1e9))
-            if stem and dirpath == str(start):
-                dirnames[:] = [d for d in dirnames if d.startswith(stem)]
+        for key, entry in self._listed(prefix):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted during the listing
+            stats.append(Stat(key, st.st_size, st.st_mtime_ns / 1e9))
         return stats
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return sorted(key for key, _ in self._listed(validate_prefix(prefix)))
+
+    def _listed(self, prefix: str):
+        # Walk only the folder the prefix names, so listing journal/ ignores shards/ entirely.
+        folder, _, _ = prefix.rpartition("/")
+        start = f"{folder}/" if folder else ""
+        return ((key, entry) for key, entry in self._entries(self.root / folder, start) if key.startswith(prefix))
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
