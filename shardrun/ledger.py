@@ -271,14 +271,17 @@ class Ledger:
         return tuple(json.loads(row[0])) if row else None
 
     def known_keys(self) -> set[str]:
-        keys = {r[0] for r in self.db.execute("SELECT id FROM events")}
-        return keys | {r[0] for r in self.db.execute("SELECT key FROM bad_events")}
+        """Returns the ids of events folded, and the keys of journal objects found not to be events."""
+        keys = {key for (key,) in self.db.execute("SELECT id FROM events")}
+        keys.update(key for (key,) in self.db.execute("SELECT key FROM bad_events"))
+        return keys
 
-    def add_events(self, events: Iterable[Event], bad: Iterable[tuple[str, str]] = ()) -> SyncResult:
+    def add_events(self, events: Iterable[Event], bad: Iterable[tuple[str, str]] = (),
+                   known: set[str] | None = None) -> SyncResult:
         """Stores events not seen before and folds them; returns what changed."""
         events = sorted(events, key=lambda e: e.order)
         bad = list(bad)
-        known = self.known_keys()
+        known = self.known_keys() if known is None else known
         fresh = []
         for event in events:
             if event.id not in known:
@@ -322,10 +325,10 @@ class Ledger:
 
     def sync(self, journal: Journal) -> SyncResult:
         """Reads the journal's new events (only those not yet known) and folds them."""
-        known = self.known_keys()  # event ids, and the keys of objects found not to be events
+        known = self.known_keys()
         new_keys = [k for k in journal.keys() if paths.event_id_of(k) not in known and k not in known]
         events, bad = journal.read(new_keys)
-        return self.add_events(events, bad)
+        return self.add_events(events, bad, known)
 
     # -- snapshots --
 

@@ -19,7 +19,7 @@ def event_key(job: str, event_id: str) -> str:
 
 def event_id_of(key: str) -> str:
     """Returns the event id a journal key holds (the inverse of event_key)."""
-    name = key.rsplit("/", 1)[-1]
+    name = key[key.rfind("/") + 1:]
     return name[:-5] if name.endswith(".json") else name
 
 

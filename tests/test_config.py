@@ -154,3 +154,12 @@ def test_invalid_names_are_refused():
 def test_model_names_match_the_training_registry():
     from shardrun.train import models
     assert list(MODEL_NAMES) == models.model_names()
+
+
+def test_shipped_example_jobs_are_valid():
+    folder = Path(__file__).resolve().parents[1] / "configs" / "examples"
+    examples = sorted(folder.glob("*.toml"))
+    assert examples
+    for path in examples:
+        job = load_job(path)
+        assert job.accounts and job.runs
