@@ -26,7 +26,7 @@ from shardrun.storage import NotFound, Store
 
 # -- schema, through migrations ------------------------------------------------------------------
 
-DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected")
+DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints")
 CHUNK_STATES = ("waiting", "ready", "running", "done")
 
 
@@ -60,7 +60,17 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["rejected"].create({"path": str, "reason": str}, pk="path")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # Every checkpoint the fold accepted, so a worker can fall back to an older verified one when
+    # the newest is damaged on the store. Derived, so it is filled by refolding the events.
+    db["checkpoints"].create(
+        {"run": str, "step": int, "key": str, "md5": str, "chunk": int, "generation": int,
+         "worker": str, "server_time": float}, pk="key")
+    db["checkpoints"].create_index(["run", "step"])
+    Ledger(db, None)._refold()
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -183,10 +193,18 @@ class Fold:
 
     def _on_checkpoint(self, event: Event) -> None:
         chunk = self._owned(event)
-        step = event.payload.get("step")
-        if chunk and isinstance(step, int) and chunk["start_step"] <= step <= chunk["end_step"]:
+        step, key = event.payload.get("step"), event.payload.get("key")
+        if chunk and isinstance(step, int) and isinstance(key, str) and chunk["start_step"] <= step <= chunk["end_step"]:
             self._update(chunk, heartbeat_time=event.server_time, step_reached=max(step, chunk["step_reached"]),
-                         checkpoint_key=event.payload.get("key"), checkpoint_md5=event.payload.get("md5"))
+                         checkpoint_key=key, checkpoint_md5=event.payload.get("md5"))
+            self._record_checkpoint(chunk, event, step)
+
+    def _record_checkpoint(self, chunk: dict, event: Event, step: int) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (run, step, key, md5, chunk, generation, worker, server_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (chunk["run"], step, event.payload["key"], event.payload.get("md5"), chunk["idx"],
+             chunk["generation"], event.worker, event.server_time))
 
     def _release(self, chunk: dict, event: Event, error: str | None) -> None:
         """Returns a running chunk to ready at the next generation, resuming from its checkpoint."""
@@ -198,7 +216,7 @@ class Fold:
             if event.payload.get("key"):
                 self._on_checkpoint(event)
                 chunk = self._chunk(event)
-            self._release(chunk, event, None)
+            self._release(chunk, event, event.payload.get("reason"))
 
     def _on_fail(self, event: Event) -> None:
         if chunk := self._owned(event):
@@ -219,6 +237,7 @@ class Fold:
             return
         self._update(chunk, state="done", step_reached=chunk["end_step"], done_time=event.server_time,
                      checkpoint_key=event.payload["key"], checkpoint_md5=event.payload.get("md5"))
+        self._record_checkpoint(chunk, event, chunk["end_step"])
         nxt = self.conn.execute("SELECT idx FROM chunks WHERE run = ? AND idx = ? AND state = 'waiting'",
                                 (chunk["run"], chunk["idx"] + 1)).fetchone()
         if nxt:
@@ -376,6 +395,20 @@ class Ledger:
     def chunks(self, run: str | None = None) -> list[dict]:
         where, args = ("WHERE run = ?", [run]) if run else ("", [])
         return list(self.db.query(f"SELECT * FROM chunks {where} ORDER BY run, idx", args))
+
+    def chunk(self, run: str, idx: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM chunks WHERE run = ? AND idx = ?", [run, idx]))
+        return rows[0] if rows else None
+
+    def checkpoints(self, run: str, up_to_step: int | None = None) -> list[dict]:
+        """Returns the run's accepted checkpoints, newest (highest step) first."""
+        limit = "" if up_to_step is None else "AND step <= ?"
+        args = [run] if up_to_step is None else [run, up_to_step]
+        return list(self.db.query(
+            f"SELECT * FROM checkpoints WHERE run = ? {limit} ORDER BY step DESC, server_time DESC", args))
+
+    def run(self, name: str) -> dict | None:
+        return next((r for r in self.runs() if r["name"] == name), None)
 
     def accounts(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM accounts ORDER BY position"))

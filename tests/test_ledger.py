@@ -173,3 +173,27 @@ def test_snapshot_round_trip(tmp_path):
     copy = Ledger.from_snapshot(store, "j", tmp_path / "copy.db")
     assert copy.dump() == ledger.dump()
     assert copy.event_count() == 2
+
+
+def test_a_ledger_of_an_older_schema_is_migrated_and_refolded(tmp_path):
+    import json
+
+    import sqlite_utils
+
+    from shardrun.ledger import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    MIGRATIONS[0](db)  # a version-1 ledger, as an older shardrun wrote it
+    db.execute("PRAGMA user_version = 1")
+    events = [plan_event(), ev("claim", 1), ev("checkpoint", 2, step=50, key="ck50", md5="m")]
+    for e in events:
+        db["events"].insert({"id": e.id, "server_time": e.server_time, "kind": e.kind, "worker": e.worker,
+                             "run": e.run, "chunk": e.chunk, "generation": e.generation,
+                             "payload": json.dumps(e.payload)})
+    db.conn.commit()
+    db.close()
+    ledger = Ledger.open(path)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [c["key"] for c in ledger.checkpoints("r1")] == ["ck50"]
+    assert chunk(ledger)["owner"] == "w1"
