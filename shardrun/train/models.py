@@ -1,0 +1,326 @@
+"""Super-resolution networks as factories of (scale, channels, options) returning Keras models.
+
+Every model is fully convolutional: its input is `(None, None, C)`, so one model trains on patches
+and evaluates on whole images. A model's `input_kind` says what it is fed:
+
+- "upsampled": the low-resolution image bicubically enlarged to the output size (SRCNN);
+- "low": the low-resolution image itself; the network enlarges it (FSRCNN, ESPCN, DECUSR).
+
+TensorFlow is imported inside the builders so that listing names and validating options
+(`resolve_model`) stays cheap for the planner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardrun.errors import ShardrunError
+
+CHANNELS = (1, 3)
+# The smallest low-resolution patch side we train on: below it a 3x3 or 5x5 kernel sees mostly
+# padding and the patch says little about the image.
+MIN_LR_PATCH = 4
+
+
+class ModelError(ShardrunError, ValueError):
+    """A model name, option, scale, channel count or patch size that no model accepts."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the registry: how to build a network and what it accepts."""
+
+    name: str
+    summary: str
+    citation: str
+    input_kind: str  # "upsampled" or "low"
+    scales: tuple[int, ...]
+    defaults: Mapping[str, int]
+    build: Callable[..., Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model fully described: name, scale, channels and every option (defaults filled in)."""
+
+    name: str
+    scale: int
+    channels: int
+    options: Mapping[str, int]
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.name]
+
+    @property
+    def input_kind(self) -> str:
+        return self.spec.input_kind
+
+    def identity(self) -> dict[str, Any]:
+        """Returns a JSON-ready description that checkpoints store and compare."""
+        return {
+            "name": self.name,
+            "scale": self.scale,
+            "channels": self.channels,
+            "options": dict(sorted(self.options.items())),
+        }
+
+    def describe(self) -> str:
+        """Returns a one-line human description, e.g. `decusr (scale 2, 1 channel, blocks=4)`."""
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        noun = "channel" if self.channels == 1 else "channels"
+        return f"{self.name} (scale {self.scale}, {self.channels} {noun}, {opts})"
+
+
+class _Init:
+    """Hands each layer its own seeded Glorot initializer, so a seed fixes the initial weights
+    without touching Keras's global random state."""
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+        self.count = 0
+
+    def __call__(self):
+        import keras
+
+        if self.seed is None:
+            return "glorot_uniform"
+        self.count += 1
+        return keras.initializers.GlorotUniform(seed=self.seed * 1009 + self.count)
+
+
+def _conv(init: _Init, filters: int, kernel: int, activation=None, name=None):
+    import keras
+
+    return keras.layers.Conv2D(
+        filters,
+        kernel,
+        padding="same",
+        activation=activation,
+        kernel_initializer=init(),
+        name=name,
+    )
+
+
+def _srcnn(scale, channels, options, init, name):
+    import keras
+
+    # Dong et al. 2014/2016: patch extraction f1=9, non-linear mapping f2 (1 or 5), reconstruction
+    # f3=5, on the bicubically enlarged image. "same" padding keeps output and target aligned.
+    inputs = keras.Input((None, None, channels), name="upsampled")
+    x = _conv(init, options["n1"], 9, "relu")(inputs)
+    x = _conv(init, options["n2"], options["f2"], "relu")(x)
+    outputs = _conv(init, channels, 5)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _srcnn_915(scale, channels, options, init):
+    return _srcnn(scale, channels, {**options, "f2": 1}, init, "srcnn-915")
+
+
+def _srcnn_955(scale, channels, options, init):
+    return _srcnn(scale, channels, {**options, "f2": 5}, init, "srcnn-955")
+
+
+def _fsrcnn(scale, channels, options, init):
+    import keras
+
+    # Dong, Loy, Tang 2016, FSRCNN(d, s, m): feature extraction 5x5 d, shrinking 1x1 s, m mapping
+    # layers 3x3 s, expanding 1x1 d, each followed by PReLU, then a 9x9 deconvolution of stride
+    # `scale`. PReLU slopes are shared over space so the model takes any image size.
+    d, s, m = options["d"], options["s"], options["m"]
+
+    def prelu():
+        return keras.layers.PReLU(shared_axes=[1, 2])
+
+    inputs = keras.Input((None, None, channels), name="low")
+    x = prelu()(_conv(init, d, 5)(inputs))
+    x = prelu()(_conv(init, s, 1)(x))
+    for _ in range(m):
+        x = prelu()(_conv(init, s, 3)(x))
+    x = prelu()(_conv(init, d, 1)(x))
+    outputs = keras.layers.Conv2DTranspose(
+        channels, 9, strides=scale, padding="same", kernel_initializer=init()
+    )(x)
+    return keras.Model(inputs, outputs, name="fsrcnn")
+
+
+def _espcn(scale, channels, options, init):
+    import keras
+    import tensorflow as tf
+
+    # Shi et al. 2016: (5, n1) and (3, n2) with tanh, then 3x3 to C*r^2 channels rearranged by a
+    # sub-pixel shuffle (depth_to_space) into the r-times larger image.
+    inputs = keras.Input((None, None, channels), name="low")
+    x = _conv(init, options["n1"], 5, "tanh")(inputs)
+    x = _conv(init, options["n2"], 3, "tanh")(x)
+    x = _conv(init, channels * scale * scale, 3)(x)
+    outputs = keras.layers.Lambda(
+        lambda t: tf.nn.depth_to_space(t, scale), name="pixel_shuffle"
+    )(x)
+    return keras.Model(inputs, outputs, name="espcn")
+
+
+def _decusr(scale, channels, options, init):
+    import keras
+
+    # Temiz & Bilge, DECUSR (authors' public definition, github.com/htemiz/DECUSR, Decusr.py):
+    # a feature extraction block (three 3x3 and one 1x1 conv) on the low-resolution input, the
+    # features and the input each enlarged by nearest-neighbour UpSampling2D (L_FUP, L_DUP), then
+    # `blocks` repeating blocks (3x3, 3x3, 1x1), each fed the concatenation of both enlarged
+    # tensors and every earlier block's output, and a final 3x3 conv. All activations are ReLU,
+    # the last one included, as in the authors' code.
+    f = options["filters"]
+    inputs = keras.Input((None, None, channels), name="low")
+    x = inputs
+    for kernel in (3, 3, 3, 1):
+        x = _conv(init, f, kernel, "relu")(x)
+    feature_up = keras.layers.UpSampling2D(scale, name="feature_upsampling")(x)
+    direct_up = keras.layers.UpSampling2D(scale, name="direct_upsampling")(inputs)
+    dense = [feature_up, direct_up]
+    block = None
+    for _ in range(options["blocks"]):
+        block = keras.layers.Concatenate()(dense)
+        for kernel in (3, 3, 1):
+            block = _conv(init, f, kernel, "relu")(block)
+        dense.append(block)
+    outputs = _conv(init, channels, 3, "relu")(block)
+    return keras.Model(inputs, outputs, name="decusr")
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "srcnn-915",
+            "SRCNN 9-1-5: three convolutions on the bicubically enlarged image",
+            "Dong, Loy, He, Tang 2014/2016 (SRCNN)",
+            "upsampled",
+            (2, 3, 4),
+            {"n1": 64, "n2": 32},
+            _srcnn_915,
+        ),
+        ModelSpec(
+            "srcnn-955",
+            "SRCNN 9-5-5: SRCNN with a 5x5 non-linear mapping layer",
+            "Dong, Loy, He, Tang 2016 (SRCNN)",
+            "upsampled",
+            (2, 3, 4),
+            {"n1": 64, "n2": 32},
+            _srcnn_955,
+        ),
+        ModelSpec(
+            "fsrcnn",
+            "FSRCNN(d, s, m): hourglass network with a final deconvolution",
+            "Dong, Loy, Tang 2016 (FSRCNN)",
+            "low",
+            (2, 3, 4),
+            {"d": 56, "s": 12, "m": 4},
+            _fsrcnn,
+        ),
+        ModelSpec(
+            "espcn",
+            "ESPCN: convolutions in low resolution and a sub-pixel shuffle",
+            "Shi et al. 2016 (ESPCN)",
+            "low",
+            (2, 3, 4),
+            {"n1": 64, "n2": 32},
+            _espcn,
+        ),
+        ModelSpec(
+            "decusr",
+            "DECUSR: densely connected repeating blocks after in-network upsampling",
+            "Temiz & Bilge 2018/2020 (DECUSR); github.com/htemiz/DECUSR",
+            "low",
+            (2, 3, 4, 8),
+            {"blocks": 4, "filters": 16},
+            _decusr,
+        ),
+    )
+}
+
+
+def model_names() -> list[str]:
+    """Returns the registered model names in registry order."""
+    return list(MODELS)
+
+
+def resolve_model(
+    name: str, scale: int, channels: int, options: Mapping[str, Any] | None = None
+) -> ModelConfig:
+    """Returns the validated model description with defaults filled in.
+
+    Raises ModelError naming every problem at once (unknown name, option, bad value, scale,
+    channels).
+    """
+    if name not in MODELS:
+        raise ModelError(
+            f"model={name!r} is not a known model; choose one of: {', '.join(MODELS)}"
+        )
+    spec = MODELS[name]
+    options = dict(options or {})
+    problems = []
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        allowed = ", ".join(spec.defaults) or "none"
+        problems.append(
+            f"option {', '.join(map(repr, unknown))} is not known to {name}; allowed: {allowed}"
+        )
+    resolved = dict(spec.defaults)
+    for key in spec.defaults:
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"option {key}={value!r} of {name} must be a positive integer")
+            else:
+                resolved[key] = value
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale not in spec.scales:
+        problems.append(
+            f"scale={scale!r} is not supported by {name}; supported: "
+            f"{', '.join(map(str, spec.scales))}"
+        )
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        problems.append(f"channels={channels!r} must be 1 (Y) or 3 (RGB)")
+    if problems:
+        raise ModelError("; ".join(problems))
+    return ModelConfig(name, scale, channels, resolved)
+
+
+def check_patch_size(patch_size: int, scale: int) -> None:
+    """Returns nothing; raises ModelError when `patch_size` (HR side) cannot be used at `scale`."""
+    smallest = MIN_LR_PATCH * scale
+    if (
+        isinstance(patch_size, bool)
+        or not isinstance(patch_size, int)
+        or patch_size < smallest
+        or patch_size % scale
+    ):
+        raise ModelError(
+            f"patch_size={patch_size!r} is too small or not a multiple of scale {scale}: the "
+            f"HR patch must be a multiple of {scale} and at least {smallest} pixels "
+            f"({MIN_LR_PATCH} low-resolution pixels)"
+        )
+
+
+def build_model(config: ModelConfig, seed: int | None = None):
+    """Returns a new Keras model for `config`; `seed` fixes its initial weights."""
+    return config.spec.build(config.scale, config.channels, dict(config.options), _Init(seed))
+
+
+def create_model(
+    name: str,
+    scale: int,
+    channels: int = 1,
+    options: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+):
+    """Returns a new Keras model by name, after validating every argument."""
+    return build_model(resolve_model(name, scale, channels, options), seed)
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """Returns the number of trainable parameters of the model `config` describes."""
+    model = build_model(config, seed=0)
+    return int(sum(int(w.numpy().size) for w in model.trainable_weights))

@@ -1,0 +1,507 @@
+"""The time-boxed trainer: trains a run from its current step to a target step or until a deadline
+nears, checkpoints into single files, and resumes from them exactly.
+
+A checkpoint is one uncompressed `.npz` file (numpy's zip of arrays, every member CRC-checked on
+read), written to a temporary name and renamed into place. It holds:
+
+- `meta`: UTF-8 JSON — format and version, the model's identity (name, scale, channels, options),
+  the data layout (patch size, batch size, patches per image, seed, window, number of images),
+  the optimiser's settings, the global step and the RNG state;
+- `weights/NNNN`: the model's variables in model order;
+- `optimizer/NNNN`: the optimiser's variables (iteration count, learning rate, Adam moments).
+
+RNG state: every random choice of a run is a stateless hash of (seed, epoch, step, ...) (see
+data.py; initial weights come from seeded initialisers), so the seed and the step are the whole
+RNG state; the checkpoint records both.
+
+Nothing here prints or exits: notices (a fallback to an older checkpoint) are returned and logged
+on the `shardrun.train` logger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shardrun.clock import Clock, SystemClock
+from shardrun.errors import ShardrunError
+from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
+from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
+
+log = logging.getLogger("shardrun.train")
+
+CHECKPOINT_FORMAT = "shardrun-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_SUFFIX = ".ckpt.npz"
+# Time kept back before a deadline for the final checkpoint, at the least; the trainer keeps
+# back twice its slowest checkpoint write when that is more.
+DEFAULT_RESERVE_S = 30.0
+
+
+class TrainingError(ShardrunError):
+    """Training cannot start or continue as asked."""
+
+
+class CheckpointError(TrainingError):
+    """No usable checkpoint among those given."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint of a different model or data layout than this run's."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run's training, independent of the job file."""
+
+    model: str
+    scale: int
+    channels: int = 1
+    options: Mapping[str, int] = field(default_factory=dict)
+    patch_size: int = 32
+    batch_size: int = 64
+    patches_per_image: int = 16
+    epochs: int = 1
+    seed: int = 0
+    learning_rate: float = 1e-3
+    beta_1: float = 0.9
+    images_per_window: int = 16
+
+    def resolve(self) -> ModelConfig:
+        """Returns the model description; raises ModelError naming every problem at once."""
+        problems = []
+        model = None
+        try:
+            model = resolve_model(self.model, self.scale, self.channels, self.options)
+        except ModelError as error:
+            problems.append(str(error))
+        if model is not None or isinstance(self.scale, int) and self.scale > 0:
+            try:
+                check_patch_size(self.patch_size, self.scale)
+            except ModelError as error:
+                problems.append(str(error))
+        for name in ("batch_size", "patches_per_image", "epochs", "images_per_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name}={value!r} must be a positive integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            problems.append(f"seed={self.seed!r} must be a non-negative integer")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            problems.append(f"learning_rate={self.learning_rate!r} must be a positive number")
+        if not (isinstance(self.beta_1, (int, float)) and 0 <= self.beta_1 < 1):
+            problems.append(f"beta_1={self.beta_1!r} must be in [0, 1)")
+        if problems:
+            raise ModelError("; ".join(problems))
+        return model
+
+    def data_layout(self, num_images: int) -> dict[str, int]:
+        """Returns what fixes the sample order; a resume must find the same values."""
+        return {
+            "num_images": num_images,
+            "patch_size": self.patch_size,
+            "batch_size": self.batch_size,
+            "patches_per_image": self.patches_per_image,
+            "seed": self.seed,
+            "images_per_window": self.images_per_window,
+        }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint written: where, at which step, its size and sha256, and why."""
+
+    path: Path
+    step: int
+    size: int
+    sha256: str
+    reason: str  # "steps", "time", "target", "deadline", "stopped" or "manual"
+    final: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a heartbeat reports."""
+
+    step: int
+    target: int
+    loss: float | None  # mean loss since the previous heartbeat
+    patches_per_second: float | None
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """The checkpoint restored, its step, and notices about the ones that could not be read."""
+
+    path: Path
+    step: int
+    notices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a call of `train` ended."""
+
+    step: int
+    target: int
+    reason: str  # "target", "deadline" or "stopped"
+    steps_done: int
+    checkpoint: CheckpointInfo | None
+    loss: float | None  # mean loss of this call's steps
+    elapsed_s: float
+
+
+def checkpoint_filename(step: int) -> str:
+    """Returns the local file name of the checkpoint at `step` (sortable by step)."""
+    return f"step-{step:012d}{CHECKPOINT_SUFFIX}"
+
+
+def file_sha256(path: Path) -> str:
+    """Returns the sha256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
+    """Returns (meta, weights, optimizer variables) of a checkpoint file.
+
+    Raises CheckpointError when the file cannot be read or is not a shardrun checkpoint.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a shardrun checkpoint")
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        weights = [arrays[f"weights/{i:04d}"] for i in range(meta["weights"])]
+        slots = [arrays[f"optimizer/{i:04d}"] for i in range(meta["optimizer_variables"])]
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        reason = str(error) or type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from error
+    return meta, weights, slots
+
+
+def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+class Trainer:
+    """Trains one run of a job in slices; see the module docstring for the checkpoint format.
+
+    The model and the optimiser (built, so its variables exist) are created here; call `restore`
+    to continue from a checkpoint, then `train`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        source: ImageSource,
+        checkpoint_dir: Path | str,
+        *,
+        clock: Clock | None = None,
+        keep: int = 2,
+        parallel_input: bool = True,
+    ):
+        import keras
+
+        self.config = config
+        self.model_config = config.resolve()
+        if len(source) == 0:
+            raise TrainingError("the image source is empty; a run needs at least one image")
+        check_image_sizes(source, config.patch_size, config.scale)
+        self.source = source
+        self.order = SampleOrder(len(source), config.patches_per_image, config.batch_size,
+                                 config.seed, config.images_per_window)
+        self.patch_spec = PatchSpec(config.scale, config.channels, config.patch_size,
+                                    self.model_config.input_kind)
+        self.total_steps = config.epochs * self.order.steps_per_epoch
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.clock = clock or SystemClock()
+        self.keep = max(1, keep)
+        self.parallel_input = parallel_input
+        self.model = build_model(self.model_config, seed=config.seed)
+        self.optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
+        self.optimizer.build(self.model.trainable_variables)
+        self.step = 0
+        self._stop = False
+        self._run_steps = None
+        self._slowest_save_s = 0.0
+        self._written: list[Path] = []
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": self.model_config.identity(),
+            "data": self.config.data_layout(len(self.source)),
+            "optimizer": {"name": "adam", "learning_rate": self.config.learning_rate,
+                          "beta_1": self.config.beta_1},
+            "step": self.step,
+            "rng": {"seed": self.config.seed, "samples_seen": self.step * self.config.batch_size},
+            "written_at": self.clock.now(),
+            "weights": len(self.model.weights),
+            "optimizer_variables": len(self.optimizer.variables),
+        }
+
+    def save_checkpoint(self, path: Path | str | None = None, reason: str = "manual",
+                        final: bool = False) -> CheckpointInfo:
+        """Returns the checkpoint written (atomically) at the current step."""
+        started = self.clock.monotonic()
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(path) if path is not None else self.checkpoint_dir / checkpoint_filename(self.step)
+        arrays = {"meta": np.frombuffer(json.dumps(self._meta()).encode("utf-8"), np.uint8)}
+        for i, variable in enumerate(self.model.weights):
+            arrays[f"weights/{i:04d}"] = np.asarray(variable.numpy())
+        for i, variable in enumerate(self.optimizer.variables):
+            arrays[f"optimizer/{i:04d}"] = np.asarray(variable.numpy())
+        _write_atomically(path, arrays)
+        self._remember(path)
+        self._slowest_save_s = max(self._slowest_save_s, self.clock.monotonic() - started)
+        return CheckpointInfo(path, self.step, path.stat().st_size, file_sha256(path), reason,
+                              final)
+
+    def _remember(self, path: Path) -> None:
+        # Keep the newest `keep` files this trainer wrote: the previous one is the fallback when
+        # the newest cannot be read.
+        if path in self._written:
+            self._written.remove(path)
+        self._written.append(path)
+        while len(self._written) > self.keep:
+            self._written.pop(0).unlink(missing_ok=True)
+
+    def _check_identity(self, path: Path, meta: dict[str, Any], weights, slots) -> None:
+        theirs, ours = meta.get("model", {}), self.model_config.identity()
+        if theirs != ours:
+            try:
+                described = ModelConfig(theirs["name"], theirs["scale"], theirs["channels"],
+                                        theirs["options"]).describe()
+            except (KeyError, TypeError):
+                described = repr(theirs)
+            raise CheckpointMismatchError(
+                f"checkpoint {path} holds {described}, but this run trains "
+                f"{self.model_config.describe()}"
+            )
+        layout = self.config.data_layout(len(self.source))
+        stored = meta.get("data", {})
+        changed = [f"{key}={stored.get(key)!r} (now {value!r})"
+                   for key, value in layout.items() if stored.get(key) != value]
+        if changed:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was trained with {', '.join(changed)}; resuming it would not "
+                f"continue the same sample order"
+            )
+        expected = [tuple(v.shape) for v in self.model.weights]
+        expected_slots = [tuple(v.shape) for v in self.optimizer.variables]
+        if [w.shape for w in weights] != expected or [s.shape for s in slots] != expected_slots:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} has variables of other shapes than "
+                f"{self.model_config.describe()}"
+            )
+
+    def restore(self, candidates: Sequence[Path | str]) -> RestoreResult:
+        """Returns the checkpoint restored: the first of `candidates` (newest first) that reads.
+
+        An unreadable file is skipped with a notice; a readable one of a different model or data
+        layout raises CheckpointMismatchError.
+        """
+        notices: list[str] = []
+        for candidate in candidates:
+            path = Path(candidate)
+            try:
+                meta, weights, slots = read_checkpoint(path)
+            except CheckpointError as error:
+                notices.append(f"{error}; falling back to the previous checkpoint")
+                log.warning(notices[-1])
+                continue
+            self._check_identity(path, meta, weights, slots)
+            for variable, value in zip(self.model.weights, weights):
+                variable.assign(value)
+            for variable, value in zip(self.optimizer.variables, slots):
+                variable.assign(value)
+            self.step = int(meta["step"])
+            return RestoreResult(path, self.step, tuple(notices))
+        if not candidates:
+            raise CheckpointError("no checkpoint was given to restore")
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoint(s) can be read: "
+            + " | ".join(n.removesuffix("; falling back to the previous checkpoint")
+                         for n in notices)
+        )
+
+    # --- training ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Asks `train` to stop after the current step (e.g. from a heartbeat callback)."""
+        self._stop = True
+
+    def dataset(self, start_step: int | None = None):
+        """Returns the training batches from `start_step` (default: the current step) on."""
+        start = self.step if start_step is None else start_step
+        return make_dataset(self.source, self.order, self.patch_spec, start,
+                            parallel=self.parallel_input)
+
+    def _compiled(self):
+        if self._run_steps is None:
+            import tensorflow as tf
+
+            model, optimizer = self.model, self.optimizer
+
+            @tf.function
+            def run_steps(iterator, count):
+                total = tf.constant(0.0, tf.float32)
+                for _ in tf.range(count):
+                    inputs, target = next(iterator)
+                    with tf.GradientTape() as tape:
+                        output = model(inputs, training=True)
+                        loss = tf.reduce_mean(tf.square(output - target))
+                    gradients = tape.gradient(loss, model.trainable_variables)
+                    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                    total += loss
+                return total
+
+            self._run_steps = run_steps
+        return self._run_steps
+
+    def train(
+        self,
+        until_step: int | None = None,
+        *,
+        deadline: float | None = None,
+        reserve_s: float = DEFAULT_RESERVE_S,
+        checkpoint_every_steps: int | None = None,
+        checkpoint_every_s: float | None = None,
+        heartbeat_every_s: float | None = None,
+        on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
+        on_heartbeat: Callable[[Progress], None] | None = None,
+        steps_per_call: int = 1,
+        batches=None,
+    ) -> TrainResult:
+        """Returns how training ended: at `until_step` (default: the run's end), at the deadline,
+        or on request.
+
+        `deadline` is in the clock's `now()` seconds; training stops early enough to leave
+        max(`reserve_s`, twice the slowest checkpoint write) plus one call's time for the final
+        checkpoint, which is always written when steps were done and passed to `on_checkpoint`.
+        `steps_per_call` steps run in one compiled call (fewer host round trips on a GPU);
+        `batches` replaces the input pipeline (benchmarks).
+        """
+        import tensorflow as tf
+
+        target = self.total_steps if until_step is None else until_step
+        if not isinstance(target, int) or target < self.step or target > self.total_steps:
+            raise TrainingError(
+                f"until_step={until_step!r} must be between the current step {self.step} and "
+                f"the run's last step {self.total_steps}"
+            )
+        if steps_per_call < 1:
+            raise TrainingError(f"steps_per_call={steps_per_call!r} must be at least 1")
+        self._stop = False
+        run_steps = self._compiled()
+        iterator = iter(batches if batches is not None else self.dataset())
+        clock, start_step = self.clock, self.step
+        started = clock.monotonic()
+        last_checkpoint = last_heartbeat = started
+        checkpoint_info = None
+        pending = None  # the previous call's loss tensor, read while the next call runs
+        loss_total, loss_steps, beat_total, beat_steps = 0.0, 0, 0.0, 0
+        beat_started, beat_step = started, self.step
+        call_s = 0.0
+        reason = "target"
+
+        def settle():
+            nonlocal pending, loss_total, loss_steps, beat_total, beat_steps
+            if pending is not None:
+                value, count = float(pending[0]), pending[1]
+                loss_total, loss_steps = loss_total + value, loss_steps + count
+                beat_total, beat_steps = beat_total + value, beat_steps + count
+                pending = None
+
+        while self.step < target:
+            if self._stop:
+                reason = "stopped"
+                break
+            if deadline is not None:
+                keep_back = max(reserve_s, 2 * self._slowest_save_s) + call_s
+                if clock.now() + keep_back >= deadline:
+                    reason = "deadline"
+                    break
+            count = min(steps_per_call, target - self.step)
+            if checkpoint_every_steps:
+                count = min(count, checkpoint_every_steps - self.step % checkpoint_every_steps)
+            call_started = clock.monotonic()
+            loss = run_steps(iterator, tf.constant(count, tf.int32))
+            # Reading the previous call's loss waits for that call only, so the device always has
+            # the next call queued while the host never runs more than one call ahead.
+            settle()
+            pending = (loss, count)
+            self.step += count
+            now = clock.monotonic()
+            call_s = now - call_started
+            due = None
+            if checkpoint_every_steps and self.step % checkpoint_every_steps == 0:
+                due = "steps"
+            elif checkpoint_every_s is not None and now - last_checkpoint >= checkpoint_every_s:
+                due = "time"
+            if due and self.step < target:
+                settle()
+                checkpoint_info = self.save_checkpoint(reason=due)
+                last_checkpoint = clock.monotonic()
+                if on_checkpoint:
+                    on_checkpoint(checkpoint_info)
+            if heartbeat_every_s is not None and now - last_heartbeat >= heartbeat_every_s:
+                settle()
+                if on_heartbeat:
+                    seconds = now - beat_started
+                    on_heartbeat(Progress(
+                        self.step, target,
+                        beat_total / beat_steps if beat_steps else None,
+                        (self.step - beat_step) * self.config.batch_size / seconds
+                        if seconds > 0 else None,
+                        now - started,
+                    ))
+                beat_total, beat_steps, beat_started, beat_step = 0.0, 0, now, self.step
+                last_heartbeat = now
+        settle()
+        if self.step > start_step and (checkpoint_info is None or checkpoint_info.step != self.step):
+            checkpoint_info = self.save_checkpoint(reason=reason, final=True)
+            if on_checkpoint:
+                on_checkpoint(checkpoint_info)
+        elif checkpoint_info is not None:
+            checkpoint_info = CheckpointInfo(checkpoint_info.path, checkpoint_info.step,
+                                             checkpoint_info.size, checkpoint_info.sha256,
+                                             checkpoint_info.reason, True)
+        return TrainResult(self.step, target, reason, self.step - start_step, checkpoint_info,
+                           loss_total / loss_steps if loss_steps else None,
+                           clock.monotonic() - started)
+
+    def evaluate(self, images, names=None):
+        """Returns PSNR/SSIM of the model and of bicubic on HR RGB images (see metrics.evaluate)."""
+        from shardrun.train.metrics import evaluate
+
+        return evaluate(self.model, self.config.scale, self.config.channels,
+                        self.model_config.input_kind, images, names)
