@@ -61,7 +61,7 @@ def plan_view(report: PlanReport) -> Group:
         runs.add_column(col, justify="left" if col in ("run", "model", "throughput from") else "right")
     for r in report.runs:
         runs.add_row(r.run.name, f"{r.run.model} x{r.run.scale}", f"{r.steps_per_epoch:,}", f"{r.steps_total:,}",
-                     str(len(r.chunks)), f"{r.patches_per_second:,.1f}", r.throughput_source,
+                     str(len(r.chunks)), f"{r.patches_per_second:,.4g}", r.throughput_source,
                      human_hours(r.train_seconds / 3600))
     parts.append(runs)
 

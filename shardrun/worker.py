@@ -1,0 +1,371 @@
+"""The worker: claims chunks through the journal, trains them, checkpoints to the store, hands on.
+
+Protocol (DESIGN §5). A worker writes `claim(chunk, generation)`, waits a settle interval, syncs,
+and owns the chunk only if its claim is the earliest for that generation. While training it
+heartbeats, re-syncing each time, and stops if an earlier claim has surfaced or its lease was
+declared expired. A silent owner's chunk is freed by an `expire` event that the fold accepts only
+if, in the store's own time, the owner had been silent for the lease. Checkpoints go to keys of
+their own per attempt and step, uploaded and verified by md5 before a `checkpoint` event points
+at them. At the deadline (or on a signal) the worker writes `yield` with the exact step reached;
+at the chunk's end it writes `done`, which readies the next chunk of the run.
+
+`Worker.loop()` does one unit of work and returns what happened, so tests drive it step by step;
+`Worker.run()` loops until the job is finished, the session ends or it is asked to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from shardrun import paths
+from shardrun.clock import Clock, SystemClock
+from shardrun.config import JobConfig
+from shardrun.errors import ShardrunError
+from shardrun.journal import Journal
+from shardrun.ledger import Ledger
+from shardrun.session import Session
+from shardrun.shards import Manifest
+from shardrun.storage import IntegrityError, NotFound, Store, open_store
+from shardrun.storage.base import digest_file
+
+log = logging.getLogger("shardrun.worker")
+
+
+class WorkerError(ShardrunError):
+    """The worker cannot go on (no plan, unknown account, unusable store)."""
+
+
+@dataclass
+class WorkerSettings:
+    settle_seconds: float = 10.0  # between writing a claim and trusting the listing
+    heartbeat_seconds: float = 120.0
+    checkpoint_seconds: float = 600.0  # a SIGKILL loses at most this much training
+    checkpoint_steps: int | None = None
+    poll_seconds: float = 30.0  # when every ready chunk is taken, look again after this
+    min_upload_margin_s: float = 30.0  # kept back before the deadline for the last upload, at least
+    deterministic: bool = True  # TensorFlow op determinism: exact resume, some speed on a GPU
+
+
+@dataclass
+class WorkerJob:
+    """What a worker needs of a job: its name, its stores and where the local ledger lives."""
+
+    name: str
+    home: Store
+    stores: dict[str, Store]  # account name -> store (filled from the plan when started from a URL)
+    ledger_path: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_config(cls, job: JobConfig) -> "WorkerJob":
+        stores = {a.name: open_store(a.store, a.quota_bytes, job.base_dir) for a in job.accounts}
+        root = job.ledger_path.parent
+        return cls(job.name, stores[job.home.name], stores, job.ledger_path, root / "cache")
+
+    @classmethod
+    def from_home_url(cls, url: str, cache_root: Path | None = None) -> "WorkerJob":
+        """Returns the job at `<home store URL>/<job name>`, for a notebook that has only the store."""
+        store_url, _, name = url.rstrip("/").rpartition("/")
+        if not store_url or "://" not in store_url or not name:
+            raise WorkerError(f"{url!r} is neither a job file nor a job URL like local:///srv/alice/JOBNAME")
+        root = (cache_root or Path.home() / ".cache" / "shardrun") / name
+        return cls(name, open_store(store_url), {}, root / "ledger.db", root / "cache")
+
+
+@dataclass
+class ChunkOutcome:
+    run: str
+    chunk: int
+    generation: int
+    start_step: int  # where training started (after restoring)
+    step: int  # where it stopped
+    result: str  # "done", "yield" (deadline or stop), "lost" (another worker owns the chunk)
+    train_seconds: float
+    notices: list[str] = field(default_factory=list)
+
+
+def worker_identity(account: str) -> str:
+    """Returns a worker id unique to this process: two workers never share one, even if started alike."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:12] or "host"
+    return f"{account}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, job: WorkerJob, account: str, session: Session, *, settings: WorkerSettings | None = None,
+                 clock: Clock | None = None, on_outcome: Callable[[ChunkOutcome], None] | None = None,
+                 on_progress: Callable[[str, int, int, int, float | None], None] | None = None):
+        self.job = job
+        self.account = account
+        self.session = session
+        self.settings = settings or WorkerSettings()
+        self.clock = clock or SystemClock()
+        self.id = worker_identity(account)
+        self.journal = Journal(job.home, job.name, self.clock)
+        self.ledger = Ledger.from_snapshot(job.home, job.name, job.ledger_path)
+        self.on_outcome = on_outcome or (lambda outcome: None)
+        self.on_progress = on_progress or (lambda run, chunk, step, end, loss: None)
+        self.outcomes: list[ChunkOutcome] = []
+        self._stop = False
+        self._trainer = None
+        self._server_offset: float | None = None  # store time minus this machine's time
+        self._verified_shards: set[str] = set()
+        self._source = None
+        self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
+        self._upload_bps: float | None = None
+        self._checkpoint_bytes = 0
+        self.sync()
+        plan = self.ledger.plan()
+        if plan is None:
+            raise WorkerError(f"job {job.name!r} has no plan on {job.home.url}: run `shardrun plan` first")
+        if account not in {a["name"] for a in self.ledger.accounts()}:
+            raise WorkerError(f"--account {account!r} is not an account of job {job.name!r}; it has: "
+                              + ", ".join(a["name"] for a in self.ledger.accounts()))
+        if not job.stores:
+            job.stores.update({a["name"]: open_store(a["store"], a["quota_bytes"]) for a in self.ledger.accounts()})
+
+    # -- time and the journal --
+
+    def sync(self) -> None:
+        self.ledger.sync(self.journal)
+
+    def _write(self, kind: str, run: str | None = None, chunk: int | None = None, generation: int | None = None,
+               **payload) -> None:
+        local = self.clock.now()
+        event = self.journal.append(kind, self.id, run, chunk, generation, payload)
+        self._server_offset = event.server_time - local
+
+    def server_now(self) -> float | None:
+        """Returns the store's time now, estimated from our last write (never another machine's clock)."""
+        return None if self._server_offset is None else self.clock.now() + self._server_offset
+
+    def request_stop(self) -> None:
+        """Asks the worker to checkpoint, yield and stop (a signal handler calls this)."""
+        self._stop = True
+        if self._trainer is not None:
+            self._trainer.request_stop()
+
+    # -- one unit of work --
+
+    def loop(self) -> str:
+        """Does one unit of work; returns "trained", "lost", "idle", "finished" or "stopped"."""
+        if self._stop:
+            return "stopped"
+        self.sync()
+        chunks = self.ledger.chunks()
+        if chunks and all(c["state"] == "done" for c in chunks):
+            return "finished"
+        self._expire_stale(chunks)
+        ready = [c for c in self.ledger.chunks() if c["state"] == "ready"]
+        if not ready:
+            return "idle"
+        # Different workers prefer different runs, so simultaneous claims rarely collide.
+        ready.sort(key=lambda c: hashlib.sha256(f"{self.id}/{c['run']}".encode()).hexdigest())
+        chunk = ready[0]
+        self._write("claim", chunk["run"], chunk["idx"], chunk["generation"])
+        self.clock.sleep(self.settings.settle_seconds)
+        self.sync()
+        if not self._owns(chunk):
+            log.info("lost the claim on %s chunk %d to an earlier one", chunk["run"], chunk["idx"])
+            return "lost"
+        outcome = self._train(chunk)
+        self.outcomes.append(outcome)
+        self.on_outcome(outcome)
+        return "trained" if outcome.result != "lost" else "lost"
+
+    def run(self, max_chunks: int | None = None) -> str:
+        """Works until the job is finished, the session ends, `max_chunks` are trained or a stop."""
+        while True:
+            if self._stop:
+                return "stopped"
+            left = self.session.seconds_left(self.clock)
+            if left is not None and left <= self._upload_margin() + self.settings.settle_seconds:
+                return "deadline"
+            if max_chunks is not None and len([o for o in self.outcomes if o.result != "lost"]) >= max_chunks:
+                return "max-chunks"
+            result = self.loop()
+            if result in ("finished", "stopped"):
+                return result
+            if result == "idle":
+                self.clock.sleep(self.settings.poll_seconds)
+
+    def _owns(self, chunk: dict) -> bool:
+        now = self.ledger.chunk(chunk["run"], chunk["idx"])
+        return (now is not None and now["state"] == "running" and now["owner"] == self.id
+                and now["generation"] == chunk["generation"])
+
+    def _expire_stale(self, chunks: list[dict]) -> None:
+        lease = self.ledger.plan()["lease_seconds"]
+        server_now = self.server_now()
+        for c in chunks:
+            if c["state"] != "running" or c["owner"] == self.id:
+                continue
+            # Without an estimate of the store's time yet, write the expiry anyway: the fold
+            # accepts it only if the store's time of this very event proves the lease over.
+            if server_now is None or server_now - c["heartbeat_time"] >= lease:
+                self._write("expire", c["run"], c["idx"], c["generation"])
+                server_now = self.server_now()
+        self.sync()
+
+    # -- training a chunk --
+
+    def _train(self, chunk: dict) -> ChunkOutcome:
+        from shardrun.train.trainer import Trainer
+
+        run, idx, generation = chunk["run"], chunk["idx"], chunk["generation"]
+        config = self._train_config(run)
+        notices: list[str] = []
+        trainer = self._trainers.get(run)
+        if trainer is None:
+            trainer = Trainer(config, self._image_source(), self.job.cache_dir / "checkpoints" / self.id / run,
+                              clock=self.clock)
+            self._trainers[run] = trainer
+        trainer.step = 0  # a fresh start unless a checkpoint is restored below
+        expected_total = self.ledger.run(run)["steps_total"]
+        if trainer.total_steps != expected_total:
+            raise WorkerError(f"run {run!r}: the plan counts {expected_total} steps but the data gives "
+                              f"{trainer.total_steps}; was the plan made with other shards?")
+        notices += self._restore(trainer, run, chunk)
+        start_step = trainer.step
+        self._trainer = trainer
+        lost = False
+        final: dict = {}
+
+        def on_checkpoint(info) -> None:
+            nonlocal lost
+            if lost:
+                return
+            key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
+            stat = self._upload(key, info.path)
+            if info.final:
+                final.update(key=key, md5=stat.md5, step=info.step)
+            else:
+                self._write("checkpoint", run, idx, generation, step=info.step, key=key, md5=stat.md5)
+
+        def on_heartbeat(progress) -> None:
+            nonlocal lost
+            self._write("heartbeat", run, idx, generation, step=progress.step, loss=progress.loss,
+                        patches_per_second=progress.patches_per_second)
+            self.sync()
+            self.on_progress(run, idx, progress.step, chunk["end_step"], progress.loss)
+            if not self._owns(chunk):
+                lost = True
+                trainer.request_stop()
+                notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
+
+        if self._stop:
+            trainer.request_stop()
+        started = time.monotonic()
+        try:
+            result = trainer.train(
+                until_step=chunk["end_step"], deadline=self._deadline(), reserve_s=self._upload_margin(),
+                checkpoint_every_steps=self.settings.checkpoint_steps,
+                checkpoint_every_s=self.settings.checkpoint_seconds,
+                heartbeat_every_s=self.settings.heartbeat_seconds,
+                on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat)
+        finally:
+            self._trainer = None
+        train_seconds = time.monotonic() - started
+        self.sync()
+        if lost or not self._owns(chunk):
+            return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
+        if result.reason == "target":
+            self._write("done", run, idx, generation, **final)
+            result_name = "done"
+        else:
+            self._write("yield", run, idx, generation, reason=f"{result.reason} at step {trainer.step}", **final)
+            result_name = "yield"
+        self.sync()
+        self.on_progress(run, idx, trainer.step, chunk["end_step"], result.loss)
+        return ChunkOutcome(run, idx, generation, start_step, trainer.step, result_name, train_seconds, notices)
+
+    def _train_config(self, run: str):
+        from shardrun.train.trainer import TrainConfig
+
+        values = json.loads(self.ledger.run(run)["config"])
+        return TrainConfig(model=values["model"], scale=values["scale"], channels=values["channels"],
+                           options=values.get("options") or {}, patch_size=values["patch_size"],
+                           batch_size=values["batch_size"], patches_per_image=values["patches_per_image"],
+                           epochs=values["epochs"], seed=values["seed"], learning_rate=values["learning_rate"])
+
+    def _deadline(self) -> float | None:
+        return self.session.deadline
+
+    def _upload_margin(self) -> float:
+        """Returns the time to keep for the final checkpoint upload, from the measured upload speed."""
+        margin = self.settings.min_upload_margin_s
+        if self._upload_bps and self._checkpoint_bytes:
+            margin = max(margin, 3 * self._checkpoint_bytes / self._upload_bps + 5)
+        return margin
+
+    def _upload(self, key: str, path: Path):
+        started = time.monotonic()
+        stat = self.job.home.put_file(key, path)  # verifies the stored md5
+        seconds = max(time.monotonic() - started, 1e-6)
+        self._checkpoint_bytes = stat.size
+        self._upload_bps = stat.size / seconds
+        return stat
+
+    # -- data and checkpoints from the store --
+
+    def _image_source(self):
+        from shardrun.train.data import ShardImageSource
+
+        if self._source is not None:
+            return self._source
+        plan = self.ledger.plan()
+        manifest = Manifest.from_json_bytes(self.job.home.get_bytes(plan["manifest_key"], plan["manifest_md5"]))
+        shard_dir = self.job.cache_dir / "shards"
+        for shard in self.ledger.shards():
+            self._fetch_shard(shard, shard_dir / f"{shard['id']}.tar")
+        self._source = ShardImageSource(manifest.images, shard_dir)
+        return self._source
+
+    def _fetch_shard(self, shard: dict, dest: Path) -> None:
+        """Fetches a shard into the cache once per session, verified; a corrupt copy is fetched again."""
+        if shard["id"] in self._verified_shards:
+            return
+        if dest.exists() and digest_file(dest).md5 == shard["md5"]:
+            self._verified_shards.add(shard["id"])
+            return
+        dest.unlink(missing_ok=True)
+        store = self.job.stores[shard["account"]]
+        try:
+            store.download(shard["key"], dest, expected_md5=shard["md5"])
+        except IntegrityError:
+            store.download(shard["key"], dest, expected_md5=shard["md5"])  # a torn partial: once more
+        self._verified_shards.add(shard["id"])
+
+    def _restore(self, trainer, run: str, chunk: dict) -> list[str]:
+        """Restores the newest verified checkpoint at or before the chunk's resume point."""
+        notices: list[str] = []
+        resume_at = max(chunk["step_reached"], chunk["start_step"])
+        local = []
+        for ckpt in self.ledger.checkpoints(run, up_to_step=resume_at):
+            dest = self.job.cache_dir / "restore" / ckpt["key"].replace("/", "_")
+            try:
+                if not (dest.exists() and digest_file(dest).md5 == ckpt["md5"]):
+                    self.job.home.download(ckpt["key"], dest, expected_md5=ckpt["md5"])
+            except (IntegrityError, NotFound) as e:
+                notices.append(f"checkpoint {ckpt['key']} is unusable ({e}); falling back to the previous one")
+                log.warning(notices[-1])
+                continue
+            local.append(dest)
+            if len(local) >= 2:
+                break  # the trainer falls back once more by itself if the newest file is unreadable
+        if local:
+            restored = trainer.restore(local)
+            notices += list(restored.notices)
+        elif chunk["start_step"] > 0:
+            notices.append(f"{run}: no checkpoint could be read; training again from step 0")
+            log.warning(notices[-1])
+        return notices
