@@ -69,6 +69,7 @@ class JobConfig:
     workers: int | None = None
     profile: str | None = None
     ledger: str | None = None
+    lease_minutes: float = 10.0
 
     @property
     def home(self) -> AccountConfig:
@@ -146,6 +147,7 @@ JOB_KEYS = {
     "workers": Key(int, check=positive),
     "profile": Key(str),
     "ledger": Key(str),
+    "lease_minutes": Key((int, float), default=10, check=positive),
 }
 ACCOUNT_KEYS = {
     "name": Key(str, required=True, check=valid_name),
@@ -294,6 +296,7 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         workers=job["workers"],
         profile=job["profile"],
         ledger=job["ledger"],
+        lease_minutes=float(job["lease_minutes"]),
     )
 
 

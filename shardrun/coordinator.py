@@ -23,7 +23,6 @@ from shardrun.errors import PlanError
 from shardrun.journal import Journal
 from shardrun.ledger import Ledger
 from shardrun.planner import (
-    DEFAULT_LEASE_SECONDS,
     AccountSpace,
     Estimate,
     RunPlan,
@@ -259,7 +258,7 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "manifest_md5": manifest.md5,
         "platform": job.platform,
         "profile": report.profile.name if report.profile else "",
-        "lease_seconds": DEFAULT_LEASE_SECONDS,
+        "lease_seconds": job.lease_minutes * 60,
         "accounts": [{"name": a.name, "store": a.store, "quota_bytes": a.quota_bytes,
                       "reserve_bytes": a.reserve_bytes} for a in report.accounts],
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],

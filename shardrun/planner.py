@@ -15,8 +15,6 @@ from shardrun.errors import PlanError
 from shardrun.platforms import Platform, Profile
 from shardrun.train.schedule import steps_per_epoch
 
-DEFAULT_LEASE_SECONDS = 600.0  # a worker heartbeats every 2 minutes; 5 missed ones free its chunk
-
 
 # -- placement -----------------------------------------------------------------------------------
 

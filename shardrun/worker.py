@@ -123,6 +123,10 @@ class Worker:
         self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
         self._upload_bps: float | None = None
         self._checkpoint_bytes = 0
+        if self.settings.deterministic:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
         self.sync()
         plan = self.ledger.plan()
         if plan is None:
@@ -224,17 +228,22 @@ class Worker:
         run, idx, generation = chunk["run"], chunk["idx"], chunk["generation"]
         config = self._train_config(run)
         notices: list[str] = []
-        trainer = self._trainers.get(run)
-        if trainer is None:
-            trainer = Trainer(config, self._image_source(), self.job.cache_dir / "checkpoints" / self.id / run,
-                              clock=self.clock)
-            self._trainers[run] = trainer
-        trainer.step = 0  # a fresh start unless a checkpoint is restored below
+        def fresh_trainer():
+            self._trainers[run] = Trainer(config, self._image_source(),
+                                          self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock)
+            return self._trainers[run]
+
+        # Reusing a run's trainer keeps its compiled step; its state is replaced by the restored
+        # checkpoint, or by a fresh trainer's initial weights when there is none.
+        trainer = self._trainers.get(run) or fresh_trainer()
         expected_total = self.ledger.run(run)["steps_total"]
         if trainer.total_steps != expected_total:
             raise WorkerError(f"run {run!r}: the plan counts {expected_total} steps but the data gives "
                               f"{trainer.total_steps}; was the plan made with other shards?")
-        notices += self._restore(trainer, run, chunk)
+        restored, restore_notices = self._restore(trainer, run, chunk)
+        notices += restore_notices
+        if not restored and trainer.step != 0:
+            trainer = fresh_trainer()
         start_step = trainer.step
         self._trainer = trainer
         lost = False
@@ -345,8 +354,11 @@ class Worker:
             store.download(shard["key"], dest, expected_md5=shard["md5"])  # a torn partial: once more
         self._verified_shards.add(shard["id"])
 
-    def _restore(self, trainer, run: str, chunk: dict) -> list[str]:
-        """Restores the newest verified checkpoint at or before the chunk's resume point."""
+    def _restore(self, trainer, run: str, chunk: dict) -> tuple[bool, list[str]]:
+        """Restores the newest verified checkpoint at or before the chunk's resume point.
+
+        Returns whether one was restored, and notices about checkpoints that were skipped.
+        """
         notices: list[str] = []
         resume_at = max(chunk["step_reached"], chunk["start_step"])
         local = []
@@ -363,9 +375,9 @@ class Worker:
             if len(local) >= 2:
                 break  # the trainer falls back once more by itself if the newest file is unreadable
         if local:
-            restored = trainer.restore(local)
-            notices += list(restored.notices)
-        elif chunk["start_step"] > 0:
+            notices += list(trainer.restore(local).notices)
+            return True, notices
+        if chunk["start_step"] > 0:
             notices.append(f"{run}: no checkpoint could be read; training again from step 0")
             log.warning(notices[-1])
-        return notices
+        return False, notices

@@ -55,6 +55,7 @@ class LocalStore(Store):
         self.quota_bytes = quota_bytes
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.url}: {self.root} is a file, not a folder")
+        self._root_existed = self.root.is_dir()
         self._lock = threading.Lock()
         self._used: int | None = None
         self._writes_since_count = 0
@@ -63,6 +64,11 @@ class LocalStore(Store):
 
     def _make_folders(self) -> None:
         # Created on the first write only, so reading (a dry run, `status`) never changes disk.
+        # A folder that existed when the store was opened and is gone now is an error: writing
+        # into a new empty folder would silently start a second journal.
+        if self._root_existed and not self.root.is_dir():
+            raise StoreError(f"{self.url}: the store folder {self.root} has disappeared")
+        self._root_existed = True
         try:
             (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
         except PermissionError as e:
