@@ -33,7 +33,7 @@ from shardrun.planner import (
 )
 from shardrun.platforms import Platform, Profile, load_platforms, load_profile
 from shardrun.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
-from shardrun.storage import QuotaExceeded, Stat, Store, StoreError, open_store
+from shardrun.storage import QuotaExceeded, Stat, Store, StoreError, absolute_url, open_store
 
 PLANNER = "planner"  # the worker name plan events carry
 
@@ -259,7 +259,8 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "platform": job.platform,
         "profile": report.profile.name if report.profile else "",
         "lease_seconds": job.lease_minutes * 60,
-        "accounts": [{"name": a.name, "store": a.store, "quota_bytes": a.quota_bytes,
+        # Absolute, so a worker started from the home URL on this machine finds every account.
+        "accounts": [{"name": a.name, "store": absolute_url(a.store, job.base_dir), "quota_bytes": a.quota_bytes,
                       "reserve_bytes": a.reserve_bytes} for a in report.accounts],
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
         "runs": [{"name": r.run.name, "model": r.run.model, "scale": r.run.scale, "channels": r.run.channels,

@@ -22,7 +22,7 @@ SCHEMES = ("local", "memory")
 
 __all__ = [
     "IntegrityError", "InvalidKey", "NotFound", "PermissionDenied", "QuotaExceeded", "Stat",
-    "Store", "StoreError", "TransientError", "Usage", "SCHEMES", "open_store", "split_url",
+    "Store", "StoreError", "TransientError", "Usage", "SCHEMES", "absolute_url", "open_store", "split_url",
 ]
 
 
@@ -46,6 +46,12 @@ def local_root(rest: str, base_dir: Path | None) -> Path:
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     return path
+
+
+def absolute_url(url: str, base_dir: Path | None) -> str:
+    """Returns the URL with a relative local path made absolute, for records read elsewhere."""
+    scheme, rest = split_url(url)
+    return f"local://{local_root(rest, base_dir)}" if scheme == "local" else url
 
 
 def open_store(url: str, quota_bytes: int | None = None, base_dir: Path | None = None) -> Store:
