@@ -136,14 +136,22 @@ def test_time_based_checkpoints_and_stop_requests(source, tmp_path):
 
     def heartbeat(progress):
         clock.advance(100)
-        if progress.step == 5:
+        if progress.step == stop_at:
             trainer.request_stop()
 
+    stop_at = 5
     result = trainer.train(checkpoint_every_s=250, heartbeat_every_s=0, on_heartbeat=heartbeat,
                            on_checkpoint=saved.append)
     # The clock reads 100 s per step: the checkpoint falls due when 250 s have passed.
-    assert [(c.step, c.reason) for c in saved] == [(4, "time"), (5, "stopped")]
+    assert [(c.step, c.reason, c.final) for c in saved] == [(4, "time", False), (5, "stopped", True)]
     assert result.reason == "stopped" and result.step == 5
+    # Stopped right at a periodic checkpoint: that file is reported once more, as the final one.
+    saved.clear()
+    stop_at = 9
+    result = trainer.train(checkpoint_every_s=250, heartbeat_every_s=0, on_heartbeat=heartbeat,
+                           on_checkpoint=saved.append)
+    assert [(c.step, c.reason, c.final) for c in saved] == [(9, "time", False), (9, "time", True)]
+    assert saved[0].path == saved[1].path and result.checkpoint == saved[1]
 
 
 def test_newest_unreadable_checkpoint_falls_back_to_the_previous_one(source, tmp_path, caplog):

@@ -20,6 +20,7 @@ on the `shardrun.train` logger.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -157,7 +158,7 @@ class TrainResult:
     steps_done: int
     checkpoint: CheckpointInfo | None
     loss: float | None  # mean loss of this call's steps
-    elapsed_s: float
+    elapsed_s: float  # training time, the final checkpoint not included
 
 
 def checkpoint_filename(step: int) -> str:
@@ -400,15 +401,18 @@ class Trainer:
         on_heartbeat: Callable[[Progress], None] | None = None,
         steps_per_call: int = 1,
         batches=None,
+        checkpoint_at_end: bool = True,
     ) -> TrainResult:
         """Returns how training ended: at `until_step` (default: the run's end), at the deadline,
         or on request.
 
         `deadline` is in the clock's `now()` seconds; training stops early enough to leave
         max(`reserve_s`, twice the slowest checkpoint write) plus one call's time for the final
-        checkpoint, which is always written when steps were done and passed to `on_checkpoint`.
+        checkpoint. Whenever this call did any step, the final state is passed to `on_checkpoint`
+        once with `final=True` (and is `result.checkpoint`).
         `steps_per_call` steps run in one compiled call (fewer host round trips on a GPU);
-        `batches` replaces the input pipeline (benchmarks).
+        `batches` replaces the input pipeline and `checkpoint_at_end=False` skips the final
+        checkpoint (benchmarks only: without it the steps done are lost).
         """
         import tensorflow as tf
 
@@ -487,17 +491,18 @@ class Trainer:
                 beat_total, beat_steps, beat_started, beat_step = 0.0, 0, now, self.step
                 last_heartbeat = now
         settle()
-        if self.step > start_step and (checkpoint_info is None or checkpoint_info.step != self.step):
-            checkpoint_info = self.save_checkpoint(reason=reason, final=True)
+        elapsed = clock.monotonic() - started
+        if checkpoint_at_end and self.step > start_step:
+            if checkpoint_info is not None and checkpoint_info.step == self.step:
+                # The last periodic checkpoint already holds the final state: report it again,
+                # as final, rather than write the same weights twice.
+                checkpoint_info = dataclasses.replace(checkpoint_info, final=True)
+            else:
+                checkpoint_info = self.save_checkpoint(reason=reason, final=True)
             if on_checkpoint:
                 on_checkpoint(checkpoint_info)
-        elif checkpoint_info is not None:
-            checkpoint_info = CheckpointInfo(checkpoint_info.path, checkpoint_info.step,
-                                             checkpoint_info.size, checkpoint_info.sha256,
-                                             checkpoint_info.reason, True)
         return TrainResult(self.step, target, reason, self.step - start_step, checkpoint_info,
-                           loss_total / loss_steps if loss_steps else None,
-                           clock.monotonic() - started)
+                           loss_total / loss_steps if loss_steps else None, elapsed)
 
     def evaluate(self, images, names=None):
         """Returns PSNR/SSIM of the model and of bicubic on HR RGB images (see metrics.evaluate)."""
