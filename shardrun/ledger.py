@@ -76,15 +76,26 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def migrate(db: sqlite_utils.Database) -> int:
     """Brings the schema to SCHEMA_VERSION; returns the version the database had before."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise LedgerError(f"{db.conn}: ledger schema version {version} is newer than this shardrun "
-                          f"understands ({SCHEMA_VERSION}); upgrade shardrun")
-    for number in range(version, SCHEMA_VERSION):
-        with db.conn:
-            MIGRATIONS[number](db)
-            db.execute(f"PRAGMA user_version = {number + 1}")
-    return version
+    before = None
+    while True:
+        # The version is read under the write lock, so two processes opening a new ledger at
+        # once do not both run the same migration.
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+            before = version if before is None else before
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger schema version {version} is newer than this shardrun understands "
+                                  f"({SCHEMA_VERSION}); upgrade shardrun")
+            if version == SCHEMA_VERSION:
+                db.conn.execute("COMMIT")
+                return before
+            MIGRATIONS[version](db)
+            db.conn.execute(f"PRAGMA user_version = {version + 1}")
+            db.conn.execute("COMMIT")
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
 
 
 # -- the fold ------------------------------------------------------------------------------------
@@ -269,11 +280,15 @@ class Ledger:
         """Returns the ledger at `path` (created and migrated as needed; None: in memory)."""
         try:
             if path is None:
-                db = sqlite_utils.Database(memory=True)
+                db = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False,
+                                                           isolation_level=None))
             else:
                 path = Path(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite_utils.Database(path)
+                # Several workers on one machine may share the file: SQLite's lock serialises
+                # their folds (see add_events), and a connection may move to a worker thread.
+                conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+                db = sqlite_utils.Database(conn)
                 db.execute("PRAGMA journal_mode = WAL")
             migrate(db)
         except sqlite3.DatabaseError as e:
@@ -301,27 +316,40 @@ class Ledger:
         events = sorted(events, key=lambda e: e.order)
         bad = list(bad)
         known = self.known_keys() if known is None else known
-        fresh = []
-        for event in events:
-            if event.id not in known:
-                known.add(event.id)
-                fresh.append(event)
-        last = self._last_applied()
-        refold = bool(fresh) and last is not None and fresh[0].order < last
-        with self.db.conn:
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO events (id, server_time, kind, worker, run, chunk, generation, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.id, e.server_time, e.kind, e.worker, e.run, e.chunk, e.generation,
-                  json.dumps(e.payload, sort_keys=True)) for e in fresh])
-            self.db.conn.executemany("INSERT OR IGNORE INTO bad_events (key, reason) VALUES (?, ?)", bad)
+        candidates = [e for e in events if e.id not in known]
+        conn = self.db.conn
+        # BEGIN IMMEDIATE takes the write lock first: another process folding the same journal
+        # into the same file waits, and whatever it inserted meanwhile is not applied twice.
+        in_transaction = conn.in_transaction
+        if not in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = []
+            for e in candidates:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO events (id, server_time, kind, worker, run, chunk, generation, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.id, e.server_time, e.kind, e.worker, e.run, e.chunk, e.generation,
+                     json.dumps(e.payload, sort_keys=True)))
+                if cursor.rowcount == 1:
+                    fresh.append(e)
+                known.add(e.id)
+            conn.executemany("INSERT OR IGNORE INTO bad_events (key, reason) VALUES (?, ?)", bad)
+            last = self._last_applied()
+            refold = bool(fresh) and last is not None and fresh[0].order < last
             if refold:
                 self._refold()
             elif fresh:
-                fold = Fold(self.db.conn)
+                fold = Fold(conn)
                 for event in fresh:
                     fold.apply(event)
                 self._set_last(fresh[-1].order)
+            if not in_transaction:
+                conn.execute("COMMIT")
+        except BaseException:
+            if not in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return SyncResult(len(fresh), len(bad), refold)
 
     def _set_last(self, order: tuple[float, str]) -> None:

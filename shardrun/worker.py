@@ -15,6 +15,7 @@ at the chunk's end it writes `done`, which readies the next chunk of the run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: one worker per cache folder
+    fcntl = None
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock
@@ -92,6 +98,28 @@ class ChunkOutcome:
     result: str  # "done", "yield" (deadline or stop), "lost" (another worker owns the chunk)
     train_seconds: float
     notices: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Holds an exclusive lock on `path`.lock: workers on one machine share one cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def fetch_verified(store: Store, key: str, dest: Path, md5: str) -> None:
+    """Makes `dest` a verified copy of the object: kept if its md5 matches, else fetched again."""
+    with _exclusive(dest):
+        if dest.exists() and digest_file(dest).md5 == md5:
+            return
+        dest.unlink(missing_ok=True)
+        try:
+            store.download(key, dest, expected_md5=md5)
+        except IntegrityError:
+            store.download(key, dest, expected_md5=md5)  # a stale partial file: once more, from scratch
 
 
 def worker_identity(account: str) -> str:
@@ -341,18 +369,9 @@ class Worker:
 
     def _fetch_shard(self, shard: dict, dest: Path) -> None:
         """Fetches a shard into the cache once per session, verified; a corrupt copy is fetched again."""
-        if shard["id"] in self._verified_shards:
-            return
-        if dest.exists() and digest_file(dest).md5 == shard["md5"]:
+        if shard["id"] not in self._verified_shards:
+            fetch_verified(self.job.stores[shard["account"]], shard["key"], dest, shard["md5"])
             self._verified_shards.add(shard["id"])
-            return
-        dest.unlink(missing_ok=True)
-        store = self.job.stores[shard["account"]]
-        try:
-            store.download(shard["key"], dest, expected_md5=shard["md5"])
-        except IntegrityError:
-            store.download(shard["key"], dest, expected_md5=shard["md5"])  # a torn partial: once more
-        self._verified_shards.add(shard["id"])
 
     def _restore(self, trainer, run: str, chunk: dict) -> tuple[bool, list[str]]:
         """Restores the newest verified checkpoint at or before the chunk's resume point.
@@ -365,8 +384,7 @@ class Worker:
         for ckpt in self.ledger.checkpoints(run, up_to_step=resume_at):
             dest = self.job.cache_dir / "restore" / ckpt["key"].replace("/", "_")
             try:
-                if not (dest.exists() and digest_file(dest).md5 == ckpt["md5"]):
-                    self.job.home.download(ckpt["key"], dest, expected_md5=ckpt["md5"])
+                fetch_verified(self.job.home, ckpt["key"], dest, ckpt["md5"])
             except (IntegrityError, NotFound) as e:
                 notices.append(f"checkpoint {ckpt['key']} is unusable ({e}); falling back to the previous one")
                 log.warning(notices[-1])

@@ -1,0 +1,199 @@
+"""`shardrun demo`: a whole job on the embedded local store, offline, in a few minutes.
+
+It writes a job with two accounts and two runs over real photographs that scikit-image ships,
+plans it (shards spread over both accounts), runs two workers side by side until every chunk is
+done — they coordinate only through the journal, exactly as notebooks would — and scores each
+run's final checkpoint against bicubic on photographs held out of training.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from shardrun.config import load_job
+from shardrun.coordinator import plan_job
+from shardrun.errors import ShardrunError
+from shardrun.ledger import Ledger
+from shardrun.report import job_status
+from shardrun.session import Session
+from shardrun.worker import Worker, WorkerJob, WorkerSettings
+
+# Training photographs and held-out ones, from skimage/data (all ship with scikit-image).
+TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
+                "ihc.png", "coins.png", "brick.png", "grass.png", "moon.png")
+HELD_OUT = ("camera.png", "coffee.png")
+
+JOB = """\
+# Written by `shardrun demo`: two accounts pooling local storage, two runs compared.
+[job]
+name = "demo"
+data = "photos/"
+platform = "colab-free"
+shard_size_mb = 1          # small shards, so the demo's data spreads over both accounts
+reserve_mb = 1
+lease_minutes = 1
+
+[[accounts]]
+name = "alice"
+store = "local://stores/alice"
+quota_gb = 0.05
+
+[[accounts]]
+name = "bob"
+store = "local://stores/bob"
+quota_gb = 0.05
+
+[[runs]]
+name = "espcn-x2"
+model = "espcn"
+scale = 2
+channels = 1
+epochs = {epochs}
+batch_size = 16
+patch_size = 48
+patches_per_image = 32
+learning_rate = 0.002
+seed = 1
+patches_per_second = {pps}   # chunks of about {chunk} steps, as if a session were that short
+
+[[runs]]
+name = "fsrcnn-x2"
+model = "fsrcnn"
+scale = 2
+channels = 1
+epochs = {epochs}
+batch_size = 16
+patch_size = 48
+patches_per_image = 32
+learning_rate = 0.002
+seed = 1
+patches_per_second = {pps}
+[runs.options]
+m = 2
+"""
+
+
+@dataclass(frozen=True)
+class RunScore:
+    run: str
+    psnr: float
+    bicubic_psnr: float
+    ssim: float
+    bicubic_ssim: float
+
+    @property
+    def gain_db(self) -> float:
+        return self.psnr - self.bicubic_psnr
+
+
+@dataclass
+class DemoResult:
+    folder: Path
+    status: dict
+    scores: list[RunScore]
+    workers: list[str]
+
+
+def _sample_folder() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def write_demo_job(folder: Path, epochs: int = 6, chunk_steps: int = 40) -> Path:
+    """Writes the demo's photos and job file into `folder`; returns the job file."""
+    samples = _sample_folder()
+    photos = folder / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for name in TRAIN_PHOTOS:
+        if not (samples / name).exists():
+            raise ShardrunError(f"sample photo {samples / name} is missing: reinstall scikit-image")
+        shutil.copyfile(samples / name, photos / name)
+    # One platform session (colab-free) leaves 33,960 s of training: pick a throughput that makes a
+    # chunk `chunk_steps` steps long, so the demo shows chunks handed from worker to worker.
+    pps = 16 * chunk_steps / 33_960
+    path = folder / "job.toml"
+    path.write_text(JOB.format(epochs=epochs, pps=f"{pps:.6f}", chunk=chunk_steps))
+    return path
+
+
+def held_out_images() -> list:
+    """Returns the held-out photographs as RGB float arrays in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for name in HELD_OUT:
+        with Image.open(_sample_folder() / name) as image:
+            images.append(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+    return images
+
+
+def score_runs(job, ledger: Ledger) -> list[RunScore]:
+    """Returns each run's PSNR/SSIM against bicubic, from its final checkpoint, on held-out photos."""
+    from shardrun.storage import open_store
+    from shardrun.train.metrics import evaluate
+    from shardrun.train.models import build_model
+    from shardrun.train.trainer import TrainConfig, read_checkpoint
+
+    home = open_store(job.home.store, None, job.base_dir)
+    images = held_out_images()
+    scores = []
+    for run in job.runs:
+        last = max(ledger.chunks(run.name), key=lambda c: c["idx"])
+        path = job.base_dir / "final" / f"{run.name}.ckpt.npz"
+        home.download(last["checkpoint_key"], path, expected_md5=last["checkpoint_md5"])
+        config = TrainConfig(run.model, run.scale, run.channels, run.options, run.patch_size, run.batch_size,
+                             run.patches_per_image, run.epochs, run.seed, run.learning_rate)
+        model_config = config.resolve()
+        model = build_model(model_config)
+        for variable, value in zip(model.weights, read_checkpoint(path)[1]):
+            variable.assign(value)
+        result = evaluate(model, run.scale, run.channels, model_config.input_kind, images, list(HELD_OUT))
+        scores.append(RunScore(run.name, result.psnr, result.bicubic_psnr, result.ssim, result.bicubic_ssim))
+    return scores
+
+
+def run_demo(folder: Path, workers: int = 2, epochs: int = 6, chunk_steps: int = 40,
+             on_progress: Callable[[str, int, int], None] | None = None,
+             on_plan: Callable[[object], None] | None = None) -> DemoResult:
+    """Plans the demo job in `folder`, trains it with `workers` workers, and scores the runs."""
+    job = load_job(write_demo_job(folder, epochs, chunk_steps))
+    report = plan_job(job, scan_workers=1)
+    if on_plan:
+        on_plan(report)
+    totals = {r.run.name: r.steps_total for r in report.runs}
+    settings = WorkerSettings(settle_seconds=1.0, heartbeat_seconds=2.0, checkpoint_seconds=30.0, poll_seconds=1.0)
+    session = Session("local", 0.0, None, "demo: no session limit")
+    accounts = [a.name for a in job.accounts]
+    team = [Worker(WorkerJob.from_config(job), accounts[i % len(accounts)], session, settings=settings)
+            for i in range(workers)]
+    progress = on_progress or (lambda run, step, total: None)
+    for member in team:
+        member.on_progress = lambda run, chunk, step, end, loss: progress(run, step, totals[run])
+    errors: list[BaseException] = []
+
+    def work(member: Worker) -> None:
+        try:
+            member.run()
+        except BaseException as e:  # reported after the other worker finishes
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(m,), name=m.id) for m in team]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    status = job_status(job)
+    ledger = Ledger.open(job.ledger_path)
+    try:
+        scores = score_runs(job, ledger)
+    finally:
+        ledger.close()
+    return DemoResult(folder, status, scores, [m.id for m in team])
