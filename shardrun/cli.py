@@ -210,3 +210,10 @@ def demo(folder, workers, epochs):
                       f"{s.ssim:.4f}", f"{s.bicubic_ssim:.4f}")
     console.print(table)
     console.print(f"Job folder kept at {where}: try `shardrun status {where / 'job.toml'}`.")
+
+
+# The training commands live beside the training engine; they import TensorFlow only when run.
+from shardrun.train_cli import bench, models  # noqa: E402
+
+main.add_command(models)
+main.add_command(bench)
