@@ -59,7 +59,8 @@ def test_training_interrupted_at_random_steps_ends_with_identical_weights(source
         trainer = Trainer(config, source, tmp_path / "sliced")  # a fresh model object each time
         if checkpoint is not None:
             assert trainer.restore([checkpoint.path]).step == checkpoint.step
-        checkpoint = trainer.train(end).checkpoint
+        # Grouping steps into compiled calls changes nothing either.
+        checkpoint = trainer.train(end, steps_per_call=1 + end % 3).checkpoint
         assert checkpoint.step == end
     assert max_difference(weights_of(straight), weights_of(trainer)) == 0.0
 
@@ -206,3 +207,14 @@ def test_bad_arguments_are_reported_together(source, tmp_path):
     trainer = Trainer(TrainConfig(**TINY), source, tmp_path)
     with pytest.raises(TrainingError, match=r"until_step=99 must be between the current step 0"):
         trainer.train(99)
+
+
+def test_the_xla_compiled_step_trains_like_the_plain_one(source, tmp_path):
+    # On a GPU the step is XLA-compiled by default (as Keras's fit does); XLA runs on the CPU too.
+    plain = Trainer(TrainConfig(**TINY), source, tmp_path / "plain", jit_compile=False)
+    xla = Trainer(TrainConfig(**TINY), source, tmp_path / "xla", jit_compile=True)
+    initial = weights_of(xla)
+    for trainer in (plain, xla):
+        trainer.train(3)
+    assert max_difference(weights_of(xla), initial) > 1e-3  # it trained
+    assert max_difference(weights_of(plain), weights_of(xla)) < 1e-4  # the same computation

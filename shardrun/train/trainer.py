@@ -209,11 +209,22 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         temp.unlink(missing_ok=True)
 
 
+def _auto_jit() -> bool:
+    """Returns whether to XLA-compile the step: as Keras's `jit_compile="auto"` decides, on an
+    accelerator unless op determinism is on (not every op has a deterministic XLA kernel)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    accelerators = [d for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
+    return bool(accelerators) and not is_op_determinism_enabled()
+
+
 class Trainer:
     """Trains one run of a job in slices; see the module docstring for the checkpoint format.
 
     The model and the optimiser (built, so its variables exist) are created here; call `restore`
-    to continue from a checkpoint, then `train`.
+    to continue from a checkpoint, then `train`. `jit_compile` (default: as Keras decides, XLA
+    on a GPU unless op determinism is on) compiles the training step with XLA.
     """
 
     def __init__(
@@ -225,6 +236,7 @@ class Trainer:
         clock: Clock | None = None,
         keep: int = 2,
         parallel_input: bool = True,
+        jit_compile: bool | None = None,
     ):
         import keras
 
@@ -243,6 +255,7 @@ class Trainer:
         self.clock = clock or SystemClock()
         self.keep = max(1, keep)
         self.parallel_input = parallel_input
+        self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
         self.model = build_model(self.model_config, seed=config.seed)
         self.optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
         self.optimizer.build(self.model.trainable_variables)
@@ -372,18 +385,34 @@ class Trainer:
 
             model, optimizer = self.model, self.optimizer
 
+            # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
+            # loop around it is a plain tf.function (the same split as Keras's fit).
+            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+            def one_step(inputs, target):
+                with tf.GradientTape() as tape:
+                    output = model(inputs, training=True)
+                    loss = tf.reduce_mean(tf.square(output - target))
+                gradients = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                return loss
+
             @tf.function
-            def run_steps(iterator, count):
+            def run_one(iterator):
+                inputs, target = next(iterator)
+                return one_step(inputs, target)
+
+            @tf.function
+            def run_many(iterator, count):
                 total = tf.constant(0.0, tf.float32)
                 for _ in tf.range(count):
                     inputs, target = next(iterator)
-                    with tf.GradientTape() as tape:
-                        output = model(inputs, training=True)
-                        loss = tf.reduce_mean(tf.square(output - target))
-                    gradients = tape.gradient(loss, model.trainable_variables)
-                    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-                    total += loss
+                    total += one_step(inputs, target)
                 return total
+
+            # One step is called without the loop around it: a while loop would keep graph
+            # optimisations (and op fusion) from seeing across the call.
+            def run_steps(iterator, count):
+                return run_one(iterator) if count == 1 else run_many(iterator, tf.constant(count))
 
             self._run_steps = run_steps
         return self._run_steps
@@ -458,7 +487,7 @@ class Trainer:
             if checkpoint_every_steps:
                 count = min(count, checkpoint_every_steps - self.step % checkpoint_every_steps)
             call_started = clock.monotonic()
-            loss = run_steps(iterator, tf.constant(count, tf.int32))
+            loss = run_steps(iterator, count)
             # Reading the previous call's loss waits for that call only, so the device always has
             # the next call queued while the host never runs more than one call ahead.
             settle()
