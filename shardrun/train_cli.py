@@ -6,11 +6,26 @@ TensorFlow is imported inside the commands only, so `shardrun --help` stays fast
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 
 import click
 
-from shardrun.cli import reports_errors
+
+def reports_errors(command):
+    """Returns `command` wrapped by shardrun.cli.reports_errors, looked up at call time.
+
+    shardrun.cli imports this module to register the commands, so importing shardrun.cli here at
+    import time would be circular whichever module is imported first.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from shardrun.cli import reports_errors as wrap
+
+        return wrap(command)(*args, **kwargs)
+
+    return wrapper
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, int]:
