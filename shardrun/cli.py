@@ -163,7 +163,7 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
 @click.option("--folder", type=click.Path(file_okay=False),
               help="Where to write the demo job (default: a new temporary folder, kept afterwards).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Workers to run side by side.")
-@click.option("--epochs", type=int, default=6, show_default=True, help="Epochs of each run.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Epochs of each run.")
 @reports_errors
 def demo(folder, workers, epochs):
     """Run a whole job offline: plan, two workers, status and PSNR gain over bicubic.
@@ -202,7 +202,7 @@ def demo(folder, workers, epochs):
     with bars:
         result = run_demo(where, workers=workers, epochs=epochs, on_progress=on_progress, on_plan=on_plan)
     console.print(status_view(result.status))
-    table = Table(title="Held-out photographs (camera, coffee): PSNR / SSIM on Y", title_justify="left")
+    table = Table(title="Held-out photographs (camera, coffee, chelsea): PSNR / SSIM on Y", title_justify="left")
     for col in ("run", "PSNR", "bicubic PSNR", "gain", "SSIM", "bicubic SSIM"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for s in result.scores:

@@ -23,9 +23,9 @@ from shardrun.session import Session
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
 
 # Training photographs and held-out ones, from skimage/data (all ship with scikit-image).
-TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-                "ihc.png", "coins.png", "brick.png", "grass.png", "moon.png")
-HELD_OUT = ("camera.png", "coffee.png")
+TRAIN_PHOTOS = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg",
+                "brick.png", "grass.png", "coins.png", "page.png", "ihc.png", "text.png", "moon.png")
+HELD_OUT = ("camera.png", "coffee.png", "chelsea.png")
 
 JOB = """\
 # Written by `shardrun demo`: two accounts pooling local storage, two runs compared.
@@ -40,40 +40,44 @@ lease_minutes = 1
 [[accounts]]
 name = "alice"
 store = "local://stores/alice"
-quota_gb = 0.05
+quota_gb = 0.1
 
 [[accounts]]
 name = "bob"
 store = "local://stores/bob"
-quota_gb = 0.05
+quota_gb = 0.1
 
 [[runs]]
-name = "espcn-x2"
-model = "espcn"
+name = "decusr-1block"
+model = "decusr"
 scale = 2
 channels = 1
 epochs = {epochs}
 batch_size = 16
-patch_size = 48
-patches_per_image = 32
+patch_size = 32
+patches_per_image = 16
 learning_rate = 0.002
 seed = 1
 patches_per_second = {pps}   # chunks of about {chunk} steps, as if a session were that short
+[runs.options]
+blocks = 1
+filters = 8
 
 [[runs]]
-name = "fsrcnn-x2"
-model = "fsrcnn"
+name = "decusr-2blocks"
+model = "decusr"
 scale = 2
 channels = 1
 epochs = {epochs}
 batch_size = 16
-patch_size = 48
-patches_per_image = 32
+patch_size = 32
+patches_per_image = 16
 learning_rate = 0.002
 seed = 1
 patches_per_second = {pps}
 [runs.options]
-m = 2
+blocks = 2
+filters = 8
 """
 
 
@@ -104,7 +108,7 @@ def _sample_folder() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def write_demo_job(folder: Path, epochs: int = 6, chunk_steps: int = 40) -> Path:
+def write_demo_job(folder: Path, epochs: int = 30, chunk_steps: int = 100) -> Path:
     """Writes the demo's photos and job file into `folder`; returns the job file."""
     samples = _sample_folder()
     photos = folder / "photos"
@@ -158,7 +162,7 @@ def score_runs(job, ledger: Ledger) -> list[RunScore]:
     return scores
 
 
-def run_demo(folder: Path, workers: int = 2, epochs: int = 6, chunk_steps: int = 40,
+def run_demo(folder: Path, workers: int = 2, epochs: int = 30, chunk_steps: int = 100,
              on_progress: Callable[[str, int, int], None] | None = None,
              on_plan: Callable[[object], None] | None = None) -> DemoResult:
     """Plans the demo job in `folder`, trains it with `workers` workers, and scores the runs."""
