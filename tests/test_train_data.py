@@ -22,6 +22,7 @@ from shardrun.train.data import (
     ShardImageSource,
     check_image_sizes,
     decode_rgb,
+    decode_tf,
     make_dataset,
     rgb_to_y,
 )
@@ -72,6 +73,34 @@ def test_sixteen_bit_grayscale_keeps_its_precision():
     decoded = decode_rgb(buffer.getvalue())
     np.testing.assert_allclose(decoded[..., 0], values / 65535.0, atol=1e-7)
     assert len(np.unique(decoded)) == values.size  # more than 256 levels survive
+
+
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [("PNG", None), ("PNG", "L"), ("PNG", "P"), ("PNG", "RGBA"), ("PNG", "I;16"), ("JPEG", None),
+     ("JPEG", "L"), ("BMP", "P"), ("BMP", None)],
+)
+def test_the_pipelines_decoder_agrees_with_pillow(fmt, mode):
+    pixels = random_rgb(5)
+    if mode == "I;16":
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., 0].astype(np.uint16) * 251).save(buffer, "PNG")
+        data = buffer.getvalue()
+    else:
+        data = encode(pixels, fmt, mode)
+    used_fallback = []
+
+    def fallback():
+        used_fallback.append(True)
+        return tf.constant(decode_rgb(data))
+
+    decoded = decode_tf(tf.constant(data), fallback).numpy()
+    expected = decode_rgb(data)
+    assert decoded.shape == expected.shape
+    # JPEG decoders may round the inverse DCT differently by a level or so.
+    tolerance = 2.5 / 255 if fmt == "JPEG" else 1e-6
+    np.testing.assert_allclose(decoded, expected, atol=tolerance)
+    assert bool(used_fallback) == (fmt == "BMP")
 
 
 def test_jpeg_decodes_close_to_its_source():
@@ -178,7 +207,8 @@ def test_jumping_far_costs_the_same_work_as_jumping_near():
 
 @pytest.fixture(scope="module")
 def photos():
-    return [random_rgb(i, 30 + 3 * i, 40 - 2 * i) for i in range(5)]
+    # Sizes from barely a few patches to several: patches at the edges and in the interior.
+    return [random_rgb(i, 30 + 13 * i, 70 - 9 * i) for i in range(5)]
 
 
 def _source(photos, grayscale=()):
