@@ -17,12 +17,14 @@ batch is completed with the first samples of the *same* epoch's order (wrapping 
 as needed for a tiny dataset), so every batch has exactly B samples (one traced shape) and an
 epoch never borrows from the next one.
 
-Pixels. Images are decoded with Pillow (PNG, JPEG, BMP; 8 or 16 bit; grayscale, palette, RGB,
-RGBA) to RGB floats in [0, 1]: a grayscale image is repeated into three channels, alpha is
-dropped. A 1-channel run trains on BT.601 luma Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255,
-the convention of SR benchmarks, so a grayscale image g becomes 16/255 + 219/255 · g. The image
-is cropped to a multiple of the scale, the LR image is its bicubic (antialiased) reduction, and
-for "upsampled" models the input is the LR image enlarged again by bicubic interpolation.
+Pixels. PNG (8 or 16 bit) and JPEG are decoded by TensorFlow, outside Python's lock; anything
+else (BMP) by Pillow. Either way an image becomes RGB floats in [0, 1]: grayscale and palette
+images are expanded to three channels, alpha is dropped. A 1-channel run trains on BT.601 luma
+Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, the convention of SR benchmarks, so a grayscale
+image g becomes 16/255 + 219/255 · g. The LR image is the bicubic (antialiased, as MATLAB's
+imresize) reduction of the HR image cropped to a multiple of the scale; "upsampled" models get it
+enlarged back by bicubic interpolation. Each patch is degraded inside a region of REGION_MARGIN
+LR pixels around it, which gives the pixels the whole image would, for a fraction of the work.
 """
 
 from __future__ import annotations
