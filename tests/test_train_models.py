@@ -116,7 +116,7 @@ def test_every_problem_is_reported_at_once_on_one_line():
     assert isinstance(caught.value, ShardrunError) and isinstance(caught.value, ValueError)
 
 
-@pytest.mark.parametrize("patch, scale", [(8, 4), (12, 4), (6, 2), (33, 3)])
+@pytest.mark.parametrize("patch, scale", [(8, 4), (12, 4), (6, 2), (34, 3)])
 def test_patch_too_small_or_not_a_multiple_of_the_scale(patch, scale):
     with pytest.raises(ModelError, match=rf"patch_size={patch} is too small or not a multiple of scale {scale}"):
         check_patch_size(patch, scale)
