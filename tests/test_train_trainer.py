@@ -153,6 +153,11 @@ def test_time_based_checkpoints_and_stop_requests(source, tmp_path):
                            on_checkpoint=saved.append)
     assert [(c.step, c.reason, c.final) for c in saved] == [(9, "time", False), (9, "time", True)]
     assert saved[0].path == saved[1].path and result.checkpoint == saved[1]
+    # A stop asked for before the call (a signal between chunks) is honoured at once, once.
+    trainer.request_stop()
+    result = trainer.train()
+    assert result.reason == "stopped" and result.steps_done == 0 and result.checkpoint is None
+    assert trainer.train(10).reason == "target"
 
 
 def test_newest_unreadable_checkpoint_falls_back_to_the_previous_one(source, tmp_path, caplog):

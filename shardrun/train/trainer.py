@@ -284,7 +284,10 @@ class Trainer:
 
     def save_checkpoint(self, path: Path | str | None = None, reason: str = "manual",
                         final: bool = False) -> CheckpointInfo:
-        """Returns the checkpoint written (atomically) at the current step."""
+        """Returns the checkpoint written (atomically) at the current step.
+
+        By default it goes to `checkpoint_dir`, where only the newest `keep` files stay.
+        """
         started = self.clock.monotonic()
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = Path(path) if path is not None else self.checkpoint_dir / checkpoint_filename(self.step)
@@ -294,7 +297,8 @@ class Trainer:
         for i, variable in enumerate(self.optimizer.variables):
             arrays[f"optimizer/{i:04d}"] = np.asarray(variable.numpy())
         _write_atomically(path, arrays)
-        self._remember(path)
+        if path.parent == self.checkpoint_dir:
+            self._remember(path)
         self._slowest_save_s = max(self._slowest_save_s, self.clock.monotonic() - started)
         return CheckpointInfo(path, self.step, path.stat().st_size, file_sha256(path), reason,
                               final)
@@ -370,7 +374,8 @@ class Trainer:
     # --- training ------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Asks `train` to stop after the current step (e.g. from a heartbeat callback)."""
+        """Asks `train` to stop after the current step (e.g. from a heartbeat callback); asked
+        before `train` is called, that call stops before its first step."""
         self._stop = True
 
     def dataset(self, start_step: int | None = None):
@@ -453,7 +458,6 @@ class Trainer:
             )
         if steps_per_call < 1:
             raise TrainingError(f"steps_per_call={steps_per_call!r} must be at least 1")
-        self._stop = False
         run_steps = self._compiled()
         iterator = iter(batches if batches is not None else self.dataset())
         clock, start_step = self.clock, self.step
@@ -520,6 +524,7 @@ class Trainer:
                 beat_total, beat_steps, beat_started, beat_step = 0.0, 0, now, self.step
                 last_heartbeat = now
         settle()
+        self._stop = False  # honoured; the next call starts afresh
         elapsed = clock.monotonic() - started
         if checkpoint_at_end and self.step > start_step:
             if checkpoint_info is not None and checkpoint_info.step == self.step:
