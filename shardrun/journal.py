@@ -54,9 +54,14 @@ class Event:
                    body.get("chunk"), body.get("generation"), body.get("payload") or {}, server_time)
 
 
-def new_event_id(clock: Clock) -> str:
-    """Returns a unique id; its time prefix only helps humans, the store's time decides order."""
-    return f"{int(clock.now() * 1e6):016x}-{os.getpid() % 0x10000:04x}-{uuid.uuid4().hex[:12]}"
+def new_event_id(clock: Clock, after_us: int = 0) -> str:
+    """Returns a unique id whose time prefix (microseconds) is above `after_us`.
+
+    The store's time decides the order; the id breaks ties, which happen: file times tick every
+    few milliseconds, and a test's fake clock not at all.
+    """
+    micros = max(int(clock.now() * 1e6), after_us + 1)
+    return f"{micros:016x}-{os.getpid() % 0x10000:04x}-{uuid.uuid4().hex[:12]}"
 
 
 class Journal:
@@ -64,13 +69,15 @@ class Journal:
         self.store = store
         self.job = job
         self.clock = clock or SystemClock()
+        self._last_us = 0  # one writer's events sort in the order written, even at one store time
 
     def append(self, kind: str, worker: str, run: str | None = None, chunk: int | None = None,
                generation: int | None = None, payload: dict | None = None) -> Event:
         """Writes a new event and returns it with the store's time of the write."""
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
-        event = Event(new_event_id(self.clock), kind, worker, run, chunk, generation, payload or {})
+        event = Event(new_event_id(self.clock, self._last_us), kind, worker, run, chunk, generation, payload or {})
+        self._last_us = int(event.id.split("-", 1)[0], 16)
         stat = self.store.put_bytes(paths.event_key(self.job, event.id), event.to_bytes())
         return replace(event, server_time=stat.mtime)
 
