@@ -111,8 +111,12 @@ def status(jobfile, as_json):
               help="Minutes between checkpoints: the most training a crash can lose.")
 @click.option("--heartbeat-minutes", type=float, default=2.0, show_default=True,
               help="Minutes between heartbeats (the plan's lease is 5 of them).")
+@click.option("--settle-seconds", type=float, default=10.0, show_default=True,
+              help="Seconds between writing a claim and trusting the store's listing; raise it where listings lag.")
+@click.option("--poll-seconds", type=float, default=30.0, show_default=True,
+              help="Seconds to wait before looking again when every ready chunk is taken.")
 @reports_errors
-def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minutes):
+def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minutes, settle_seconds, poll_seconds):
     """Claim ready chunks of a job, train them, checkpoint to the store and hand on.
 
     JOB is the job file, or (in a notebook that has only the store) the job's home URL,
@@ -135,7 +139,8 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
         config = _load(job)
         worker_job, platform = WorkerJob.from_config(config), config.platform
     session = detect_session(load_platforms(), platform or "colab-free", budget)
-    settings = WorkerSettings(checkpoint_seconds=checkpoint_minutes * 60, heartbeat_seconds=heartbeat_minutes * 60)
+    settings = WorkerSettings(checkpoint_seconds=checkpoint_minutes * 60, heartbeat_seconds=heartbeat_minutes * 60,
+                              settle_seconds=settle_seconds, poll_seconds=poll_seconds)
 
     def on_outcome(outcome):
         click.echo(f"{outcome.run} chunk {outcome.chunk}: {outcome.result} at step {outcome.step} "

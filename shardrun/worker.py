@@ -203,6 +203,9 @@ class Worker:
         # Different workers prefer different runs, so simultaneous claims rarely collide.
         ready.sort(key=lambda c: hashlib.sha256(f"{self.id}/{c['run']}".encode()).hexdigest())
         chunk = ready[0]
+        # Shards are fetched before claiming: a claim's lease runs from the claim, and downloading
+        # gigabytes from Drive can take longer than the lease.
+        self._image_source()
         self._write("claim", chunk["run"], chunk["idx"], chunk["generation"])
         self.clock.sleep(self.settings.settle_seconds)
         self.sync()

@@ -289,6 +289,9 @@ def test_a_corrupted_cached_shard_is_fetched_again(tmp_path):
     shards = first.ledger.shards()
     cached = [WorkerJob.from_config(job).cache_dir / "shards" / f"{s['id']}.tar" for s in shards]
     assert cached and all(digest_file(p).md5 == s["md5"] for p, s in zip(cached, shards))
+    # They were fetched before the claim, so a long download never eats into the claim's lease.
+    (claim_time,) = first.ledger.db.execute("SELECT server_time FROM events WHERE kind = 'claim'").fetchone()
+    assert max(p.stat().st_mtime for p in cached) <= claim_time
     for path in cached:
         corrupt(path)
     # ...and a stale partial download as long as the shard, which a resume alone cannot repair.
