@@ -1,0 +1,272 @@
+"""How much of a worker's session goes to training, and how much work a SIGKILL loses.
+
+1. Session share: one worker trains a single long chunk for a session of `--minutes` (10) at the
+   default intervals (checkpoint every 10 min, heartbeat every 2 min, settle 10 s), ended either by
+   a stop request at the session's length (as SIGTERM or the user would) or by a session deadline
+   (the worker keeps its upload margin, at least 30 s, back before it). The time spent in training
+   steps is the steps it trained times the seconds per step of a bare Trainer (same model, data,
+   op determinism, no journal, no checkpoints) measured in the same process before and after; the
+   rest went to syncing, claiming, settling, fetching, building the model, heartbeats and
+   checkpoints. Target: >= 95% of the session's wall time.
+2. Work lost to a SIGKILL: a `shardrun worker` process is killed at a random point after it started
+   training; a new worker takes the chunk over once the lease expires. Lost work is the step the
+   killed worker had reached (from its heartbeats' rate) minus the step the new one resumes from.
+   Target: <= one checkpoint interval.
+
+The session counts from the Worker's construction (TensorFlow is imported once per notebook and is
+not counted) to the end of `run()`.
+
+    python benchmarks/bench_worker.py                    # 10-min sessions, 3 kills at 1-min interval
+    python benchmarks/bench_worker.py --minutes 3 --checkpoint-minutes 3 --heartbeat-minutes 0.6 --settle-seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+JOB = """\
+[job]
+name = "bench-worker"
+data = "photos/"
+platform = "local"          # no session limit: one chunk per run, longer than any session here
+reserve_mb = 1
+lease_minutes = {lease}
+
+[[accounts]]
+name = "alice"
+store = "local://stores/alice"
+quota_gb = 1
+
+[[runs]]
+name = "{model}"
+model = "{model}"
+scale = 2
+channels = 1
+epochs = 100000
+batch_size = {batch}
+patch_size = 32
+patches_per_image = 16
+seed = 1
+"""
+
+
+def make_job(folder: Path, model: str, batch: int, lease_minutes: float):
+    """Writes and plans a one-run job on scikit-image's photographs; returns its JobConfig."""
+    from shardrun.config import load_job
+    from shardrun.coordinator import plan_job
+    from shardrun.demo import write_demo_job
+
+    write_demo_job(folder)  # the demo's photographs; its job file is replaced below
+    (folder / "job.toml").write_text(JOB.format(model=model, batch=batch, lease=lease_minutes))
+    job = load_job(folder / "job.toml")
+    plan_job(job, scan_workers=1)
+    return job
+
+
+def seconds_per_step(job, folder: Path, seconds: float) -> float:
+    """Returns a bare Trainer's seconds per step on the job's run and shards, after a warm-up."""
+    from shardrun.journal import Journal
+    from shardrun.ledger import Ledger
+    from shardrun.shards import Manifest
+    from shardrun.storage import open_store
+    from shardrun.train.data import ShardImageSource
+    from shardrun.train.trainer import TrainConfig, Trainer
+
+    home = open_store(job.home.store, None, job.base_dir)
+    ledger = Ledger.open(folder / "baseline-ledger.db")
+    ledger.sync(Journal(home, job.name))
+    plan = ledger.plan()
+    manifest = Manifest.from_json_bytes(home.get_bytes(plan["manifest_key"], plan["manifest_md5"]))
+    for shard in ledger.shards():
+        home.download(shard["key"], folder / "baseline-shards" / f"{shard['id']}.tar", expected_md5=shard["md5"])
+    r = job.runs[0]
+    trainer = Trainer(TrainConfig(r.model, r.scale, r.channels, r.options, r.patch_size, r.batch_size,
+                                  r.patches_per_image, r.epochs, r.seed, r.learning_rate),
+                      ShardImageSource(manifest.images, folder / "baseline-shards"), folder / "baseline-ckpt")
+    trainer.train(20, checkpoint_at_end=False)  # tracing and the pipeline's start
+    steps, elapsed = 0, 0.0
+    while elapsed < seconds:
+        result = trainer.train(trainer.step + 50, checkpoint_at_end=False)
+        steps, elapsed = steps + result.steps_done, elapsed + result.elapsed_s
+    return elapsed / steps
+
+
+def session(job, minutes: float, end: str, settings) -> dict:
+    """Runs one worker session of `minutes`; returns its wall time, steps and heartbeats."""
+    from shardrun.session import Session
+    from shardrun.worker import Worker, WorkerJob
+
+    length = minutes * 60
+    started = time.monotonic()
+    deadline = time.time() + length if end == "deadline" else None
+    beats: list[tuple[float, int]] = []  # (time, step) at each heartbeat, and once at the chunk's end
+    worker = Worker(WorkerJob.from_config(job), "alice", Session("local", time.time(), deadline, "bench"),
+                    settings=settings, on_progress=lambda run, chunk, step, end, loss: beats.append(
+                        (time.monotonic(), step)))
+    if end == "stop":
+        # A signal, as SIGTERM from the platform: its handler runs in the main thread between two
+        # steps (a timer thread can wait seconds for the GIL while the input pipeline holds it).
+        signal.signal(signal.SIGALRM, lambda signum, frame: worker.request_stop())
+        signal.setitimer(signal.ITIMER_REAL, max(1e-3, length - (time.monotonic() - started)))
+    reason = worker.run(max_chunks=1)
+    wall = time.monotonic() - started
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    trained = [o for o in worker.outcomes if o.result != "lost"]  # none: the session was too short to start
+    worker.ledger.close()
+    # Between two heartbeats the worker does nothing but steps (and that heartbeat's write and
+    # sync): the steps' pace in this very session, on a machine whose load varies.
+    paces = [(t2 - t1) / (s2 - s1) for (t1, s1), (t2, s2) in zip(beats[:-2], beats[1:-1]) if s2 > s1]
+    pace = statistics.median(paces) if paces else None
+    result = {"wall": wall, "reason": reason, "steps": sum(o.step - o.start_step for o in trained),
+              "train_call": sum(o.train_seconds for o in trained), "result": ", ".join(o.result for o in trained),
+              "pace": pace, "before": None, "after": None}
+    if pace and trained and len(beats) >= 2:
+        # Where steady stepping, extrapolated from the first and last heartbeats, began and ended.
+        first_t, first_step = beats[0]
+        last_t, last_step = beats[-2]
+        result["before"] = first_t - (first_step - trained[0].start_step) * pace - started
+        result["after"] = wall - (last_t - started + (trained[-1].step - last_step) * pace)
+    return result
+
+
+def kill_trial(job, folder: Path, n: int, checkpoint_minutes: float, heartbeat_minutes: float,
+               rng: random.Random) -> dict:
+    """Kills a `shardrun worker` process at a random point; returns the work lost, measured."""
+    from shardrun.journal import Journal
+    from shardrun.session import Session
+    from shardrun.storage import open_store
+    from shardrun.train.trainer import read_checkpoint
+    from shardrun.worker import Worker, WorkerJob, WorkerSettings
+
+    home = open_store(job.home.store, None, job.base_dir)
+    journal = Journal(home, job.name)
+    log = folder / f"killed-{n}.log"
+    with open(log, "w") as out:
+        child = subprocess.Popen(
+            [str(Path(sys.executable).with_name("shardrun")), "worker", str(job.base_dir / "job.toml"),
+             "--account", "alice", "--checkpoint-minutes", str(checkpoint_minutes), "--heartbeat-minutes",
+             str(heartbeat_minutes), "--settle-seconds", "1", "--poll-seconds", "1"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=job.base_dir)
+
+    def beats():
+        events, _ = journal.read(journal.keys())
+        return sorted((e for e in events if e.kind == "heartbeat" and f"-{child.pid}-" in e.worker),
+                      key=lambda e: e.order)
+
+    while not beats():
+        if child.poll() is not None:
+            raise SystemExit(f"the worker exited before training:\n{log.read_text()}")
+        time.sleep(0.5)
+    time.sleep(rng.uniform(0.5, 2.5) * checkpoint_minutes * 60)
+    child.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    child.wait()
+    heartbeats = beats()
+    first, last = heartbeats[0], heartbeats[-1]
+    rate = (last.payload["step"] - first.payload["step"]) / (last.server_time - first.server_time)
+    reached = last.payload["step"] + rate * (killed_at - last.server_time)
+
+    # A new worker takes the chunk over once the lease has expired, and stops at its first heartbeat.
+    settings = WorkerSettings(settle_seconds=1, heartbeat_seconds=1, poll_seconds=1,
+                              checkpoint_seconds=checkpoint_minutes * 60)
+    successor = Worker(WorkerJob.from_config(job), "alice", Session("local", time.time(), None, "bench"),
+                       settings=settings)
+    successor.on_progress = lambda *args: successor.request_stop()
+    successor.run(max_chunks=1)
+    (outcome,) = [o for o in successor.outcomes if o.result != "lost"]
+    resumed = outcome.start_step
+    restored = next(c for c in successor.ledger.checkpoints(job.runs[0].name) if c["step"] == resumed)
+    path = folder / f"restored-{n}.ckpt.npz"
+    home.download(restored["key"], path, expected_md5=restored["md5"])
+    written_at = read_checkpoint(path)[0]["written_at"]
+    successor.ledger.close()
+    interval = checkpoint_minutes * 60
+    return {"trained_s": killed_at - first.server_time, "reached": reached, "resumed": resumed,
+            "lost_steps": reached - resumed, "lost_s": (reached - resumed) / rate,
+            "since_checkpoint_s": killed_at - written_at, "interval_s": interval,
+            "steps_per_interval": rate * interval}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of each measured session")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--heartbeat-minutes", type=float, default=2.0)
+    parser.add_argument("--settle-seconds", type=float, default=10.0)
+    parser.add_argument("--end", choices=("stop", "deadline", "both"), default="both",
+                        help="end the session by a stop request, by its deadline, or measure both")
+    parser.add_argument("--model", default="decusr")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--baseline-seconds", type=float, default=60.0)
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILL trials (0: none)")
+    parser.add_argument("--kill-checkpoint-minutes", type=float, default=1.0,
+                        help="checkpoint interval in the kill trials")
+    parser.add_argument("--folder", type=Path, help="work folder (default: a new temporary one)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from shardrun.train.bench import device_description
+    from shardrun.worker import WorkerSettings
+
+    tf.config.experimental.enable_op_determinism()  # as workers do
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    # Kill trials need a short lease (5 heartbeats) so the successor starts soon; sessions run alone.
+    kill_heartbeat = args.kill_checkpoint_minutes / 5
+    job = make_job(folder, args.model, args.batch_size, lease_minutes=5 * kill_heartbeat)
+    print(f"device: {device_description()}; model {args.model}, patch 32, batch {args.batch_size}; folder {folder}")
+
+    ends = ("stop", "deadline") if args.end == "both" else (args.end,)
+    settings = WorkerSettings(settle_seconds=args.settle_seconds, heartbeat_seconds=args.heartbeat_minutes * 60,
+                              checkpoint_seconds=args.checkpoint_minutes * 60)
+    before = seconds_per_step(job, folder, args.baseline_seconds)
+    print(f"bare trainer: {1000 * before:.1f} ms/step (before the sessions)")
+    sessions = {end: session(job, args.minutes, end, settings) for end in ends}
+    after = seconds_per_step(job, folder, args.baseline_seconds)
+    per_step = min(before, after)  # the faster baseline: the conservative share
+    print(f"bare trainer: {1000 * after:.1f} ms/step (after); using {1000 * per_step:.1f} ms/step")
+    print(f"sessions of {args.minutes:g} min; checkpoint every {args.checkpoint_minutes:g} min, heartbeat every "
+          f"{args.heartbeat_minutes:g} min, settle {args.settle_seconds:g} s")
+    for end, s in sessions.items():
+        print(f"  ended by {end:<8}: wall {s['wall']:7.1f} s, {s['steps']} steps ({s['result'] or 'none'}); "
+              f"{s['train_call']:.1f} s inside the trainer's train() call, {s['wall'] - s['train_call']:.1f} s outside")
+        if s["pace"]:
+            stepping = s["steps"] * s["pace"]
+            print(f"    at this session's own pace ({1000 * s['pace']:.1f} ms/step between heartbeats): "
+                  f"{stepping:.1f} s in steps = {stepping / s['wall']:.1%} of the session; "
+                  f"{s['before']:.1f} s before steady stepping (start, sync, shards, claim, settle, restore, "
+                  f"model, tracing), {s['after']:.1f} s after it (final checkpoint, upload, yield"
+                  f"{', deadline margin' if end == 'deadline' else ''})")
+        stepping = s["steps"] * per_step
+        print(f"    at the bare trainer's pace ({1000 * per_step:.1f} ms/step): {stepping:.1f} s in steps = "
+              f"{stepping / s['wall']:.1%} of the session")
+
+    if args.kills:
+        rng = random.Random(args.seed)
+        trials = [kill_trial(job, folder, n, args.kill_checkpoint_minutes, kill_heartbeat, rng)
+                  for n in range(args.kills)]
+        print(f"SIGKILL at a random point, checkpoint every {args.kill_checkpoint_minutes:g} min, "
+              f"lease {5 * kill_heartbeat:g} min:")
+        for t in trials:
+            print(f"  killed after {t['trained_s']:6.1f} s of training at step ~{t['reached']:.0f}; resumed from "
+                  f"step {t['resumed']}: lost {t['lost_steps']:.0f} steps = {t['lost_s']:.1f} s "
+                  f"({t['lost_s'] / t['interval_s']:.2f} of an interval; {t['since_checkpoint_s']:.1f} s since "
+                  f"that checkpoint was written)")
+        worst = max(t["lost_s"] / t["interval_s"] for t in trials)
+        print(f"  worst: {worst:.2f} of a checkpoint interval (mean "
+              f"{statistics.mean(t['lost_s'] / t['interval_s'] for t in trials):.2f}); target <= 1")
+
+
+if __name__ == "__main__":
+    main()
