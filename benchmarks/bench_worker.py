@@ -239,18 +239,20 @@ def main() -> None:
     print(f"sessions of {args.minutes:g} min; checkpoint every {args.checkpoint_minutes:g} min, heartbeat every "
           f"{args.heartbeat_minutes:g} min, settle {args.settle_seconds:g} s")
     for end, s in sessions.items():
-        print(f"  ended by {end:<8}: wall {s['wall']:7.1f} s, {s['steps']} steps ({s['result'] or 'none'}); "
-              f"{s['train_call']:.1f} s inside the trainer's train() call, {s['wall'] - s['train_call']:.1f} s outside")
+        # A session that ends at its deadline lasts until then, whenever the worker stopped.
+        length = max(s["wall"], args.minutes * 60) if end == "deadline" else s["wall"]
+        print(f"  ended by {end:<8}: wall {length:7.1f} s (worker done after {s['wall']:.1f} s), {s['steps']} steps "
+              f"({s['result'] or 'none'}); {s['train_call']:.1f} s inside the trainer's train() call")
         if s["pace"]:
             stepping = s["steps"] * s["pace"]
             print(f"    at this session's own pace ({1000 * s['pace']:.1f} ms/step between heartbeats): "
-                  f"{stepping:.1f} s in steps = {stepping / s['wall']:.1%} of the session; "
+                  f"{stepping:.1f} s in steps = {stepping / length:.1%} of the session; "
                   f"{s['before']:.1f} s before steady stepping (start, sync, shards, claim, settle, restore, "
-                  f"model, tracing), {s['after']:.1f} s after it (final checkpoint, upload, yield"
-                  f"{', deadline margin' if end == 'deadline' else ''})")
+                  f"model, tracing), {s['after'] + length - s['wall']:.1f} s after it (final checkpoint, upload, yield"
+                  f"{', and the deadline margin' if end == 'deadline' else ''})")
         stepping = s["steps"] * per_step
         print(f"    at the bare trainer's pace ({1000 * per_step:.1f} ms/step): {stepping:.1f} s in steps = "
-              f"{stepping / s['wall']:.1%} of the session")
+              f"{stepping / length:.1%} of the session")
 
     if args.kills:
         rng = random.Random(args.seed)
