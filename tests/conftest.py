@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["tests.drive_fixtures"]
+
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0,
                  mode: str = "RGB", prefix: str = "img") -> list[Path]:
