@@ -102,7 +102,7 @@ class DriveHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
         route = Route(self.command, parts.path, query)
-        self._body_read = False
+        self._body_read, self._raw_body = False, b""
         try:
             if route.method is None:
                 self._drain()
@@ -166,10 +166,10 @@ class DriveHandler(BaseHTTPRequestHandler):
         return int(self.headers.get("Content-Length") or 0)
 
     def _body(self) -> bytes:
-        if self._body_read:
-            return b""
-        self._body_read = True
-        return self.rfile.read(self._length()) if self._length() else b""
+        if not self._body_read:
+            self._body_read = True
+            self._raw_body = self.rfile.read(self._length()) if self._length() else b""
+        return self._raw_body
 
     def _drain(self):
         if not self._body_read:
@@ -216,7 +216,7 @@ class DriveHandler(BaseHTTPRequestHandler):
             length = self._length()
             keep = min(length, int(fault.params.get("keep", length // 2)))
             partial = self.rfile.read(keep) if keep else b""
-            self._body_read = True
+            self._body_read, self._raw_body = True, partial
             session = self.emulator.sessions.get(route.session_id)
             start = _content_range(self.headers.get("Content-Range"))[0]
             if session is not None and not session.expired and start is not None and start <= len(session.data):
