@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["tests.drive_fixtures"]
+pytest_plugins = ["tests.drive_fixtures", "tests.drive_accounts"]
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0,

@@ -19,15 +19,21 @@ from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "drive"])
 def make_store(request, tmp_path):
-    """Returns a factory of fresh stores of one backend: make_store(quota_bytes=None)."""
+    """Returns a factory of fresh stores of one backend: make_store(quota_bytes=None).
+
+    drive: a DriveStore on the Drive emulator, each store a new account whose Drive quota is
+    `quota_bytes` (so Drive itself refuses the write, as a full Drive does).
+    """
     counter = iter(range(1000))
 
     def make(quota_bytes=None):
         n = next(counter)
         if request.param == "local":
             return LocalStore(tmp_path / f"store{n}", quota_bytes)
+        if request.param == "drive":
+            return request.getfixturevalue("make_drive_store")(quota_bytes)
         return MemoryStore(quota_bytes, url=f"memory://contract-{n}")
 
     return make

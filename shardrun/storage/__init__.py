@@ -1,8 +1,9 @@
-"""Stores by URL scheme: `local:///path`, `memory://name` (and `drive://<folder-id>` later)."""
+"""Stores by URL scheme: `local:///path`, `memory://name`, `drive://<folder-id>`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 from urllib.parse import unquote
 
 from shardrun.storage.base import (
@@ -18,7 +19,7 @@ from shardrun.storage.base import (
     Usage,
 )
 
-SCHEMES = ("local", "memory")
+SCHEMES = ("local", "memory", "drive")
 
 __all__ = [
     "IntegrityError", "InvalidKey", "NotFound", "PermissionDenied", "QuotaExceeded", "Stat",
@@ -54,9 +55,20 @@ def absolute_url(url: str, base_dir: Path | None) -> str:
     return f"local://{local_root(rest, base_dir)}" if scheme == "local" else url
 
 
-def open_store(url: str, quota_bytes: int | None = None, base_dir: Path | None = None) -> Store:
-    """Returns the store a URL names, enforcing `quota_bytes` where the backend has no own quota."""
+def open_store(url: str, quota_bytes: int | None = None, base_dir: Path | None = None,
+               account: Mapping[str, Any] | None = None) -> Store:
+    """Returns the store a URL names, enforcing `quota_bytes` where the backend has no own quota.
+
+    `account` describes who opens it, for backends that sign in (Drive): the account's `name`,
+    the `job`, and its job-file settings (`auth`, `token`, `credentials`, `client_secrets`,
+    `root_url`, `chunk_mib`, `retries`, `retry_seconds`); without it credentials come from the
+    environment (see docs/storage.md).
+    """
     scheme, rest = split_url(url)
+    if scheme == "drive":
+        from shardrun.storage.drive import open_drive_store
+
+        return open_drive_store(url, rest, quota_bytes, account)
     if scheme == "local":
         from shardrun.storage.local import LocalStore
 

@@ -19,11 +19,13 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from shardrun.errors import ShardrunError
 
 COPY_BUFFER = 1024 * 1024
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all), for long transfers
 
 
 class StoreError(ShardrunError):
@@ -172,12 +174,16 @@ class Store(ABC):
         validate_key(key)
         return self._write(key, io.BytesIO(data), digest_bytes(data))
 
-    def put_file(self, key: str, path: str | os.PathLike) -> Stat:
-        """Uploads a local file atomically and verifies the stored md5; returns its Stat."""
+    def put_file(self, key: str, path: str | os.PathLike, progress: Progress | None = None) -> Stat:
+        """Uploads a local file atomically and verifies the stored md5; returns its Stat.
+
+        `progress(done, total)` is called as the backend reads the file (for progress bars).
+        """
         validate_key(key)
         digest = digest_file(path)
         with open(path, "rb") as source:
-            stat = self._write(key, source, digest)
+            stream = _ProgressReader(source, digest.size, progress) if progress else source
+            stat = self._write(key, stream, digest)
         if stat.md5 is not None and stat.md5 != digest.md5:
             raise IntegrityError(
                 f"{self.url}: {key} was stored with md5 {stat.md5}, but {path} has {digest.md5}"
@@ -202,12 +208,13 @@ class Store(ABC):
         validate_key(key)
         return self.get_bytes(key), self._stat(key)
 
-    def download(self, key: str, dest: str | os.PathLike, expected_md5: str | None = None) -> Stat:
+    def download(self, key: str, dest: str | os.PathLike, expected_md5: str | None = None,
+                 progress: Progress | None = None) -> Stat:
         """Copies the object to a local file, resuming a partial `dest.part`; returns its Stat.
 
         The file appears at `dest` only once complete and, when `expected_md5` (or else the
         store's own md5) is known, verified. A mismatch removes the partial file and raises
-        IntegrityError, so the next attempt starts clean.
+        IntegrityError, so the next attempt starts clean. `progress(done, total)` follows the copy.
         """
         validate_key(key)
         stat = self._stat(key)
@@ -223,6 +230,9 @@ class Store(ABC):
             with self._read(key, offset) as stream, open(part, "ab") as out:
                 while block := stream.read(COPY_BUFFER):
                     out.write(block)
+                    offset += len(block)
+                    if progress:
+                        progress(offset, stat.size)
         if want is not None:
             got = digest_file(part).md5
             if got != want:
@@ -247,6 +257,11 @@ class Store(ABC):
         """Removes the object under `key`; raises NotFound if there is none."""
         self._delete(validate_key(key))
 
+    def identity(self) -> str | None:
+        """Returns who the store acts as (Drive: the account's email); None where the backend has
+        no notion of it (local folders, memory), so anyone who can reach the URL is the account."""
+        return None
+
     def exists(self, key: str) -> bool:
         try:
             self.stat(key)
@@ -268,3 +283,32 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class _ProgressReader:
+    """A file wrapper that reports how far into the file reads have got (seeks back, as a
+    resumed upload does, are not reported as progress lost)."""
+
+    def __init__(self, inner: BinaryIO, total: int, progress: Progress):
+        self.inner = inner
+        self.total = total
+        self.progress = progress
+        self.reached = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.inner.read(size)
+        position = self.inner.tell()
+        if position > self.reached:
+            self.reached = position
+            self.progress(position, self.total)
+        return block
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
