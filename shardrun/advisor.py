@@ -323,7 +323,7 @@ def _recommend(inp: AdviceInput, free: FreeOption, rent: list[RentOption], buy: 
     if free.fits and free.meets_deadline:
         return Recommendation(
             "free", f"free sessions on {free.platform}", 0.0, free.calendar_hours,
-            f"the job fits in 12-hour pieces and 15 GB per account ({PAPER}'s roadmap): {_count(free.sessions, 'session')} "
+            f"the job fits in 12-hour pieces and 15 GB per account (the roadmap of {PAPER}): {_count(free.sessions, 'session')} "
             f"on {free.platform} and {free.accounts_needed} of the team's {free.team_accounts} accounts, "
             f"{_days(free.calendar_hours)} with {free.workers} worker{'s' if free.workers > 1 else ''}, each "
             "member in their own sessions")

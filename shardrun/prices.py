@@ -191,7 +191,8 @@ def parse_prices(text: str, source: str = "<prices>") -> Prices:
     known = set(doc["gpus"]) if isinstance(doc.get("gpus"), dict) else set()
     rent = tuple(RentOffer(i, **values) for i, values in _offers(doc, "rent", RENT_KEYS, "provider", known, problems))
     buy = tuple(BuyOffer(i, **values) for i, values in _offers(doc, "buy", BUY_KEYS, "item", known, problems))
-    if not any(not r.historical for r in rent):
+    every_rent_valid = len(rent) == len(doc.get("rent", [])) if isinstance(doc.get("rent", []), list) else False
+    if every_rent_valid and not any(not r.historical for r in rent):
         problems.append("rent: needs at least one [[rent]] entry that is not historical (a price you can pay today)")
     if problems:
         raise ConfigError(source, problems)
