@@ -198,10 +198,10 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if "://" in job and not job.endswith(".toml"):
-        worker_job, platform = WorkerJob.from_home_url(job), None
+        worker_job, platform = WorkerJob.from_home_url(job, account=account), None
     else:
         config = _load(job)
-        worker_job, platform = WorkerJob.from_config(config), config.platform
+        worker_job, platform = WorkerJob.from_config(config, account), config.platform
     session = detect_session(load_platforms(), platform or "colab-free", budget)
     settings = WorkerSettings(checkpoint_seconds=checkpoint_minutes * 60, heartbeat_seconds=heartbeat_minutes * 60,
                               settle_seconds=settle_seconds, poll_seconds=poll_seconds)

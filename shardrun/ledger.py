@@ -15,87 +15,20 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import sqlite_utils
 
-from shardrun import paths
+from shardrun import ledger_schema, paths
 from shardrun.errors import LedgerError
+from shardrun.ledger_schema import CHUNK_STATES, DERIVED_TABLES, MIGRATIONS, SCHEMA_VERSION  # noqa: F401
 from shardrun.journal import Event, Journal
 from shardrun.storage import NotFound, Store
-
-# -- schema, through migrations ------------------------------------------------------------------
-
-DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints")
-CHUNK_STATES = ("waiting", "ready", "running", "done")
-
-
-def _migration_1(db: sqlite_utils.Database) -> None:
-    db["events"].create(
-        {"id": str, "server_time": float, "kind": str, "worker": str, "run": str,
-         "chunk": int, "generation": int, "payload": str}, pk="id")
-    db["events"].create_index(["server_time", "id"])
-    db["bad_events"].create({"key": str, "reason": str}, pk="key")
-    db["fold_state"].create({"name": str, "value": str}, pk="name")
-    db["plan"].create(
-        {"id": str, "job": str, "fingerprint": str, "server_time": float, "images": int,
-         "image_bytes": int, "rejected": int, "manifest_key": str, "manifest_md5": str,
-         "platform": str, "profile": str, "lease_seconds": float, "payload": str}, pk="id")
-    db["accounts"].create(
-        {"name": str, "position": int, "store": str, "quota_bytes": int, "reserve_bytes": int,
-         "placed_bytes": int, "shards": int}, pk="name")
-    db["shards"].create(
-        {"id": str, "account": str, "key": str, "size": int, "md5": str, "images": int}, pk="id")
-    db["runs"].create(
-        {"name": str, "position": int, "model": str, "scale": int, "channels": int, "epochs": int,
-         "batch_size": int, "patch_size": int, "steps_per_epoch": int, "steps_total": int,
-         "step_seconds": float, "config": str}, pk="name")
-    db["chunks"].create(
-        {"run": str, "idx": int, "start_step": int, "end_step": int, "state": str,
-         "generation": int, "owner": str, "claim_time": float, "heartbeat_time": float,
-         "step_reached": int, "checkpoint_key": str, "checkpoint_md5": str,
-         "start_checkpoint_key": str, "start_checkpoint_md5": str, "attempts": int,
-         "last_error": str, "done_time": float}, pk=("run", "idx"))
-    db["chunks"].create_index(["state"])
-    db["rejected"].create({"path": str, "reason": str}, pk="path")
-
-
-def _migration_2(db: sqlite_utils.Database) -> None:
-    # Every checkpoint the fold accepted, so a worker can fall back to an older verified one when
-    # the newest is damaged on the store. Derived, so it is filled by refolding the events.
-    db["checkpoints"].create(
-        {"run": str, "step": int, "key": str, "md5": str, "chunk": int, "generation": int,
-         "worker": str, "server_time": float}, pk="key")
-    db["checkpoints"].create_index(["run", "step"])
-    Ledger(db, None)._refold()
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
-SCHEMA_VERSION = len(MIGRATIONS)
-
+from shardrun.summaries import Summaries
 
 def migrate(db: sqlite_utils.Database) -> int:
-    """Brings the schema to SCHEMA_VERSION; returns the version the database had before."""
-    before = None
-    while True:
-        # The version is read under the write lock, so two processes opening a new ledger at
-        # once do not both run the same migration.
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
-            before = version if before is None else before
-            if version > SCHEMA_VERSION:
-                raise LedgerError(f"ledger schema version {version} is newer than this shardrun understands "
-                                  f"({SCHEMA_VERSION}); upgrade shardrun")
-            if version == SCHEMA_VERSION:
-                db.conn.execute("COMMIT")
-                return before
-            MIGRATIONS[version](db)
-            db.conn.execute(f"PRAGMA user_version = {version + 1}")
-            db.conn.execute("COMMIT")
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
+    """Brings the ledger's schema up to date (see ledger_schema); returns its version before."""
+    return ledger_schema.migrate(db, lambda d: Ledger(d, None)._refold())
 
 
 # -- the fold ------------------------------------------------------------------------------------
@@ -147,8 +80,11 @@ class Fold:
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.summary = Summaries(conn)
 
     def apply(self, event: Event) -> None:
+        if event.kind != "plan" and event.worker:
+            self.summary.seen(event)
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None:
             handler(event)
@@ -184,6 +120,7 @@ class Fold:
             return  # a stale plan that does not knowingly supersede the current one
         for table in DERIVED_TABLES:
             self.conn.execute(f"DELETE FROM {table}")
+        self.summary.forget_runs()
         for table, rows in _plan_tables(event).items():
             if rows:
                 cols = list(rows[0])
@@ -196,11 +133,15 @@ class Fold:
         if chunk and chunk["state"] == "ready" and chunk["generation"] == event.generation:
             self._update(chunk, state="running", owner=event.worker, claim_time=event.server_time,
                          heartbeat_time=event.server_time, attempts=chunk["attempts"] + 1)
+            self.summary.claimed(event, {**chunk, "generation": event.generation})
 
     def _on_heartbeat(self, event: Event) -> None:
         if chunk := self._owned(event):
             step = max(chunk["step_reached"], int(event.payload.get("step", chunk["step_reached"])))
             self._update(chunk, heartbeat_time=event.server_time, step_reached=min(step, chunk["end_step"]))
+            reported = event.payload.get("step")
+            if isinstance(reported, int) and chunk["start_step"] <= reported <= chunk["end_step"]:
+                self.summary.progress(event, chunk, reported, checkpoint=False)
 
     def _on_checkpoint(self, event: Event) -> None:
         chunk = self._owned(event)
@@ -209,6 +150,7 @@ class Fold:
             self._update(chunk, heartbeat_time=event.server_time, step_reached=max(step, chunk["step_reached"]),
                          checkpoint_key=key, checkpoint_md5=event.payload.get("md5"))
             self._record_checkpoint(chunk, event, step)
+            self.summary.progress(event, chunk, step, checkpoint=True)
 
     def _record_checkpoint(self, chunk: dict, event: Event, step: int) -> None:
         self.conn.execute(
@@ -227,10 +169,12 @@ class Fold:
             if event.payload.get("key"):
                 self._on_checkpoint(event)
                 chunk = self._chunk(event)
+            self.summary.ended(event, chunk, "yield")
             self._release(chunk, event, event.payload.get("reason"))
 
     def _on_fail(self, event: Event) -> None:
         if chunk := self._owned(event):
+            self.summary.ended(event, chunk, "fail")
             self._release(chunk, event, str(event.payload.get("reason", "failed")))
 
     def _on_expire(self, event: Event) -> None:
@@ -240,6 +184,7 @@ class Fold:
         plan = self.conn.execute("SELECT lease_seconds FROM plan").fetchone()
         if (chunk and plan and chunk["state"] == "running" and chunk["generation"] == event.generation
                 and event.server_time - chunk["heartbeat_time"] >= plan[0]):
+            self.summary.ended(event, chunk, "expired")
             self._release(chunk, event, f"lease expired (owner {chunk['owner']} silent)")
 
     def _on_done(self, event: Event) -> None:
@@ -249,6 +194,8 @@ class Fold:
         self._update(chunk, state="done", step_reached=chunk["end_step"], done_time=event.server_time,
                      checkpoint_key=event.payload["key"], checkpoint_md5=event.payload.get("md5"))
         self._record_checkpoint(chunk, event, chunk["end_step"])
+        self.summary.progress(event, chunk, chunk["end_step"], checkpoint=True)
+        self.summary.ended(event, chunk, "done")
         nxt = self.conn.execute("SELECT idx FROM chunks WHERE run = ? AND idx = ? AND state = 'waiting'",
                                 (chunk["run"], chunk["idx"] + 1)).fetchone()
         if nxt:
@@ -310,13 +257,34 @@ class Ledger:
         keys.update(key for (key,) in self.db.execute("SELECT key FROM bad_events"))
         return keys
 
+    def unknown_keys(self, keys: Iterable[str]) -> list[str]:
+        """Returns the journal keys (or event ids) that are neither folded events nor known bad objects.
+
+        Asked of SQLite through the primary keys, so a sync costs as much as the listing, not as
+        much as the (possibly millions of) events already folded.
+        """
+        conn = self.db.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe (key TEXT PRIMARY KEY, id TEXT)")
+        conn.execute("DELETE FROM temp.probe")
+        conn.executemany("INSERT OR IGNORE INTO temp.probe (key, id) VALUES (?, ?)",
+                         ((k, paths.event_id_of(k)) for k in keys))
+        unknown = [k for (k,) in conn.execute(
+            "SELECT key FROM temp.probe p WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = p.id) "
+            "AND NOT EXISTS (SELECT 1 FROM bad_events b WHERE b.key = p.key) "
+            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = p.key) ORDER BY key")]
+        conn.execute("DELETE FROM temp.probe")
+        return unknown
+
     def add_events(self, events: Iterable[Event], bad: Iterable[tuple[str, str]] = (),
                    known: set[str] | None = None) -> SyncResult:
         """Stores events not seen before and folds them; returns what changed."""
         events = sorted(events, key=lambda e: e.order)
         bad = list(bad)
-        known = self.known_keys() if known is None else known
-        candidates = [e for e in events if e.id not in known]
+        if known is None:
+            fresh_ids = set(self.unknown_keys(e.id for e in events))
+            candidates = [e for e in events if e.id in fresh_ids]
+        else:
+            candidates = [e for e in events if e.id not in known]
         conn = self.db.conn
         # BEGIN IMMEDIATE takes the write lock first: another process folding the same journal
         # into the same file waits, and whatever it inserted meanwhile is not applied twice.
@@ -333,8 +301,12 @@ class Ledger:
                      json.dumps(e.payload, sort_keys=True)))
                 if cursor.rowcount == 1:
                     fresh.append(e)
-                known.add(e.id)
+                if known is not None:
+                    known.add(e.id)
             conn.executemany("INSERT OR IGNORE INTO bad_events (key, reason) VALUES (?, ?)", bad)
+            if fresh:
+                conn.execute("UPDATE fold_state SET value = CAST(value AS INTEGER) + ? WHERE name = 'event_count'",
+                             (len(fresh),))
             last = self._last_applied()
             refold = bool(fresh) and last is not None and fresh[0].order < last
             if refold:
@@ -372,10 +344,8 @@ class Ledger:
 
     def sync(self, journal: Journal) -> SyncResult:
         """Reads the journal's new events (only those not yet known) and folds them."""
-        known = self.known_keys()
-        new_keys = [k for k in journal.keys() if paths.event_id_of(k) not in known and k not in known]
-        events, bad = journal.read(new_keys)
-        return self.add_events(events, bad, known)
+        events, bad = journal.read(self.unknown_keys(journal.keys()))
+        return self.add_events(events, bad)
 
     # -- snapshots --
 
@@ -451,4 +421,46 @@ class Ledger:
         return list(self.db.query("SELECT key, reason FROM bad_events ORDER BY key"))
 
     def event_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        """Returns the number of events folded (kept as a counter: counting millions of rows is slow)."""
+        row = self.db.execute("SELECT value FROM fold_state WHERE name = 'event_count'").fetchone()
+        return int(row[0]) if row else self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    # -- summaries for status (bounded tables: see summaries.py) --
+
+    def latest_time(self) -> float | None:
+        """Returns the store time of the latest event folded (None: no event yet)."""
+        last = self._last_applied()
+        return None if last is None else last[0]
+
+    def run_metrics(self) -> dict[str, dict]:
+        return {row["run"]: row for row in self.db.query("SELECT * FROM run_metrics")}
+
+    def history(self, run: str) -> list[dict]:
+        """Returns the run's downsampled history, one row per step bucket, in step order."""
+        return list(self.db.query("SELECT * FROM run_history WHERE run = ? ORDER BY bucket", [run]))
+
+    def workers(self, seen_since: float | None = None) -> list[dict]:
+        """Returns the workers (one per worker process) last seen at or after `seen_since`, latest first."""
+        where, args = ("WHERE last_time >= ?", [seen_since]) if seen_since is not None else ("", [])
+        return list(self.db.query(f"SELECT * FROM workers {where} ORDER BY last_time DESC, id", args))
+
+    def worker(self, worker_id: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM workers WHERE id = ?", [worker_id]))
+        return rows[0] if rows else None
+
+    def sessions(self) -> list[dict]:
+        """Returns every worker process's first and last event (its session), in start order."""
+        return list(self.db.query(
+            "SELECT id, account, platform, device, first_time, last_time, last_kind, claims, chunks_done, yields, "
+            "fails, expired FROM workers ORDER BY first_time, id"))
+
+    def hardware(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM hardware ORDER BY device, platform, run"))
+
+    def attempt_totals(self) -> dict[str, dict]:
+        """Returns per outcome of ended chunk attempts: their number, their seconds from claim to end,
+        and the seconds since their last checkpoint (what an expiry loses)."""
+        return {row["outcome"]: row for row in self.db.query(
+            "SELECT outcome, COUNT(*) AS attempts, SUM(end_time - claim_time) AS seconds, "
+            " SUM(end_time - COALESCE(checkpoint_time, claim_time)) AS since_checkpoint "
+            "FROM attempts WHERE outcome IS NOT NULL GROUP BY outcome")}

@@ -10,7 +10,15 @@ from shardrun.clock import Clock, SystemClock
 from shardrun.config import JobConfig
 from shardrun.coordinator import load_job_ledger
 from shardrun.ledger import CHUNK_STATES, Ledger
-from shardrun.storage import StoreError, Usage, open_store
+from shardrun.status_figures import (
+    estimate_eta,
+    hardware_rows,
+    lost_sessions_allowance,
+    run_figures,
+    sessions_summary,
+    worker_rows,
+)
+from shardrun.storage import StoreError, Usage
 
 STATUS_SCHEMA = "shardrun.status/1"
 
@@ -29,7 +37,7 @@ def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = Tr
     # the ledger syncs.
     with ThreadPoolExecutor(max(1, len(job.accounts))) as pool:
         usages = {a.name: pool.submit(_usage, job, a) for a in job.accounts} if live_usage else {}
-        home = open_store(job.home.store, job.home.quota_bytes, job.base_dir)
+        home = job.open_store(job.home)
         try:
             ledger, _ = load_job_ledger(job, home, clock)
         except StoreError as e:
@@ -43,9 +51,11 @@ def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = Tr
 
 def _usage(job: JobConfig, account) -> Usage | StoreError:
     try:
-        return open_store(account.store, account.quota_bytes, job.base_dir).usage()
+        return job.open_store(account).usage()
     except StoreError as e:
         return e
+    except Exception as e:  # noqa: BLE001 - an account that cannot be reached shows as unknown, never a crash
+        return StoreError(f"{account.store}: {type(e).__name__}: {e}")
 
 
 def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dict[str, Usage | StoreError],
@@ -54,8 +64,12 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     if plan is None:
         notes.append(f"job {job.name!r} has no plan yet: run `shardrun plan` first")
     counts = ledger.chunk_counts()
+    now, as_of = clock.now(), ledger.latest_time()
+    lease = plan["lease_seconds"] if plan else 600.0
+    metrics = ledger.run_metrics()
+    ledger_runs = {r["name"]: r for r in ledger.runs()}
     runs = []
-    for run in ledger.runs():
+    for run in ledger_runs.values():
         chunks = counts.get(run["name"], dict.fromkeys(CHUNK_STATES, 0))
         runs.append({
             "name": run["name"], "model": run["model"], "scale": run["scale"], "channels": run["channels"],
@@ -63,7 +77,19 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             "steps_done": run["steps_done"], "steps_total": run["steps_total"],
             "epochs_done": run["steps_done"] / run["steps_per_epoch"],
             "chunks": chunks, "chunks_total": sum(chunks.values()),
+            **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
         })
+    running_chunks = [c for c in ledger.chunks() if c["state"] == "running"]
+    workers = worker_rows(ledger, as_of, lease, {c["owner"] for c in running_chunks})
+    by_id = {w["id"]: w for w in workers}
+    running = {c["run"]: by_id[c["owner"]] for c in running_chunks
+               if c["owner"] in by_id and not by_id[c["owner"]]["stale"]}
+    alive = sum(1 for w in workers if not w["stale"])
+    allowance = lost_sessions_allowance(ledger.attempt_totals())
+    eta = estimate_eta(runs, ledger_runs, metrics, running, alive, allowance, now)
+    if running_chunks and as_of is not None and now - as_of >= lease:
+        notes.append(f"the journal's latest event is {(now - as_of) / 60:.0f} min old by this machine's clock: "
+                     f"its workers may all have stopped (a lease is {lease / 60:g} min)")
     accounts = []
     planned = {a["name"]: a for a in ledger.accounts()}
     for account in job.accounts:
@@ -88,7 +114,13 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             "image_bytes": plan["image_bytes"], "rejected": plan["rejected"], "platform": plan["platform"],
             "profile": plan["profile"], **json.loads(plan["payload"] or "{}"),
         },
+        "as_of": _iso(as_of),
+        "lease_seconds": lease,
         "runs": runs,
+        "eta": eta,
+        "workers": workers,
+        "sessions": sessions_summary(ledger, as_of, lease),
+        "hardware": hardware_rows(ledger, ledger_runs),
         "accounts": accounts,
         "rejected": ledger.rejected(),
         "journal": {"events": ledger.event_count(), "unreadable": ledger.bad_events()},

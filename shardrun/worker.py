@@ -60,6 +60,11 @@ class WorkerSettings:
     poll_seconds: float = 30.0  # when every ready chunk is taken, look again after this
     min_upload_margin_s: float = 30.0  # kept back before the deadline for the last upload, at least
     deterministic: bool = True  # TensorFlow op determinism: exact resume, some speed on a GPU
+    # Validation at each checkpoint: PSNR/SSIM against bicubic on this many images drawn evenly
+    # from the job's images (0: none), each centre-cropped to at most this many pixels a side so
+    # that it costs a fraction of a second.
+    validation_images: int = 4
+    validation_crop: int = 128
 
 
 @dataclass
@@ -73,19 +78,28 @@ class WorkerJob:
     cache_dir: Path
 
     @classmethod
-    def from_config(cls, job: JobConfig) -> "WorkerJob":
-        stores = {a.name: open_store(a.store, a.quota_bytes, job.base_dir) for a in job.accounts}
+    def from_config(cls, job: JobConfig, account: str | None = None) -> "WorkerJob":
+        """`account`: the person running the worker; an account with no credentials on this
+        machine (a Drive token file) is reached with theirs."""
+        own = job.store_account(job.account(account)) if account in {a.name for a in job.accounts} else None
+        stores = {a.name: open_store(a.store, a.quota_bytes, job.base_dir, {**job.store_account(a), "fallback": own})
+                  for a in job.accounts}
         root = job.ledger_path.parent
         return cls(job.name, stores[job.home.name], stores, job.ledger_path, root / "cache")
 
     @classmethod
-    def from_home_url(cls, url: str, cache_root: Path | None = None) -> "WorkerJob":
-        """Returns the job at `<home store URL>/<job name>`, for a notebook that has only the store."""
+    def from_home_url(cls, url: str, cache_root: Path | None = None, account: str | None = None) -> "WorkerJob":
+        """Returns the job at `<home store URL>/<job name>`, for a notebook that has only the store.
+
+        The home store is opened as `account` (the person running the worker): with no job file,
+        credentials come from the environment (docs/storage.md).
+        """
         store_url, _, name = url.rstrip("/").rpartition("/")
         if not store_url or "://" not in store_url or not name:
             raise WorkerError(f"{url!r} is neither a job file nor a job URL like local:///srv/alice/JOBNAME")
         root = (cache_root or Path.home() / ".cache" / "shardrun") / name
-        return cls(name, open_store(store_url), {}, root / "ledger.db", root / "cache")
+        home = open_store(store_url, account={"name": account, "job": name})
+        return cls(name, home, {}, root / "ledger.db", root / "cache")
 
 
 @dataclass
@@ -151,6 +165,8 @@ class Worker:
         self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
         self._upload_bps: float | None = None
         self._checkpoint_bytes = 0
+        self._device: str | None = None
+        self._validation: list | None = None
         if self.settings.deterministic:
             import tensorflow as tf
 
@@ -163,7 +179,10 @@ class Worker:
             raise WorkerError(f"--account {account!r} is not an account of job {job.name!r}; it has: "
                               + ", ".join(a["name"] for a in self.ledger.accounts()))
         if not job.stores:
-            job.stores.update({a["name"]: open_store(a["store"], a["quota_bytes"]) for a in self.ledger.accounts()})
+            own = {"name": account, "job": job.name}  # accounts with no credentials here are reached as ours
+            job.stores.update({a["name"]: open_store(a["store"], a["quota_bytes"],
+                                                     account={"name": a["name"], "job": job.name, "fallback": own})
+                               for a in self.ledger.accounts()})
 
     # -- time and the journal --
 
@@ -175,6 +194,14 @@ class Worker:
         local = self.clock.now()
         event = self.journal.append(kind, self.id, run, chunk, generation, payload)
         self._server_offset = event.server_time - local
+
+    def identity(self) -> dict[str, str]:
+        """Returns what every event of this worker says about where it runs (status shows it)."""
+        if self._device is None:
+            from shardrun.train.bench import device_description
+
+            self._device = device_description()
+        return {"account": self.account, "platform": self.session.platform, "device": self._device}
 
     def server_now(self) -> float | None:
         """Returns the store's time now, estimated from our last write (never another machine's clock)."""
@@ -206,7 +233,7 @@ class Worker:
         # Shards are fetched before claiming: a claim's lease runs from the claim, and downloading
         # gigabytes from Drive can take longer than the lease.
         self._image_source()
-        self._write("claim", chunk["run"], chunk["idx"], chunk["generation"])
+        self._write("claim", chunk["run"], chunk["idx"], chunk["generation"], **self.identity())
         self.clock.sleep(self.settings.settle_seconds)
         self.sync()
         if not self._owns(chunk):
@@ -286,15 +313,20 @@ class Worker:
                 return
             key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
             stat = self._upload(key, info.path)
+            figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
+                       **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
+            validation = self._validate(trainer)
+            if validation is not None:
+                figures["validation"] = validation
             if info.final:
-                final.update(key=key, md5=stat.md5, step=info.step)
+                final.update(figures)
             else:
-                self._write("checkpoint", run, idx, generation, step=info.step, key=key, md5=stat.md5)
+                self._write("checkpoint", run, idx, generation, **figures)
 
         def on_heartbeat(progress) -> None:
             nonlocal lost
             self._write("heartbeat", run, idx, generation, step=progress.step, loss=progress.loss,
-                        patches_per_second=progress.patches_per_second)
+                        **self._rates(progress.patches_per_second, config.batch_size), **self.identity())
             self.sync()
             self.on_progress(run, idx, progress.step, chunk["end_step"], progress.loss)
             if not self._owns(chunk):
@@ -319,14 +351,52 @@ class Worker:
         if lost or not self._owns(chunk):
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
         if result.reason == "target":
-            self._write("done", run, idx, generation, **final)
+            self._write("done", run, idx, generation, **{**self.identity(), **final})
             result_name = "done"
         else:
-            self._write("yield", run, idx, generation, reason=f"{result.reason} at step {trainer.step}", **final)
+            self._write("yield", run, idx, generation, reason=f"{result.reason} at step {trainer.step}",
+                        **{**self.identity(), **final})
             result_name = "yield"
         self.sync()
         self.on_progress(run, idx, trainer.step, chunk["end_step"], result.loss)
         return ChunkOutcome(run, idx, generation, start_step, trainer.step, result_name, train_seconds, notices)
+
+    @staticmethod
+    def _rates(patches_per_second: float | None, batch_size: int) -> dict[str, float | None]:
+        return {"patches_per_second": patches_per_second,
+                "steps_per_second": None if patches_per_second is None else patches_per_second / batch_size}
+
+    def _validation_images(self) -> list:
+        """Returns the validation crops: images drawn evenly (so deterministically) from the job's."""
+        if self._validation is None:
+            from shardrun.train.data import decode_rgb
+
+            source, count = self._image_source(), self.settings.validation_images
+            chosen = sorted({(2 * i + 1) * len(source) // (2 * count) for i in range(count)}) if count > 0 else []
+            crops, side = [], self.settings.validation_crop
+            for index in chosen:
+                rgb = decode_rgb(source.read(index), source.name(index))
+                top, left = max(0, (rgb.shape[0] - side) // 2), max(0, (rgb.shape[1] - side) // 2)
+                crops.append(rgb[top:top + side, left:left + side])
+            self._validation = crops
+        return self._validation
+
+    def _validate(self, trainer) -> dict | None:
+        """Returns PSNR/SSIM of the model and of bicubic on the validation crops, or None.
+
+        Inference only (no training step, no random draw), so training continues exactly as it
+        would have without it. Validation is advice: a failure is logged, never fatal.
+        """
+        images = self._validation_images()
+        if not images:
+            return None
+        try:
+            result = trainer.evaluate(images)
+        except Exception as e:  # noqa: BLE001 - a broken metric must not stop the training it reports on
+            log.warning("validation failed, checkpoint reported without it: %s", e)
+            return None
+        return {"psnr": result.psnr, "ssim": result.ssim, "bicubic_psnr": result.bicubic_psnr,
+                "bicubic_ssim": result.bicubic_ssim, "images": len(images)}
 
     def _train_config(self, run: str):
         from shardrun.train.trainer import TrainConfig

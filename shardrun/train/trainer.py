@@ -126,6 +126,8 @@ class CheckpointInfo:
     sha256: str
     reason: str  # "steps", "time", "target", "deadline", "stopped" or "manual"
     final: bool
+    loss: float | None = None  # mean loss of the steps since the previous checkpoint (set by `train`)
+    patches_per_second: float | None = None  # this call's training speed so far (set by `train`)
 
 
 @dataclass(frozen=True)
@@ -466,17 +468,29 @@ class Trainer:
         checkpoint_info = None
         pending = None  # the previous call's loss tensor, read while the next call runs
         loss_total, loss_steps, beat_total, beat_steps = 0.0, 0, 0.0, 0
+        since_total, since_steps = 0.0, 0  # since the previous checkpoint
         beat_started, beat_step = started, self.step
         call_s = 0.0
         reason = "target"
 
         def settle():
-            nonlocal pending, loss_total, loss_steps, beat_total, beat_steps
+            nonlocal pending, loss_total, loss_steps, beat_total, beat_steps, since_total, since_steps
             if pending is not None:
                 value, count = float(pending[0]), pending[1]
                 loss_total, loss_steps = loss_total + value, loss_steps + count
                 beat_total, beat_steps = beat_total + value, beat_steps + count
+                since_total, since_steps = since_total + value, since_steps + count
                 pending = None
+
+        def with_figures(info: CheckpointInfo, now: float) -> CheckpointInfo:
+            nonlocal since_total, since_steps
+            seconds = now - started
+            info = dataclasses.replace(
+                info, loss=since_total / since_steps if since_steps else None,
+                patches_per_second=(self.step - start_step) * self.config.batch_size / seconds
+                if seconds > 0 and self.step > start_step else None)
+            since_total, since_steps = 0.0, 0
+            return info
 
         while self.step < target:
             if self._stop:
@@ -506,7 +520,7 @@ class Trainer:
                 due = "time"
             if due and self.step < target:
                 settle()
-                checkpoint_info = self.save_checkpoint(reason=due)
+                checkpoint_info = with_figures(self.save_checkpoint(reason=due), now)
                 last_checkpoint = clock.monotonic()
                 if on_checkpoint:
                     on_checkpoint(checkpoint_info)
@@ -532,7 +546,8 @@ class Trainer:
                 # as final, rather than write the same weights twice.
                 checkpoint_info = dataclasses.replace(checkpoint_info, final=True)
             else:
-                checkpoint_info = self.save_checkpoint(reason=reason, final=True)
+                checkpoint_info = with_figures(self.save_checkpoint(reason=reason, final=True),
+                                               started + elapsed)
             if on_checkpoint:
                 on_checkpoint(checkpoint_info)
         return TrainResult(self.step, target, reason, self.step - start_step, checkpoint_info,

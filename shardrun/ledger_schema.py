@@ -1,0 +1,132 @@
+"""The ledger's SQLite schema, built by numbered migrations (PRAGMA user_version counts them).
+
+A ledger written by any older shardrun is brought up to date when opened, never rejected:
+each migration adds what its version introduced; derived tables that a new version adds are
+then filled by refolding the stored events once, after the last migration.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlite_utils
+
+from shardrun.errors import LedgerError
+
+DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints",
+                  "workers", "run_metrics", "run_history", "hardware", "attempts")
+CHUNK_STATES = ("waiting", "ready", "running", "done")
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["events"].create(
+        {"id": str, "server_time": float, "kind": str, "worker": str, "run": str,
+         "chunk": int, "generation": int, "payload": str}, pk="id")
+    db["events"].create_index(["server_time", "id"])
+    db["bad_events"].create({"key": str, "reason": str}, pk="key")
+    db["fold_state"].create({"name": str, "value": str}, pk="name")
+    db["plan"].create(
+        {"id": str, "job": str, "fingerprint": str, "server_time": float, "images": int,
+         "image_bytes": int, "rejected": int, "manifest_key": str, "manifest_md5": str,
+         "platform": str, "profile": str, "lease_seconds": float, "payload": str}, pk="id")
+    db["accounts"].create(
+        {"name": str, "position": int, "store": str, "quota_bytes": int, "reserve_bytes": int,
+         "placed_bytes": int, "shards": int}, pk="name")
+    db["shards"].create(
+        {"id": str, "account": str, "key": str, "size": int, "md5": str, "images": int}, pk="id")
+    db["runs"].create(
+        {"name": str, "position": int, "model": str, "scale": int, "channels": int, "epochs": int,
+         "batch_size": int, "patch_size": int, "steps_per_epoch": int, "steps_total": int,
+         "step_seconds": float, "config": str}, pk="name")
+    db["chunks"].create(
+        {"run": str, "idx": int, "start_step": int, "end_step": int, "state": str,
+         "generation": int, "owner": str, "claim_time": float, "heartbeat_time": float,
+         "step_reached": int, "checkpoint_key": str, "checkpoint_md5": str,
+         "start_checkpoint_key": str, "start_checkpoint_md5": str, "attempts": int,
+         "last_error": str, "done_time": float}, pk=("run", "idx"))
+    db["chunks"].create_index(["state"])
+    db["rejected"].create({"path": str, "reason": str}, pk="path")
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # Every checkpoint the fold accepted, so a worker can fall back to an older verified one when
+    # the newest is damaged on the store. Derived, so it is filled by refolding the events.
+    db["checkpoints"].create(
+        {"run": str, "step": int, "key": str, "md5": str, "chunk": int, "generation": int,
+         "worker": str, "server_time": float}, pk="key")
+    db["checkpoints"].create_index(["run", "step"])
+    _refold_later(db)
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # Summaries for status, kept by the fold so that status never reads the events table (a
+    # year-long job holds millions of heartbeats): one row per worker process (a session), each
+    # run's latest metrics, its history in HISTORY_POINTS step buckets, throughput per hardware
+    # and run, and every chunk attempt (claim to done, yield, fail or expiry). All derived: a
+    # refold fills them from the stored events.
+    db["workers"].create(
+        {"id": str, "account": str, "platform": str, "device": str, "first_time": float,
+         "last_time": float, "last_kind": str, "run": str, "chunk": int, "step": int, "loss": float,
+         "patches_per_second": float, "steps_per_second": float, "events": int, "claims": int,
+         "chunks_done": int, "yields": int, "fails": int, "expired": int}, pk="id")
+    db["workers"].create_index(["last_time"])
+    db["run_metrics"].create(
+        {"run": str, "loss": float, "loss_step": int, "loss_time": float, "best_loss": float,
+         "best_loss_step": int, "patches_per_second": float, "steps_per_second": float,
+         "rate_time": float, "val_step": int, "val_time": float, "psnr": float, "ssim": float,
+         "bicubic_psnr": float, "bicubic_ssim": float, "val_images": int, "best_psnr": float,
+         "best_psnr_step": int}, pk="run")
+    db["run_history"].create(
+        {"run": str, "bucket": int, "step_min": int, "step_max": int, "time_first": float,
+         "time_last": float, "loss_sum": float, "loss_n": int, "loss_min": float, "psnr": float,
+         "ssim": float, "bicubic_psnr": float, "bicubic_ssim": float, "val_step": int}, pk=("run", "bucket"))
+    db["hardware"].create(
+        {"device": str, "platform": str, "run": str, "samples": int, "pps_sum": float, "pps_max": float,
+         "pps_last": float, "time_last": float}, pk=("device", "platform", "run"))
+    db["attempts"].create(
+        {"run": str, "chunk": int, "generation": int, "worker": str, "claim_time": float, "end_time": float,
+         "outcome": str, "start_step": int, "step_reached": int, "checkpoint_step": int,
+         "checkpoint_time": float}, pk=("run", "chunk", "generation"))
+    db.execute("INSERT OR REPLACE INTO fold_state (name, value) VALUES ('event_count', "
+               "(SELECT COUNT(*) FROM events))")
+    _refold_later(db)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _refold_later(db: sqlite_utils.Database) -> None:
+    """Marks the derived tables for a refold once every migration has run.
+
+    A migration cannot refold by itself: today's fold writes tables that later migrations create.
+    """
+    db.execute("INSERT OR REPLACE INTO fold_state (name, value) VALUES ('refold', '1')")
+
+
+def migrate(db: sqlite_utils.Database, refold: Callable[[sqlite_utils.Database], None]) -> int:
+    """Brings the schema to SCHEMA_VERSION, refolding with `refold` if a migration asked for it;
+    returns the version the database had before."""
+    before = None
+    while True:
+        # The version is read under the write lock, so two processes opening a new ledger at
+        # once do not both run the same migration.
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+            before = version if before is None else before
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger schema version {version} is newer than this shardrun understands "
+                                  f"({SCHEMA_VERSION}); upgrade shardrun")
+            if version == SCHEMA_VERSION:
+                if db.conn.execute("SELECT 1 FROM fold_state WHERE name = 'refold'").fetchone():
+                    refold(db)
+                    db.conn.execute("DELETE FROM fold_state WHERE name = 'refold'")
+                db.conn.execute("COMMIT")
+                return before
+            MIGRATIONS[version](db)
+            db.conn.execute(f"PRAGMA user_version = {version + 1}")
+            db.conn.execute("COMMIT")
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
