@@ -33,6 +33,11 @@ class AccountConfig:
     name: str
     store: str
     quota_gb: float = 15.0
+    # How a drive:// account signs in (docs/storage.md); never a secret in repr or messages.
+    auth: str | None = None
+    token: str | None = field(default=None, repr=False)
+    credentials: str | None = None
+    client_secrets: str | None = None
 
     @property
     def quota_bytes(self) -> int:
@@ -70,6 +75,10 @@ class JobConfig:
     profile: str | None = None
     ledger: str | None = None
     lease_minutes: float = 10.0
+    drive_root_url: str | None = None  # endpoint override (an emulator); else $SHARDRUN_DRIVE_ROOT_URL
+    drive_chunk_mib: int = 8
+    drive_retries: int = 7
+    drive_retry_seconds: float = 300.0
 
     @property
     def home(self) -> AccountConfig:
@@ -91,6 +100,22 @@ class JobConfig:
     def ledger_path(self) -> Path:
         path = Path(self.ledger) if self.ledger else Path(".shardrun") / self.name / "ledger.db"
         return path if path.is_absolute() else self.base_dir / path
+
+    def store_account(self, account: AccountConfig) -> dict[str, Any]:
+        """Returns what open_store needs to sign in as `account` (paths made absolute)."""
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else str(self.base_dir / Path(path).expanduser())
+
+        return {"name": account.name, "job": self.name, "auth": account.auth, "token": account.token,
+                "credentials": absolute(account.credentials), "client_secrets": absolute(account.client_secrets),
+                "root_url": self.drive_root_url, "chunk_mib": self.drive_chunk_mib,
+                "retries": self.drive_retries, "retry_seconds": self.drive_retry_seconds}
+
+    def open_store(self, account: AccountConfig):
+        """Returns the account's store, opened with its quota and sign-in settings."""
+        from shardrun.storage import open_store
+
+        return open_store(account.store, account.quota_bytes, self.base_dir, self.store_account(account))
 
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
@@ -148,12 +173,21 @@ JOB_KEYS = {
     "profile": Key(str),
     "ledger": Key(str),
     "lease_minutes": Key((int, float), default=10, check=positive),
+    "drive_root_url": Key(str, check=lambda v: None if v.startswith(("http://", "https://")) else "an http(s):// URL"),
+    "drive_chunk_mib": Key(int, default=8, check=positive),
+    "drive_retries": Key(int, default=7, check=non_negative),
+    "drive_retry_seconds": Key((int, float), default=300, check=positive),
 }
 ACCOUNT_KEYS = {
     "name": Key(str, required=True, check=valid_name),
     "store": Key(str, required=True, check=valid_store_url),
     "quota_gb": Key((int, float), default=15.0, check=positive),
+    "auth": Key(str, check=one_of("colab", "oauth", "service-account", "token")),
+    "token": Key(str),
+    "credentials": Key(str),
+    "client_secrets": Key(str),
 }
+DRIVE_ONLY_KEYS = ("auth", "token", "credentials", "client_secrets")
 RUN_KEYS = {
     "name": Key(str, required=True, check=valid_name),
     "model": Key(str, required=True, check=one_of(*MODEL_NAMES)),
@@ -257,6 +291,21 @@ def _check_run(run: dict, where: str, problems: list[str]) -> None:
                             "(a low-resolution patch of 4x4 pixels)")
 
 
+def _check_sign_in(account: dict, root_url: str | None, where: str, problems: list[str]) -> None:
+    """Appends problems with a Drive account's sign-in keys (and such keys on other stores)."""
+    given = [key for key in DRIVE_ONLY_KEYS if account.get(key) is not None]
+    if not isinstance(account.get("store"), str) or not given:
+        return
+    if not account["store"].startswith("drive://"):
+        problems.append(f"{where}{given[0]}: only drive:// stores sign in; remove it for {account['store']!r}")
+        return
+    from shardrun.storage.drive_auth import DriveAccount, check_settings
+
+    settings = DriveAccount.from_mapping({**account, "root_url": root_url})
+    # The token itself is never shown: a problem names the key, not its value.
+    problems.extend(f"{where}{problem}" for problem in check_settings(settings))
+
+
 def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict | None = None) -> JobConfig:
     """Returns the job described by TOML `text`, or raises ConfigError listing every problem."""
     try:
@@ -277,6 +326,8 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
     _check_unique(runs, "runs", "name", problems)
     for i, run in enumerate(runs):
         _check_run(run, f"runs[{i}].", problems)
+    for i, account in enumerate(accounts):
+        _check_sign_in(account, job.get("drive_root_url"), f"accounts[{i}].", problems)
     if platforms is not None and isinstance(job.get("platform"), str) and job["platform"] not in platforms:
         problems.append(f"job.platform = {job['platform']!r}: must be one of "
                         + ", ".join(map(repr, sorted(platforms))) + " (from configs/platforms.toml)")
@@ -286,7 +337,8 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         name=job["name"],
         data=job["data"],
         platform=job["platform"],
-        accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"])) for a in accounts),
+        accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"]), a["auth"], a["token"],
+                                     a["credentials"], a["client_secrets"]) for a in accounts),
         runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second") and v is not None else v)
                                 for k, v in run.items()}) for run in runs),
         base_dir=base_dir,
@@ -297,6 +349,10 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         profile=job["profile"],
         ledger=job["ledger"],
         lease_minutes=float(job["lease_minutes"]),
+        drive_root_url=job["drive_root_url"],
+        drive_chunk_mib=job["drive_chunk_mib"],
+        drive_retries=job["drive_retries"],
+        drive_retry_seconds=float(job["drive_retry_seconds"]),
     )
 
 

@@ -33,7 +33,7 @@ from shardrun.planner import (
 )
 from shardrun.platforms import Platform, Profile, load_platforms, load_profile
 from shardrun.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
-from shardrun.storage import QuotaExceeded, Stat, Store, StoreError, absolute_url, open_store
+from shardrun.storage import QuotaExceeded, Stat, Store, StoreError, absolute_url
 
 PLANNER = "planner"  # the worker name plan events carry
 
@@ -74,8 +74,8 @@ class PlanReport:
 
 
 def open_account_stores(job: JobConfig) -> dict[str, Store]:
-    """Returns each account's store, opened with the account's quota."""
-    return {a.name: open_store(a.store, a.quota_bytes, job.base_dir) for a in job.accounts}
+    """Returns each account's store, opened with the account's quota and sign-in settings."""
+    return {a.name: job.open_store(a) for a in job.accounts}
 
 
 def load_job_ledger(job: JobConfig, home: Store, clock: Clock | None = None,

@@ -18,6 +18,8 @@ from shardrun.errors import ConfigError
 from shardrun.platforms import ModelThroughput, Platform, Profile, load_platforms, load_profile
 from shardrun.prices import load_prices, parse_prices
 
+from price_files import MINIMAL
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = tomllib.loads((CONFIGS / "paper_figures.toml").read_text())
 PRICE_TEXT = (CONFIGS / "prices.toml").read_text()
@@ -303,43 +305,6 @@ def test_devices_are_matched_to_gpus_by_whole_words(device, gpu):
 
 # -- a missing or malformed entry ----------------------------------------------------------------
 
-MINIMAL = """
-[free]
-platforms = ["colab-free"]
-default = "colab-free"
-quota_gb = 15
-quota_source = "https://support.google.com/drive/answer/6374270"
-
-[speed]
-reference = "K80"
-
-[gpus.K80]
-match = ["K80"]
-basis = "reference"
-speed = { default = 1.0 }
-fp32_tflops = 4.113
-source = "paper"
-
-[gpus.V100]
-match = ["V100"]
-basis = "estimate"
-fp32_tflops = 15.67
-source = "datasheet"
-
-[[rent]]
-provider = "Google"
-gpu = "K80"
-usd_per_hour = 0.135
-date = "2019"
-source = "Temiz, Bilge, Uygur 2019, Table 3"
-
-[[rent]]
-provider = "Amazon"
-gpu = "V100"
-usd_per_hour = 1.99
-date = "2019"
-source = "Temiz, Bilge, Uygur 2019, Table 3"
-"""
 
 
 def broken(old: str, new: str) -> str:

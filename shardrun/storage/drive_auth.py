@@ -49,6 +49,10 @@ class AuthError(PermissionDenied):
     """An account cannot sign in to Drive: no credentials, unreadable ones, or refused ones."""
 
 
+class NotSignedIn(AuthError):
+    """This machine holds no credentials for the account (no token file, no token)."""
+
+
 @dataclass(frozen=True)
 class DriveAccount:
     """How one account signs in to Drive; settings only (the token is kept out of repr)."""
@@ -60,15 +64,20 @@ class DriveAccount:
     credentials: Path | None = None  # token file (oauth) or service-account key
     client_secrets: Path | None = None  # the user's OAuth client id, for `accounts login`
     root_url: str | None = None  # endpoint override from the job file
+    # Signs in as this account instead where this one has no credentials here: a worker reads
+    # and writes every account's folder as the person running it.
+    fallback: "DriveAccount | None" = None
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> "DriveAccount":
         """Returns the settings in an account mapping (job-file keys; unknown keys are ignored)."""
         mapping = mapping or {}
         path = lambda key: Path(mapping[key]).expanduser() if mapping.get(key) else None  # noqa: E731
+        fallback = mapping.get("fallback")
         return cls(name=mapping.get("name"), job=mapping.get("job"), auth=mapping.get("auth"),
                    token=mapping.get("token"), credentials=path("credentials"),
-                   client_secrets=path("client_secrets"), root_url=mapping.get("root_url"))
+                   client_secrets=path("client_secrets"), root_url=mapping.get("root_url"),
+                   fallback=cls.from_mapping(fallback) if fallback else None)
 
     @property
     def label(self) -> str:
@@ -164,7 +173,17 @@ def describe(account: DriveAccount) -> str:
 
 
 def load_credentials(account: DriveAccount):
-    """Returns google-auth credentials for the account, or raises AuthError saying what to do."""
+    """Returns google-auth credentials for the account (or its fallback, where this machine has
+    none of its own), or raises AuthError saying what to do."""
+    try:
+        return _load_own_credentials(account)
+    except NotSignedIn:
+        if account.fallback is None:
+            raise
+        return load_credentials(account.fallback)
+
+
+def _load_own_credentials(account: DriveAccount):
     method = choose_method(account)
     if method not in METHODS:
         raise AuthError(f"{account.label}: unknown auth {method!r}; expected one of {', '.join(METHODS)}")
@@ -183,7 +202,7 @@ def _token_credentials(account: DriveAccount):
                         f"(drive_root_url or ${ROOT_URL_ENV}); sign in with auth = \"oauth\" instead")
     token = account.token or _env_token(account)
     if not token:
-        raise AuthError(f"{account.label}: auth = \"token\" but no token is set: add token = \"...\" to the "
+        raise NotSignedIn(f"{account.label}: auth = \"token\" but no token is set: add token = \"...\" to the "
                         f"account or set ${token_env_var(account.name)}")
     return Credentials(token=token)
 
@@ -225,7 +244,7 @@ def _oauth_credentials(account: DriveAccount):
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AuthError(f"{account.label} has not signed in: no token file at {path}; run "
+        raise NotSignedIn(f"{account.label} has not signed in: no token file at {path}; run "
                         f"`shardrun accounts login JOBFILE --account {account.name or 'NAME'}`") from None
     except (OSError, ValueError) as e:
         raise AuthError(f"{account.label}: cannot read the token file {path} ({type(e).__name__}); "
