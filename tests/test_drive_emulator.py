@@ -14,13 +14,14 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import httplib2
 import pytest
 from google.auth.exceptions import RefreshError
 from google.oauth2.credentials import Credentials
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload
 
-from tests.drive_emulator import FOLDER_MIME
+from tests.drive_emulator import FOLDER_MIME, DriveEmulator
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 CHUNK = 256 * 1024
@@ -379,6 +380,21 @@ def test_a_connection_dropped_mid_chunk_keeps_the_bytes_received_and_the_client_
     assert emu.read(response["id"]) == data and emu.faults.fired("drop") == 1
 
 
+def test_a_create_with_a_generated_id_is_safe_to_retry(emu):
+    drive = emu.service(ALICE)
+    file_id = drive.files().generateIds(count=2).execute()["ids"][0]
+    media = MediaIoBaseUpload(io.BytesIO(b"once"), "application/octet-stream", resumable=True)
+    body = {"id": file_id, "name": "once.bin", "parents": [emu.folder]}
+    assert drive.files().create(body=body, media_body=media, fields="id").execute() == {"id": file_id}
+    with pytest.raises(HttpError) as caught:
+        drive.files().create(body=body, fields="id").execute()
+    assert reason_of(caught.value) == (409, "global", "duplicate")
+    with pytest.raises(HttpError) as caught:
+        drive.files().create(body=dict(body, id="made-up-id")).execute()
+    assert reason_of(caught.value) == (400, "global", "fileIdNotUsable")
+    assert emu.file_ids(emu.folder) == [file_id] and emu.read(file_id) == b"once"
+
+
 def test_a_dropped_answer_can_hide_a_request_that_was_carried_out(emu):
     emu.faults.add("drop", methods="files.create", processed=True)
     body = {"name": "ghost", "mimeType": FOLDER_MIME, "parents": [emu.folder]}
@@ -463,3 +479,13 @@ def test_faults_fire_exactly_as_often_as_asked_under_concurrent_calls(emu):
         thread.join()
     assert sorted(statuses) == [200] * 15 + [429] * 5
     assert emu.calls[(ALICE, "files.get")] == 20
+
+
+def test_a_stopped_emulator_refuses_even_kept_alive_connections():
+    with DriveEmulator() as emu:
+        emu.add_account(ALICE, token="tok-alice")
+        drive = emu.service(ALICE)
+        assert drive.about().get(fields="user(emailAddress)").execute() == {"user": {"emailAddress": ALICE}}
+        assert emu.calls == {(ALICE, "about.get"): 1}
+    with pytest.raises((ConnectionError, http.client.HTTPException, httplib2.HttpLib2Error)):
+        drive.about().get(fields="user").execute()

@@ -27,7 +27,8 @@ What it emulates (and where it is as strict as Drive, so code that passes here h
   uploads (`uploadType=media|multipart|resumable`, create and update), files.update (metadata,
   addParents/removeParents, trashed — owners only), files.delete (owners only: 403
   insufficientFilePermissions otherwise), about.get (`fields` required, as on Drive),
-  permissions.create/list/delete.
+  permissions.create/list/delete, files.generateIds (a create with a generated `id` is safe to
+  retry: the second one is 409 duplicate; an id not generated here is 400 fileIdNotUsable).
 - `fields` partial responses; without `fields` a file is {kind, id, name, mimeType} as on Drive, so
   a client that forgets to ask for size or md5Checksum finds out here. Sizes are strings, times are
   RFC 3339 UTC with milliseconds.
@@ -44,8 +45,9 @@ What it emulates (and where it is as strict as Drive, so code that passes here h
 API method names (used by `emu.calls` and fault filters): files.list, files.get, files.get:media,
 files.create, files.create:media, files.create:multipart, files.create:resumable, files.update,
 files.update:media, files.update:multipart, files.update:resumable, upload.chunk (every PUT to a
-session URL, status queries included), files.delete, about.get, permissions.create,
-permissions.list, permissions.delete, oauth.token.
+session URL, status queries included), files.delete, files.generateIds, about.get,
+permissions.create, permissions.list, permissions.delete, oauth.token. Requests refused with 401
+are counted under the account None.
 
 Inspecting and steering (no HTTP, never counted, no faults):
     emu.calls                     Counter((account email or None, method name) -> requests)

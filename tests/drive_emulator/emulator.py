@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import sys
 import threading
+import traceback
 from collections import Counter
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +23,38 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.open_connections: set = set()
+        self.connections_lock = threading.Lock()
+
+    def get_request(self):
+        connection, address = super().get_request()
+        with self.connections_lock:
+            self.open_connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request):
+        with self.connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        # A client hanging up (or a stop) mid-request is the network's business, not an emulator bug.
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            self.emulator.internal_errors.append(traceback.format_exc())
+
+    def close_open_connections(self):
+        """Ends kept-alive connections too, so a stopped emulator is gone for every client."""
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class DriveEmulator:
@@ -43,6 +78,7 @@ class DriveEmulator:
     def start(self) -> "DriveEmulator":
         handler = type("BoundDriveHandler", (DriveHandler,), {"emulator": self})
         self._server = _Server(("127.0.0.1", 0), handler)
+        self._server.emulator = self
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="drive-emulator", daemon=True)
         self._thread.start()
@@ -52,6 +88,7 @@ class DriveEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_open_connections()
             self._thread.join(timeout=5)
             self._server = self._thread = None
 

@@ -120,6 +120,7 @@ class Drive:
         self.lock = threading.RLock()
         self.accounts: dict[str, Account] = {}
         self.files: dict[str, DriveFile] = {}
+        self.generated_ids: set[str] = set()    # from files.generateIds, usable once by files.create
         self.listing_lag = 0.0          # seconds a new or rewritten file stays out of files.list
         self.clock_offset = 0.0         # seconds added to the server's clock (a skewed server)
 
@@ -204,7 +205,7 @@ class Drive:
         for parent_id in parent_ids:
             parent = self.lookup(email, parent_id, need="writer")
             if not parent.is_folder:
-                raise bad_request(f"The specified parent is not a folder: {parent_id}.", reason="teamDrivesParentLimit")
+                raise bad_request(f"The specified parent is not a folder: {parent_id}.", location="parents")
             parents.append(parent.id)
         if len(parents) > 1:
             raise DriveError(403, "cannotAddParent", "Increasing the number of parents is not allowed.")
@@ -221,10 +222,22 @@ class Drive:
             if content is None and not mime_type.startswith(GOOGLE_APPS_PREFIX):
                 content = b""
             self._check_quota(email, len(content or b""))
+            wanted = metadata.get("id")
+            if wanted is not None:
+                # Ids from files.generateIds make creates safe to retry: the second one is a 409.
+                if wanted in self.files:
+                    raise DriveError(409, "duplicate", "A file already exists with the provided ID.")
+                if wanted not in self.generated_ids:
+                    raise bad_request("The provided file ID is not usable.", location="file.id",
+                                      reason="fileIdNotUsable")
             drive_file = self._new_file(metadata.get("name") or "Untitled", mime_type, email, parents, content,
                                         description=metadata.get("description"),
                                         properties=dict(metadata.get("properties") or {}),
                                         app_properties=dict(metadata.get("appProperties") or {}))
+            if wanted is not None:
+                del self.files[drive_file.id]
+                drive_file.id = wanted
+                self.files[wanted] = drive_file
             if metadata.get("modifiedTime"):
                 drive_file.modified = parse_rfc3339(metadata["modifiedTime"])
             return drive_file
@@ -301,6 +314,12 @@ class Drive:
                     return
             raise DriveError(404, "notFound", f"Permission not found: {permission_id}.", location="permissionId")
 
+    def generate_ids(self, count: int) -> list[str]:
+        with self.lock:
+            ids = [new_id() for _ in range(count)]
+            self.generated_ids.update(ids)
+            return ids
+
     def tamper(self, file_id: str, content: bytes) -> None:
         """Replaces content behind every client's back, the way another writer would."""
         with self.lock:
@@ -356,11 +375,11 @@ def check_writable_metadata(metadata: dict, creating: bool) -> None:
     allowed = WRITABLE_FIELDS | ({"parents", "id", "createdTime"} if creating else set())
     for key in metadata:
         if key not in allowed:
-            raise DriveError(403, "fieldNotWritable",
-                             f"The resource body includes fields which are not directly writable.",
-                             location=key, location_type="other") if key != "parents" else bad_request(
-                "The parents field is not directly writable in update requests. Use the addParents and "
-                "removeParents parameters instead.", reason="fieldNotWritable")
+            if key == "parents":
+                raise DriveError(403, "fieldNotWritable", "The parents field is not directly writable in update "
+                                 "requests. Use the addParents and removeParents parameters instead.")
+            raise DriveError(403, "fieldNotWritable", "The resource body includes fields which are not "
+                             "directly writable.", location=key, location_type="other")
 
 
 def _split(text: str) -> list[str]:

@@ -68,6 +68,8 @@ class Route:
             return None
         if path == "/drive/v3/files":
             return {"GET": "files.list", "POST": "files.create"}.get(verb)
+        if path == "/drive/v3/files/generateIds" and verb == "GET":
+            return "files.generateIds"
         match = re.fullmatch(r"/drive/v3/files/([^/]+)/permissions(?:/([^/]+))?", path)
         if match:
             self.file_id, self.permission_id = match.groups()
@@ -151,6 +153,7 @@ class DriveHandler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         if not header:
             self._drain()
+            emu.count(None, route.method)
             raise DriveError(401, "required", "Login Required.", location="Authorization",
                              location_type="header")
         token = header[len("Bearer "):] if header.startswith("Bearer ") else None
@@ -242,6 +245,10 @@ class DriveHandler(BaseHTTPRequestHandler):
             return self._about(account, query)
         if method == "files.list":
             return self._list(account, query)
+        if method == "files.generateIds":
+            count = _int_in(query.get("count") or "10", 1, 1000, "count")
+            return self._json(200, select({"kind": "drive#generatedIds", "space": query.get("space") or "drive",
+                                           "ids": drive.generate_ids(count)}, parse_fields(query.get("fields"))))
         if method == "files.get":
             drive_file = drive.lookup(account, route.file_id)
             return self._file(200, drive_file, account, query)
@@ -308,13 +315,7 @@ class DriveHandler(BaseHTTPRequestHandler):
 
     def _list(self, account, query):
         drive = self.emulator.drive
-        try:
-            page_size = int(query.get("pageSize") or 100)
-        except ValueError:
-            page_size = 0
-        if not 1 <= page_size <= 1000:
-            raise DriveError(400, "invalid", f"Invalid value '{query.get('pageSize')}'. Values must be within "
-                             "the range: [1, 1000]", location="pageSize")
+        page_size = _int_in(query.get("pageSize") or "100", 1, 1000, "pageSize")
         parsed = Query(query.get("q"))
         now = time.monotonic()
         with drive.lock:
@@ -470,6 +471,17 @@ class _NullWriter:
 
     def flush(self):
         pass
+
+
+def _int_in(text: str, low: int, high: int, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise DriveError(400, "invalid", f"Invalid value '{text}'. Values must be within the range: "
+                         f"[{low}, {high}]", location=name)
+    return value
 
 
 def _ordered(files, order_by: str | None):
