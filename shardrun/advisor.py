@@ -323,10 +323,10 @@ def _recommend(inp: AdviceInput, free: FreeOption, rent: list[RentOption], buy: 
     if free.fits and free.meets_deadline:
         return Recommendation(
             "free", f"free sessions on {free.platform}", 0.0, free.calendar_hours,
-            f"the job fits in 12-hour pieces and 15 GB per account (the roadmap of {PAPER}): {_count(free.sessions, 'session')} "
-            f"on {free.platform} and {free.accounts_needed} of the team's {free.team_accounts} accounts, "
-            f"{_days(free.calendar_hours)} with {free.workers} worker{'s' if free.workers > 1 else ''}, each "
-            "member in their own sessions")
+            f"the job fits in 12-hour pieces and 15 GB per account (the roadmap of {PAPER}): "
+            f"{_count(free.sessions, 'session')} on {free.platform} and {free.accounts_needed} of the team's "
+            f"{free.team_accounts} accounts, {_days(free.calendar_hours)} with {_count(free.workers, 'worker')}, "
+            "each member in their own sessions")
     why = []
     if not free.pieces_fit:
         why.append(f"one step is longer than a {free.platform} session's {free.usable_hours or 0:.1f} h of training, "

@@ -260,7 +260,8 @@ def _speeds(values: dict, where: str, is_reference: bool, ref_tflops, problems: 
         elif isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed) or speed <= 0:
             problems.append(f"{where}speed.{family} = {show(speed)}: must be a number greater than 0")
         elif is_reference and speed != 1:
-            problems.append(f"{where}speed.{family} = {show(speed)}: must be 1, the reference GPU's speed by definition")
+            problems.append(f"{where}speed.{family} = {show(speed)}: must be 1, "
+                            "the reference GPU's speed by definition")
         else:
             speeds[family] = float(speed)
     if DEFAULT_FAMILY not in table:

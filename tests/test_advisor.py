@@ -320,15 +320,18 @@ def test_the_minimal_price_file_is_valid():
 
 @pytest.mark.parametrize("old, new, message", [
     ("usd_per_hour = 1.99\n", "", "rent[1] (Amazon V100) usd_per_hour: missing (required"),
-    ("usd_per_hour = 1.99", "usd_per_hour = -1.99", "rent[1] (Amazon V100) usd_per_hour = -1.99: must be a finite number greater than 0"),
+    ("usd_per_hour = 1.99", "usd_per_hour = -1.99",
+     "rent[1] (Amazon V100) usd_per_hour = -1.99: must be a finite number greater than 0"),
     ("usd_per_hour = 1.99", 'usd_per_hour = "1.99"', "rent[1] (Amazon V100) usd_per_hour = '1.99': must be"),
     ('gpu = "V100"', 'gpu = "X200"', "rent[1] (Amazon X200) gpu = 'X200': unknown GPU"),
     ('usd_per_hour = 1.99\ndate = "2019"', "usd_per_hour = 1.99", "rent[1] (Amazon V100) date: missing (required"),
-    ('usd_per_hour = 1.99\ndate = "2019"', 'usd_per_hour = 1.99\ndate = "last year"', "date = 'last year': must be a date"),
+    ('usd_per_hour = 1.99\ndate = "2019"', 'usd_per_hour = 1.99\ndate = "last year"',
+     "date = 'last year': must be a date"),
     ("fp32_tflops = 15.67\n", "", "gpus.V100.speed: missing; give speed"),
     ("speed = { default = 1.0 }", "speed = { default = 2.0 }", "gpus.K80.speed.default = 2.0: must be 1"),
     ('basis = "estimate"', 'basis = "estimate"\nspeed = { decusr = 3.0 }', "gpus.V100.speed.default: missing"),
-    ('basis = "estimate"', 'basis = "estimate"\nspeed = { default = 3.0, unet = 2.0 }', "gpus.V100.speed.unet: unknown model family"),
+    ('basis = "estimate"', 'basis = "estimate"\nspeed = { default = 3.0, unet = 2.0 }',
+     "gpus.V100.speed.unet: unknown model family"),
     ('reference = "K80"', 'reference = "K40"', "speed.reference = 'K40': not one of the [gpus] tables"),
     ("[free]\n", "[freee]\n", "freee: unknown table"),
 ])
