@@ -143,7 +143,8 @@ def test_list_pages_through_every_file_once_and_trims_to_the_default_fields(emu)
     seen, token, pages = [], None, 0
     while True:
         page = drive.files().list(q=f"'{emu.folder}' in parents", pageSize=3, pageToken=token,
-                                  orderBy="name desc").execute()
+                                  orderBy="name desc", supportsAllDrives=True,
+                                  includeItemsFromAllDrives=True).execute()
         pages += 1
         assert all(set(f) == {"kind", "id", "name", "mimeType"} for f in page["files"])
         seen += page["files"]
@@ -269,11 +270,14 @@ def test_resumable_protocol_on_the_wire(emu):
 def test_updates_replace_content_rename_move_trash_and_delete(emu):
     drive = emu.service(BOB)
     file_id = upload(drive, "u.bin", b"old", emu.folder, resumable=False)["id"]
-    for resumable in (False, True):
-        new = os.urandom(CHUNK + 7 if resumable else 300)
+    for resumable, body in ((False, None), (False, {"description": "v3"}), (True, {"description": "v4"})):
+        new = os.urandom(CHUNK + 7 if resumable else 300)      # uploadType media, multipart, resumable
         media = MediaIoBaseUpload(io.BytesIO(new), "application/octet-stream", resumable=resumable, chunksize=CHUNK)
-        meta = drive.files().update(fileId=file_id, media_body=media, fields="size,md5Checksum").execute()
+        meta = drive.files().update(fileId=file_id, body=body, media_body=media,
+                                    fields="size,md5Checksum,description").execute()
         assert emu.read(file_id) == new and meta["md5Checksum"] == hashlib.md5(new).hexdigest()
+        assert meta.get("description") == (body or {}).get("description")
+    assert [emu.calls[(BOB, f"files.update:{kind}")] for kind in ("media", "multipart", "resumable")] == [1, 1, 1]
     assert emu.usage(BOB) == CHUNK + 7
     other = emu.create_folder(ALICE, "other", emu.folder)
     moved = drive.files().update(fileId=file_id, body={"name": "renamed.bin"}, addParents=other,
@@ -334,7 +338,9 @@ def test_readers_cannot_write_and_sharing_needs_writer_access(emu):
 def test_rate_limit_bursts_carry_drives_reasons_and_client_retries_ride_them_out(emu):
     drive = emu.service(ALICE)
     emu.faults.add("rate_limit", times=2, methods="files.list", retry_after=0)
-    listing = drive.files().list(q=f"'{emu.folder}' in parents", fields="files(id)").execute(num_retries=3)
+    request = drive.files().list(q=f"'{emu.folder}' in parents", fields="files(id)")
+    request._sleep = lambda seconds: None          # the library's own backoff, without the wait
+    listing = request.execute(num_retries=3)
     assert listing == {"files": []} and emu.calls[(ALICE, "files.list")] == 3
     for kind, expected in (("user_rate_limit", (403, "usageLimits", "userRateLimitExceeded")),
                            ("daily_limit", (403, "usageLimits", "dailyLimitExceeded")),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .faults import Faults
 from .model import FOLDER_MIME, DriveError, Drive
-from .server import DriveHandler, UploadSession
+from .server import DriveHandler
+from .uploads import UploadSession
 
 DEFAULT_QUOTA = 15 * 2**30
 
