@@ -155,6 +155,8 @@ class DriveClient:
             tries[0] += 1
             try:
                 return attempt()
+            except StoreError:
+                raise  # already in the store's vocabulary (some are OSErrors too: not a network failure)
             except HttpError as e:
                 raise self._classify_http(what, e, on_404) from e
             except google.auth.exceptions.RefreshError as e:

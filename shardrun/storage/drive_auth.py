@@ -245,7 +245,7 @@ def _oauth_credentials(account: DriveAccount):
         info = json.loads(path.read_text())
     except FileNotFoundError:
         raise NotSignedIn(f"{account.label} has not signed in: no token file at {path}; run "
-                        f"`shardrun accounts login JOBFILE --account {account.name or 'NAME'}`") from None
+                          f"`shardrun accounts login JOBFILE --account {account.name or 'NAME'}`") from None
     except (OSError, ValueError) as e:
         raise AuthError(f"{account.label}: cannot read the token file {path} ({type(e).__name__}); "
                         "delete it and run `shardrun accounts login` again") from None
@@ -259,7 +259,9 @@ def _oauth_credentials(account: DriveAccount):
 def _credentials_from_info(info: dict, path: Path, allow_token_uri: bool):
     """Returns refreshing credentials from a token file: google-auth's authorized-user JSON, or
     the oauth2client JSON that pydrive2's SaveCredentialsFile writes."""
+    save_to: Path | None = path
     if "access_token" in info and "token" not in info:  # oauth2client / pydrive2
+        save_to = None  # pydrive2 still reads this file: refresh in memory, never rewrite it in our format
         expiry = info.get("token_expiry")
         info = {"token": info.get("access_token"), "refresh_token": info["refresh_token"],
                 "client_id": info["client_id"], "client_secret": info["client_secret"],
@@ -274,19 +276,20 @@ def _credentials_from_info(info: dict, path: Path, allow_token_uri: bool):
     return SavingCredentials(
         token=info.get("token"), refresh_token=info["refresh_token"], token_uri=token_uri,
         client_id=info["client_id"], client_secret=info["client_secret"],
-        scopes=scopes.split() if isinstance(scopes, str) else scopes, expiry=parsed, save_to=path)
+        scopes=scopes.split() if isinstance(scopes, str) else scopes, expiry=parsed, save_to=save_to)
 
 
 class SavingCredentials(Credentials):
-    """OAuth credentials that rewrite their token file after each refresh."""
+    """OAuth credentials that rewrite their token file (if any) after each refresh."""
 
-    def __init__(self, *args, save_to: Path, **kwargs):
+    def __init__(self, *args, save_to: Path | None, **kwargs):
         super().__init__(*args, **kwargs)
         self._save_to = save_to
 
     def refresh(self, request):
         super().refresh(request)
-        write_token_file(self._save_to, self)
+        if self._save_to is not None:
+            write_token_file(self._save_to, self)
 
 
 def write_token_file(path: Path, credentials) -> None:
