@@ -286,3 +286,8 @@ from shardrun.train_cli import bench, models  # noqa: E402
 
 main.add_command(models)
 main.add_command(bench)
+
+# `shardrun accounts list|check|login` (shardrun/accounts_cli.py).
+from shardrun.accounts_cli import accounts  # noqa: E402
+
+main.add_command(accounts)

@@ -42,3 +42,8 @@ def ledger_snapshot_key(job: str) -> str:
 def checkpoint_key(job: str, run: str, chunk: int, generation: int, worker: str, step: int) -> str:
     """Returns an immutable key per attempt and step, so no two workers ever write the same one."""
     return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.ckpt")
+
+
+def probe_key(job: str, token: str) -> str:
+    """Returns the key `shardrun accounts check` writes, reads back and deletes."""
+    return validate_key(f"{job}/probes/{token}.txt")
