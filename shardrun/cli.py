@@ -151,19 +151,46 @@ def advise(jobfile, deadline, workers, prices_file, as_json):
 @main.command()
 @click.argument("jobfile", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (schema: docs/status-json.md).")
+@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=30.0, default=None,
+              metavar="[SECONDS]", help="Refresh the table in place every SECONDS (default 30) until Ctrl-C.")
+@click.option("--refreshes", type=click.IntRange(min=1),
+              help="With --watch: stop after this many refreshes instead of waiting for Ctrl-C.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the status as one self-contained web page with plots to this file.")
 @reports_errors
-def status(jobfile, as_json):
-    """Show the job's progress: chunks by state and steps done per run, storage per account."""
+def status(jobfile, as_json, watch, refreshes, html_file):
+    """Show the job's progress: per run steps, losses, validation PSNR/SSIM and ETA; workers,
+    sessions, throughput by hardware and storage per account.
+
+    Works from any machine that can read the job's home store: it syncs a local copy of the
+    ledger with the journal (reading only new events) and asks each account for its usage.
+    """
     import json
 
     from shardrun.render import status_view
     from shardrun.report import job_status
 
-    result = job_status(_load(jobfile))
+    job = _load(jobfile)
+    if watch is not None:
+        if as_json or html_file:
+            raise click.UsageError("--watch shows the table; it cannot be combined with --json or --html")
+        from shardrun.live import watch as watch_view
+
+        watch_view(_console(), lambda: status_view(job_status(job)), watch, refreshes)
+        return
+    result = job_status(job)
+    if html_file:
+        from pathlib import Path
+
+        from shardrun.report_html import status_html
+
+        Path(html_file).write_text(status_html(result), "utf-8")
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         _console().print(status_view(result))
+        if html_file:
+            click.echo(f"Wrote {html_file}")
 
 
 @main.command()
