@@ -370,10 +370,9 @@ def login(account: DriveAccount, prompt: Callable[[str], None], *, open_browser:
 
 
 def check_settings(account: DriveAccount) -> list[str]:
-    """Returns problems with the account's settings that need no network (for config checks)."""
+    """Returns problems with the account's settings that need no network (config.py checks the
+    keys' types and allowed values itself)."""
     problems = []
-    if account.auth is not None and account.auth not in METHODS:
-        problems.append(f"auth = {account.auth!r}: must be one of " + ", ".join(map(repr, METHODS)))
     if account.token and not account.effective_root_url:
         problems.append(f"token: a fixed bearer token is only allowed with drive_root_url (or ${ROOT_URL_ENV}) "
                         "pointing at an emulator; real Drive accounts sign in with auth = \"oauth\" or \"colab\"")

@@ -1,0 +1,115 @@
+"""Drive keys in the job file: sign-in settings per account and the [job] drive_* keys."""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from pathlib import Path
+
+import pytest
+
+from shardrun.config import parse_job
+from shardrun.errors import ConfigError
+from shardrun.storage.drive_auth import (
+    DriveAccount,
+    choose_method,
+    describe,
+    token_env_var,
+    write_token_file,
+)
+
+RUN = """
+[[runs]]
+name = "r"
+model = "espcn"
+scale = 2
+channels = 1
+epochs = 1
+batch_size = 4
+patch_size = 16
+"""
+
+
+def job(accounts: str, job_keys: str = "") -> str:
+    return f'[job]\nname = "j"\ndata = "images/"\n{job_keys}\n{accounts}\n{RUN}'
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_job(text, Path("/jobs"), "job.toml")
+    return caught.value.problems
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    monkeypatch.delenv("SHARDRUN_DRIVE_ROOT_URL", raising=False)
+
+
+def test_drive_accounts_and_keys_parse_into_the_job():
+    parsed = parse_job(job('[[accounts]]\nname = "alice"\nstore = "drive://1AbC"\nauth = "oauth"\n'
+                           'credentials = "tokens/alice.json"\nclient_secrets = "client.json"\n',
+                           'drive_root_url = "http://127.0.0.1:9/"\ndrive_chunk_mib = 16\ndrive_retries = 3'),
+                       Path("/jobs"), "job.toml")
+    account = parsed.account("alice")
+    options = parsed.store_account(account)
+    assert options["credentials"] == "/jobs/tokens/alice.json" and options["client_secrets"] == "/jobs/client.json"
+    assert options["root_url"] == "http://127.0.0.1:9/" and options["chunk_mib"] == 16 and options["retries"] == 3
+    assert (parsed.drive_retry_seconds, account.auth) == (300.0, "oauth")
+
+
+def test_a_fixed_token_needs_an_endpoint_override_and_is_never_echoed():
+    found = problems_of(job('[[accounts]]\nname = "alice"\nstore = "drive://1AbC"\ntoken = "ya29.SECRET"\n'))
+    assert len(found) == 1 and found[0].startswith("accounts[0].token: a fixed bearer token is only allowed with")
+    assert "SECRET" not in found[0]
+
+
+def test_the_environment_override_allows_a_fixed_token(monkeypatch):
+    monkeypatch.setenv("SHARDRUN_DRIVE_ROOT_URL", "http://127.0.0.1:9/")
+    parsed = parse_job(job('[[accounts]]\nname = "alice"\nstore = "drive://1AbC"\ntoken = "ya29.SECRET"\n'),
+                       Path("/jobs"))
+    assert "SECRET" not in repr(parsed) and parsed.accounts[0].token == "ya29.SECRET"
+
+
+def test_bad_sign_in_settings_are_all_reported():
+    found = problems_of(job(
+        '[[accounts]]\nname = "a"\nstore = "drive://1"\nauth = "password"\n'
+        '[[accounts]]\nname = "b"\nstore = "drive://2"\nauth = "service-account"\n'
+        '[[accounts]]\nname = "c"\nstore = "local://c"\nauth = "oauth"\n'
+        '[[accounts]]\nname = "d"\nstore = "drive://4"\nauth = "token"\n',
+        'drive_root_url = "127.0.0.1:9"\ndrive_chunk_mib = 0'))
+    joined = "\n".join(found)
+    assert len(found) == 6
+    assert "accounts[0].auth = 'password': must be one of 'colab', 'oauth', 'service-account', 'token'" in joined
+    assert 'accounts[1].auth = "service-account": needs credentials' in joined
+    assert "accounts[2].auth: only drive:// stores sign in" in joined
+    assert 'accounts[3].auth = "token": needs token = "..." or $SHARDRUN_DRIVE_TOKEN_D' in joined
+    assert "job.drive_root_url = '127.0.0.1:9': must be an http(s):// URL" in joined
+    assert "job.drive_chunk_mib = 0: must be a number greater than 0" in joined
+
+
+def test_how_an_account_signs_in_is_chosen_from_its_settings_and_context(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHARDRUN_TOKEN_DIR", str(tmp_path))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    alice = DriveAccount(name="alice.b-2", job="j")
+    assert token_env_var("alice.b-2") == "SHARDRUN_DRIVE_TOKEN_ALICE_B_2"
+    assert choose_method(alice) == "oauth" and describe(alice) == f"oauth ({tmp_path / 'j-alice.b-2.json'})"
+    monkeypatch.setenv("SHARDRUN_DRIVE_TOKEN_ALICE_B_2", "t")
+    assert choose_method(alice) == "token" and describe(alice) == "token ($SHARDRUN_DRIVE_TOKEN_ALICE_B_2)"
+    monkeypatch.delenv("SHARDRUN_DRIVE_TOKEN_ALICE_B_2")
+    key = tmp_path / "sa.json"
+    key.write_text('{"type": "service_account"}')
+    assert choose_method(DriveAccount(name="a", credentials=key)) == "service-account"
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab")
+    assert choose_method(alice) == "colab"
+    assert choose_method(DriveAccount(name="a", auth="oauth")) == "oauth"  # said explicitly: no guessing
+
+
+def test_token_files_are_written_for_their_owner_only(tmp_path):
+    from google.oauth2.credentials import Credentials
+
+    path = tmp_path / "deep" / "alice.json"
+    write_token_file(path, Credentials(token="t", refresh_token="r", client_id="c", client_secret="s",
+                                       token_uri="https://oauth2.googleapis.com/token"))
+    assert stat_module.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not [p for p in path.parent.iterdir() if p.name != "alice.json"]  # no temporary file left
