@@ -390,9 +390,10 @@ class Ledger:
             counts.setdefault(run, dict.fromkeys(CHUNK_STATES, 0))[state] = n
         return counts
 
-    def chunks(self, run: str | None = None) -> list[dict]:
-        where, args = ("WHERE run = ?", [run]) if run else ("", [])
-        return list(self.db.query(f"SELECT * FROM chunks {where} ORDER BY run, idx", args))
+    def chunks(self, run: str | None = None, state: str | None = None) -> list[dict]:
+        conditions = [(c, v) for c, v in (("run = ?", run), ("state = ?", state)) if v is not None]
+        where = ("WHERE " + " AND ".join(c for c, _ in conditions)) if conditions else ""
+        return list(self.db.query(f"SELECT * FROM chunks {where} ORDER BY run, idx", [v for _, v in conditions]))
 
     def chunk(self, run: str, idx: int) -> dict | None:
         rows = list(self.db.query("SELECT * FROM chunks WHERE run = ? AND idx = ?", [run, idx]))

@@ -79,7 +79,7 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             "chunks": chunks, "chunks_total": sum(chunks.values()),
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
         })
-    running_chunks = [c for c in ledger.chunks() if c["state"] == "running"]
+    running_chunks = ledger.chunks(state="running")
     workers = worker_rows(ledger, as_of, lease, {c["owner"] for c in running_chunks})
     by_id = {w["id"]: w for w in workers}
     running = {c["run"]: by_id[c["owner"]] for c in running_chunks
