@@ -184,7 +184,10 @@ def status(jobfile, as_json, watch, refreshes, html_file):
 
         from shardrun.report_html import status_html
 
-        Path(html_file).write_text(status_html(result), "utf-8")
+        try:
+            Path(html_file).write_text(status_html(result), "utf-8")
+        except OSError as e:
+            raise click.ClickException(f"cannot write the page to {html_file}: {e.strerror or e}") from e
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -149,7 +149,7 @@ def _sessions_text(sessions: dict) -> Text:
     if not sessions["count"]:
         return Text("Sessions: none yet.")
     ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
-    return Text(f"Sessions: {sessions['count']} so far ({ends}); length median "
+    return Text(f"Sessions: {sessions['count']:,} so far ({ends}); length median "
                 f"{human_seconds(sessions['median_seconds'])}, mean {human_seconds(sessions['mean_seconds'])}, "
                 f"longest {human_seconds(sessions['longest_seconds'])}; "
                 f"total {human_seconds(sessions['total_seconds'])} (store time).")

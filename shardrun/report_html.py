@@ -200,8 +200,11 @@ def _storage_plot(status: dict) -> str:
     ax.set_yticks(range(len(accounts)), [a["name"] for a in accounts])
     ax.invert_yaxis()
     ax.set_xlabel("GB")
+    largest = max(((a["quota_bytes"] or 0) / 1e9 for a in accounts), default=0)
+    if largest:
+        ax.set_xlim(0, largest * 1.35)  # room for the "used of quota" labels
     if any(a["used_bytes"] is not None for a in accounts):
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
     return _svg(fig)
 
 
@@ -297,7 +300,7 @@ def _sessions_html(sessions: dict) -> str:
     if not sessions["count"]:
         return "<p>No session yet.</p>"
     ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
-    summary = (f"<p>{sessions['count']:,} sessions so far ({_e(ends)}); length median "
+    summary = (f"<p>{sessions['count']:,} session{'s' if sessions['count'] != 1 else ''} so far ({_e(ends)}); length median "
                f"{_e(human_seconds(sessions['median_seconds']))}, mean {_e(human_seconds(sessions['mean_seconds']))}, "
                f"longest {_e(human_seconds(sessions['longest_seconds']))}; total "
                f"{_e(human_seconds(sessions['total_seconds']))}.</p>")

@@ -200,6 +200,10 @@ def test_a_job_with_no_events_yet(job):
     result = CliRunner().invoke(main, ["status", str(job.base_dir / "job.toml")])
     assert result.exit_code == 0, result.output
     assert "no worker alive now: assuming 1" in result.output and "Sessions: none yet" in result.output
+    nowhere = CliRunner().invoke(main, ["status", str(job.base_dir / "job.toml"), "--html",
+                                        str(job.base_dir / "missing" / "s.html")])
+    assert nowhere.exit_code == 1 and nowhere.output.strip().count("\n") == 0
+    assert nowhere.output.startswith("Error: cannot write the page to") and "missing" in nowhere.output
 
 
 def test_a_snapshot_from_an_older_schema_is_migrated(tmp_path):
