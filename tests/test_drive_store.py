@@ -73,7 +73,8 @@ def test_a_folder_created_twice_does_not_split_the_tree(emu, alice, store):
 
 
 def test_lagging_listings_a_written_key_is_found_by_id_and_racing_writers_still_meet(emu, alice, store):
-    emu.faults.listing_lag = 0.4
+    lag = 2.0  # long enough that the listing still lags when the assertions below run, even on a busy machine
+    emu.faults.listing_lag = lag
     store.put_bytes("j/e1.json", b"one")
     # Listings do not show it yet, but this store knows the file's id.
     assert store.list_keys("j/") == []
@@ -84,7 +85,7 @@ def test_lagging_listings_a_written_key_is_found_by_id_and_racing_writers_still_
     with pytest.raises(NotFound):
         other.stat("j/e1.json")
     other.put_bytes("j/e2.json", b"two")
-    time.sleep(0.45)
+    time.sleep(lag + 0.05)  # every write above is listed by now
     fresh = drive_store_for(emu, alice, chunk_bytes=CHUNK)
     assert fresh.list_keys("j/") == ["j/e1.json", "j/e2.json"]
     assert [s.key for s in fresh.list("j/")] == ["j/e1.json", "j/e2.json"]

@@ -23,13 +23,9 @@ allows two files with one name in a folder, so:
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
-
-from googleapiclient.errors import HttpError
-from googleapiclient.http import MediaIoBaseUpload
 
 from shardrun.storage.base import (
     Digest,
@@ -45,23 +41,24 @@ from shardrun.storage.base import (
     validate_key,
     validate_prefix,
 )
-from shardrun.storage.drive_api import DriveClient, RetryPolicy, status_of
+from shardrun.storage.drive_api import DriveClient, RetryPolicy
+from shardrun.storage.drive_transfer import (
+    OBJECT_MIME,
+    UPLOAD_GRANULARITY,
+    RangeReader,
+    Replaced,
+    fetch_range,
+    send_media,
+)
 
 FOLDER_MIME = "application/vnd.google-apps.folder"
 GOOGLE_APPS_PREFIX = "application/vnd.google-apps."  # Docs, Sheets, shortcuts: not objects
-OBJECT_MIME = "application/octet-stream"
 FILE_FIELDS = "id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,createdTime,trashed"
 NAME_FIELDS = "id,name,mimeType,modifiedTime,createdTime"
 MIB = 1 << 20
-UPLOAD_GRANULARITY = 256 * 1024  # Drive takes resumable chunks in multiples of this
 DEFAULT_CHUNK = 8 * MIB
-MAX_SESSIONS = 3  # fresh resumable sessions tried when Drive forgets one (expired, 404)
 RECOUNT_MARGIN = 0.95
 READ_TRIES = 5  # reads of an object that keeps being replaced meanwhile
-
-class _SessionExpired(Exception):
-    """Drive no longer knows the resumable upload session: start a new one."""
-
 
 def _quoted(name: str) -> str:
     """Returns `name` as a string literal of Drive's query language."""
@@ -288,8 +285,7 @@ class DriveStore(Store):
             yield from self._walk_folder(sub_ids, f"{rel}{name}/", "", fields)
 
     def _read(self, key: str, offset: int = 0) -> BinaryIO:
-        meta = self._find(key)
-        return _RangeReader(self, key, meta, offset)
+        return self._reader(key, self._find(key), offset)
 
     def get_bytes(self, key: str, expected_md5: str | None = None) -> bytes:
         data, _ = self._get_verified(validate_key(key))
@@ -306,9 +302,9 @@ class DriveStore(Store):
         meta = self._find(key)
         for _ in range(READ_TRIES):
             try:
-                with _RangeReader(self, key, meta, 0) as reader:
+                with self._reader(key, meta, 0) as reader:
                     data = reader.read()
-            except _Replaced:
+            except Replaced:
                 meta = self._find(key)
                 continue
             got = hashlib.md5(data).hexdigest()
@@ -322,20 +318,11 @@ class DriveStore(Store):
         raise TransientError(f"{self.subject}: {key} was replaced {READ_TRIES} times while being read; "
                              "try again when its writers are quieter")
 
-    def _fetch_range(self, key: str, file_id: str, start: int, end: int) -> tuple[bytes, int]:
-        """Returns bytes `start`..`end` (inclusive; fewer if Drive sends fewer) and the object's size."""
-        def request():
-            req = self.client.files.get_media(fileId=file_id, supportsAllDrives=True)
-            req.headers["range"] = f"bytes={start}-{end}"
-            req.postproc = lambda resp, content: (resp, content)  # keep the status and Content-Range
-            return req
-
-        resp, content = self.client.execute(f"downloading {key}", request,
-                                            on_404=lambda e: NotFound(f"{self.url}: no object {key} (deleted)"))
-        if resp.status == 206:
-            total = int(resp.get("content-range", "*/-1").rpartition("/")[2])
-            return content, total
-        return content[start:end + 1], len(content)  # the whole object: Drive ignored the Range
+    def _reader(self, key: str, meta: dict, offset: int) -> RangeReader:
+        fetch = lambda start, end: fetch_range(  # noqa: E731
+            self.client, f"downloading {key}", meta["id"], start, end,
+            on_404=lambda e: NotFound(f"{self.url}: no object {key} (deleted)"))
+        return RangeReader(fetch, int(meta.get("size", 0)), offset, self.chunk_bytes, f"{self.subject}: {key}")
 
     def _write(self, key: str, source: BinaryIO, digest: Digest) -> Stat:
         folder, _, name = key.rpartition("/")
@@ -375,36 +362,7 @@ class DriveStore(Store):
             return self.client.files.create(body={"name": name, "parents": [parent], "mimeType": OBJECT_MIME},
                                             media_body=media, fields=FILE_FIELDS, supportsAllDrives=True)
 
-        what = f"upload of {key}"
-        if digest.size <= self.chunk_bytes:
-            source.seek(0)
-            data = source.read()
-            return self.client.execute(what, lambda: request(MediaIoBaseUpload(io.BytesIO(data), OBJECT_MIME)))
-        for _ in range(MAX_SESSIONS):
-            source.seek(0)
-            upload = request(MediaIoBaseUpload(source, OBJECT_MIME, chunksize=self.chunk_bytes, resumable=True))
-            try:
-                return self._send_chunks(what, upload)
-            except _SessionExpired:
-                continue  # Drive forgot the session: start a new one from byte 0
-        raise TransientError(f"{self.subject}: {what}: Drive dropped {MAX_SESSIONS} upload sessions in a row; "
-                             "try again later")
-
-    def _send_chunks(self, what: str, upload) -> dict:
-        def next_chunk():
-            try:
-                return upload.next_chunk(http=self.client.http())
-            except HttpError as e:
-                # After a dropped connection the client asks Drive how much arrived (`bytes */N`)
-                # and continues from there; a 404 then means the session itself has expired.
-                if upload.resumable_uri is not None and status_of(e) in (404, 410):
-                    raise _SessionExpired() from e
-                raise
-
-        while True:
-            _, response = self.client.run(what, next_chunk)
-            if response is not None:
-                return response
+        return send_media(self.client, f"upload of {key}", request, source, digest.size, self.chunk_bytes)
 
     def _delete(self, key: str) -> None:
         found = self._candidates(key)
@@ -485,65 +443,6 @@ class DriveStore(Store):
 def _reason_suffix(error: QuotaExceeded) -> str:
     text = str(error)
     return f" ({text.rpartition('(')[2]}" if text.endswith(")") else ""
-
-
-class _RangeReader(io.RawIOBase):
-    """A read-only stream of one Drive file from `offset`, fetched in ranged requests of the
-    store's chunk size, so a large object never sits in memory whole."""
-
-    def __init__(self, store: DriveStore, key: str, meta: dict, offset: int):
-        super().__init__()
-        self.store = store
-        self.key = key
-        self.file_id = meta["id"]
-        self.size = int(meta.get("size", 0))
-        self.position = offset
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self) -> bool:
-        if self._buffer:
-            return True
-        if self.position >= self.size:
-            return False
-        end = min(self.position + self.store.chunk_bytes, self.size) - 1
-        data, total = self.store._fetch_range(self.key, self.file_id, self.position, end)
-        if total != self.size:
-            raise _Replaced(self.key)
-        if not data:
-            raise TransientError(f"{self.store.subject}: downloading {self.key}: Drive sent no bytes at "
-                                 f"offset {self.position:,} of {self.size:,}")
-        self._buffer = data
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0 or not self._fill():
-            return b""
-        block, self._buffer = self._buffer[:size], self._buffer[size:]
-        self.position += len(block)
-        return block
-
-    def readall(self) -> bytes:
-        parts = []
-        while self._fill():
-            parts.append(self._buffer)
-            self.position += len(self._buffer)
-            self._buffer = b""
-        return b"".join(parts)
-
-    def readinto(self, target) -> int:
-        block = self.read(len(target))
-        target[:len(block)] = block
-        return len(block)
-
-
-class _Replaced(IntegrityError):
-    def __init__(self, key: str):
-        super().__init__(f"{key} was replaced while it was being read; read it again")
 
 
 def open_drive_store(url: str, folder_id: str, quota_bytes: int | None, account=None) -> DriveStore:
