@@ -77,7 +77,8 @@ def plan(jobfile, dry_run, replace):
 
         def on_progress(phase, done, total):
             if phase not in tasks:
-                tasks[phase] = bar.add_task({"scan": "Scanning images", "upload": "Uploading shards"}[phase])
+                tasks[phase] = bar.add_task({"scan": "Scanning images", "upload": "Uploading shards",
+                                             "shard-bytes": "Current shard"}[phase])
             bar.update(tasks[phase], completed=done, total=total)
 
         report = plan_job(job, dry_run=dry_run, replace=replace, on_progress=on_progress)

@@ -130,10 +130,13 @@ def _verified_existing(specs: list[ShardSpec], existing: dict[str, tuple[str, St
     return intact, damaged
 
 
-def _upload(spec: ShardSpec, account: str, stores: dict[str, Store], job: str, workdir: Path) -> BuiltShard:
+def _upload(spec: ShardSpec, account: str, stores: dict[str, Store], job: str, workdir: Path,
+            progress: Progress | None = None) -> BuiltShard:
     built = write_shard(spec, workdir / f"{spec.id}.tar")
+    # "shard-bytes": how far the current shard's upload has got (long on Drive: 256 MB each).
+    on_bytes = (lambda done, total: progress("shard-bytes", done, total)) if progress else None
     try:
-        stat = stores[account].put_file(paths.shard_key(job, spec.id), workdir / f"{spec.id}.tar")
+        stat = stores[account].put_file(paths.shard_key(job, spec.id), workdir / f"{spec.id}.tar", progress=on_bytes)
     finally:
         (workdir / f"{spec.id}.tar").unlink(missing_ok=True)
     if stat.md5 != built.md5:
@@ -190,7 +193,8 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
             if spec.id in kept:
                 md5, sha256 = kept[spec.id][1].md5, kept[spec.id][1].sha256
             elif not dry_run:
-                account, built = _upload_with_fallback(spec, account, stores, spaces, job.name, Path(tmp), notes)
+                account, built = _upload_with_fallback(spec, account, stores, spaces, job.name, Path(tmp), notes,
+                                                       progress)
                 md5, sha256 = built.md5, built.sha256
             report = accounts[account]
             report.shards += 1
@@ -221,13 +225,13 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
 
 def _upload_with_fallback(spec: ShardSpec, account: str, stores: dict[str, Store],
                           spaces: list[AccountSpace], job: str, workdir: Path,
-                          notes: list[str]) -> tuple[str, BuiltShard]:
+                          notes: list[str], progress: Progress | None = None) -> tuple[str, BuiltShard]:
     """Uploads a shard, moving to the next account with room if its account turns out full."""
     tried = []
     candidates = [account] + [s.name for s in spaces if s.name != account]
     for name in candidates:
         try:
-            built = _upload(spec, name, stores, job, workdir)
+            built = _upload(spec, name, stores, job, workdir, progress)
         except QuotaExceeded as e:
             tried.append(name)
             notes.append(f"account {name} is full ({e}); shard {spec.id} placed elsewhere")
