@@ -113,3 +113,47 @@ def test_token_files_are_written_for_their_owner_only(tmp_path):
                                        token_uri="https://oauth2.googleapis.com/token"))
     assert stat_module.S_IMODE(os.stat(path).st_mode) == 0o600
     assert not [p for p in path.parent.iterdir() if p.name != "alice.json"]  # no temporary file left
+
+
+def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive_emulator, tmp_path, monkeypatch):
+    """The installed-app flow with the user's own client id, up to the token exchange: the URL
+    goes to the prompt (no browser needed), the redirect server takes the answer, and a code the
+    token endpoint refuses ends in one AuthError line with nothing written."""
+    import json
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    from shardrun.storage.drive_auth import AuthError, login
+
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the emulator's token endpoint is plain http
+    secrets_file = tmp_path / "client.json"
+    secrets_file.write_text(json.dumps({"installed": {
+        "client_id": "my-own-client.apps.googleusercontent.com", "client_secret": "cs",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": drive_emulator.token_uri,
+        "redirect_uris": ["http://localhost"]}}))
+    account = DriveAccount(name="alice", job="j", client_secrets=secrets_file, credentials=tmp_path / "tok.json")
+    shown, outcome = [], {}
+
+    def answer_as_the_browser(url):
+        shown.append(url)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        redirect = f"{query['redirect_uri'][0]}?code=not-a-real-code&state={query['state'][0]}"
+        threading.Thread(target=lambda: urllib.request.urlopen(redirect, timeout=10).read(), daemon=True).start()
+
+    def run():
+        try:
+            login(account, answer_as_the_browser, open_browser=False, timeout_s=20)
+        except AuthError as e:
+            outcome["error"] = e
+
+    flow = threading.Thread(target=run)
+    flow.start()
+    flow.join(30)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(shown[0]).query)
+    assert query["client_id"] == ["my-own-client.apps.googleusercontent.com"]
+    assert query["scope"] == ["https://www.googleapis.com/auth/drive"]
+    message = str(outcome["error"])
+    assert message.startswith("Drive account 'alice': signing in failed") and "\n" not in message
+    assert drive_emulator.calls[(None, "oauth.token")] == 1  # the code went to the client file's token_uri
+    assert not (tmp_path / "tok.json").exists()
