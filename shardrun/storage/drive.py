@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
@@ -59,6 +60,7 @@ MIB = 1 << 20
 DEFAULT_CHUNK = 8 * MIB
 RECOUNT_MARGIN = 0.95
 READ_TRIES = 5  # reads of an object that keeps being replaced meanwhile
+FOLDER_REFRESH_S = 60.0
 
 def _quoted(name: str) -> str:
     """Returns `name` as a string literal of Drive's query language."""
@@ -90,7 +92,8 @@ def _usable_name(name: str) -> bool:
 class DriveStore(Store):
     def __init__(self, folder_id: str, credentials: Any, root_url: str | None = None,
                  quota_bytes: int | None = None, url: str | None = None, *, account_name: str | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK, retry: RetryPolicy | None = None, timeout_s: float = 60.0):
+                 chunk_bytes: int = DEFAULT_CHUNK, retry: RetryPolicy | None = None, timeout_s: float = 60.0,
+                 folder_refresh_s: float = FOLDER_REFRESH_S):
         """`credentials`: google-auth credentials, or a function returning them on first use.
 
         `quota_bytes` caps what shardrun lets the account hold, below Drive's own limit;
@@ -107,10 +110,14 @@ class DriveStore(Store):
         self.account_name = account_name
         self.quota_bytes = quota_bytes
         self.chunk_bytes = chunk_bytes
+        self.folder_refresh_s = folder_refresh_s
         self.subject = f"{self.url} (account {account_name})" if account_name else self.url
         provider = credentials if callable(credentials) else (lambda: credentials)
         self.client = DriveClient(provider, subject=self.subject, root_url=root_url, retry=retry, timeout_s=timeout_s)
-        self._folders: dict[str, list[str]] = {}  # folder path -> ids, oldest first ("" is the root)
+        # folder path -> (ids oldest first, when looked up); "" is the root. Looked up again after
+        # FOLDER_REFRESH_S, so a duplicate folder another writer made while listings lagged is
+        # found and read (and new files go to the oldest).
+        self._folders: dict[str, tuple[list[str], float]] = {}
         self._file_ids: dict[str, str] = {}  # key -> id of the file last written or found
         self._lock = threading.Lock()
         self._folder_lock = threading.Lock()  # one thread at a time creates folders
@@ -123,7 +130,7 @@ class DriveStore(Store):
     def _root(self) -> list[str]:
         with self._lock:
             if "" in self._folders:
-                return self._folders[""]
+                return self._folders[""][0]
         meta = self.client.execute(
             f"opening folder {self.folder_id}",
             lambda: self.client.files.get(fileId=self.folder_id, fields="id,mimeType,trashed", supportsAllDrives=True),
@@ -132,7 +139,7 @@ class DriveStore(Store):
             raise StoreError(f"{self.subject}: {self.folder_id} is not a folder (or is in the trash); "
                              "a Drive store URL names a folder: drive://<folder-id>")
         with self._lock:
-            self._folders[""] = [self.folder_id]
+            self._folders[""] = ([self.folder_id], float("inf"))
         return [self.folder_id]
 
     def _folder_unavailable(self) -> PermissionDenied:
@@ -148,25 +155,29 @@ class DriveStore(Store):
         if path == "":
             return self._root()
         with self._lock:
-            cached = self._folders.get(path)
-        if cached:
+            cached, looked_up = self._folders.get(path, ([], 0.0))
+        if cached and time.monotonic() - looked_up < self.folder_refresh_s:
             return cached
         parent, _, name = path.rpartition("/")
         parent_ids = self._folder_ids(parent, create)
         if parent_ids is None:
             return None
         found = self._children(parent_ids, name=name, folders=True)
-        if not found and create:
+        if not found and not cached and create:
             with self._folder_lock:
                 found = self._children(parent_ids, name=name, folders=True)
                 if not found:
                     found = self._make_folder(parent_ids[0], name)
-        if not found:
-            return None
         ids = [f["id"] for f in _oldest_first(found)]
-        with self._lock:
-            self._folders[path] = ids
+        ids += [i for i in cached if i not in ids]  # known here but not listed (yet): keep reading it
+        if not ids:
+            return None
+        self._remember_folder(path, ids)
         return ids
+
+    def _remember_folder(self, path: str, ids: list[str]) -> None:
+        with self._lock:
+            self._folders[path] = (ids, time.monotonic())
 
     def _make_folder(self, parent_id: str, name: str) -> list[dict]:
         created = self.client.execute(
@@ -280,8 +291,7 @@ class DriveStore(Store):
             yield key, winner
         for name, same in folders.items():
             sub_ids = [f["id"] for f in _oldest_first(same)]
-            with self._lock:
-                self._folders[rel + name] = sub_ids
+            self._remember_folder(rel + name, sub_ids)
             yield from self._walk_folder(sub_ids, f"{rel}{name}/", "", fields)
 
     def _read(self, key: str, offset: int = 0) -> BinaryIO:
