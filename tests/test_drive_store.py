@@ -315,3 +315,15 @@ def test_the_endpoint_override_and_per_account_token_from_the_environment_move_e
     assert calls(emu, "files.create:resumable") == 1 and calls(emu, "upload.chunk") == 2
     assert calls(emu, "files.create:multipart") == 1
     assert store.get_bytes("big") == data
+
+
+def test_a_lost_answer_to_the_last_chunk_finds_the_upload_complete(emu, alice, store):
+    data = payload(3 * CHUNK, seed=11)
+    # The last chunk arrives whole, but the connection drops before Drive's answer.
+    emu.faults.add("drop", methods="upload.chunk", after=2, keep=CHUNK)
+    stat = store.put_bytes("done/shard.tar", data)
+    assert stat.md5 == hashlib.md5(data).hexdigest()
+    assert calls(emu, "files.create:resumable") == 1 and calls(emu, "upload.chunk") == 3 + 1
+    assert store.list_keys("done/") == ["done/shard.tar"] and store.get_bytes("done/shard.tar") == data
+    folder = emu.file_ids(alice.folder)[0]
+    assert len(emu.file_ids(folder)) == 1  # one file, not two
