@@ -327,3 +327,18 @@ def test_a_lost_answer_to_the_last_chunk_finds_the_upload_complete(emu, alice, s
     assert store.list_keys("done/") == ["done/shard.tar"] and store.get_bytes("done/shard.tar") == data
     folder = emu.file_ids(alice.folder)[0]
     assert len(emu.file_ids(folder)) == 1  # one file, not two
+
+
+def test_reading_what_a_listing_returned_costs_one_call_per_object_and_stays_right(emu, alice, store):
+    written = {f"ev/{n}.json": store.put_bytes(f"ev/{n}.json", b'{"n": %d}' % n) for n in range(5)}
+    emu.reset_calls()
+    keys = store.list_keys("ev/")
+    read = {key: store.get_with_stat(key) for key in keys}
+    assert {k: (d, s.mtime) for k, (d, s) in read.items()} == {
+        k: (b'{"n": %d}' % n, written[k].mtime) for n, k in enumerate(sorted(written))}
+    assert dict(emu.calls) == {(alice.email, "files.list"): 1, (alice.email, "files.get:media"): 5}
+    # Changed by another writer between the listing and the read: the read still gets the new version.
+    store.list_keys("ev/")
+    newer = drive_store_for(emu, alice).put_bytes("ev/0.json", b'{"n": "changed"}')
+    data, stat = store.get_with_stat("ev/0.json")
+    assert data == b'{"n": "changed"}' and stat.mtime == newer.mtime

@@ -61,6 +61,7 @@ DEFAULT_CHUNK = 8 * MIB
 RECOUNT_MARGIN = 0.95
 READ_TRIES = 5  # reads of an object that keeps being replaced meanwhile
 FOLDER_REFRESH_S = 60.0
+LISTED_KEPT = 20_000  # listing metadata kept for the reads that usually follow
 
 def _quoted(name: str) -> str:
     """Returns `name` as a string literal of Drive's query language."""
@@ -119,6 +120,7 @@ class DriveStore(Store):
         # found and read (and new files go to the oldest).
         self._folders: dict[str, tuple[list[str], float]] = {}
         self._file_ids: dict[str, str] = {}  # key -> id of the file last written or found
+        self._listed: dict[str, dict] = {}  # key -> metadata from the last listing, used by one read
         self._lock = threading.Lock()
         self._folder_lock = threading.Lock()  # one thread at a time creates folders
         self._identity: str | None = None
@@ -262,7 +264,7 @@ class DriveStore(Store):
         return [self._stat_of(key, meta) for key, meta in self._walk(prefix, FILE_FIELDS)]
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        return sorted(key for key, _ in self._walk(prefix, NAME_FIELDS))
+        return sorted(key for key, _ in self._walk(prefix, FILE_FIELDS))
 
     def _walk(self, prefix: str, fields: str) -> Iterator[tuple[str, dict]]:
         validate_prefix(prefix)
@@ -288,6 +290,9 @@ class DriveStore(Store):
             winner = _newest_first(same)[0]
             with self._lock:
                 self._file_ids[key] = winner["id"]
+                if len(self._listed) >= LISTED_KEPT:
+                    self._listed.clear()
+                self._listed[key] = winner
             yield key, winner
         for name, same in folders.items():
             sub_ids = [f["id"] for f in _oldest_first(same)]
@@ -309,7 +314,11 @@ class DriveStore(Store):
 
     def _get_verified(self, key: str) -> tuple[bytes, dict]:
         """Returns the object's bytes and metadata, the bytes checked against Drive's md5."""
-        meta = self._find(key)
+        # The metadata a listing just returned saves a lookup per object (a journal sync reads
+        # every new event): if the object changed since, the md5 check below sees it.
+        with self._lock:
+            meta = self._listed.pop(key, None)
+        meta = meta or self._find(key)
         for _ in range(READ_TRIES):
             try:
                 with self._reader(key, meta, 0) as reader:
