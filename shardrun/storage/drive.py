@@ -42,7 +42,7 @@ from shardrun.storage.base import (
     validate_key,
     validate_prefix,
 )
-from shardrun.storage.drive_api import DriveClient, RetryPolicy
+from shardrun.storage.drive_api import DriveClient, RetryPolicy, quota_words
 from shardrun.storage.drive_transfer import (
     OBJECT_MIME,
     UPLOAD_GRANULARITY,
@@ -355,8 +355,10 @@ class DriveStore(Store):
                 raise
             meta = self._upload(key, name, folder, source, digest, None)  # deleted meanwhile: create
         except QuotaExceeded as e:
-            raise QuotaExceeded(f"{self.subject}: no room for {key} ({digest.size:,} bytes): Drive says the "
-                                f"account is full{_reason_suffix(e)}") from e
+            if not hasattr(e, "drive_reason"):
+                raise
+            raise QuotaExceeded(f"{self.subject}: no room for {key} ({digest.size:,} bytes): "
+                                f"{quota_words(e.drive_reason)}") from e
         if meta.get("md5Checksum") not in (None, digest.md5):
             if target is None:
                 self._delete_quietly(meta["id"])
@@ -457,11 +459,6 @@ class DriveStore(Store):
             if self._used is not None:
                 self._used += delta
                 self._writes_since_count += 1
-
-
-def _reason_suffix(error: QuotaExceeded) -> str:
-    text = str(error)
-    return f" ({text.rpartition('(')[2]}" if text.endswith(")") else ""
 
 
 def open_drive_store(url: str, folder_id: str, quota_bytes: int | None, account=None) -> DriveStore:

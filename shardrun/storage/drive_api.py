@@ -68,6 +68,13 @@ def error_reason(error: HttpError) -> str:
         return ""
 
 
+def quota_words(reason: str) -> str:
+    """Returns what a quota refusal means, for messages."""
+    if reason == "dailyLimitExceeded":
+        return f"the account has reached its daily API limit ({reason}); try again tomorrow"
+    return f"the account's Drive is full ({reason})"
+
+
 def status_of(error: HttpError) -> int:
     return int(getattr(error.resp, "status", 0) or 0)
 
@@ -200,8 +207,9 @@ class DriveClient:
         if status == 429 or status >= 500 or (status == 403 and reason in RATE_LIMIT_REASONS):
             return _Retry(f"HTTP {status} {reason}".rstrip())
         if status == 403 and reason in QUOTA_REASONS:
-            kind = "its daily API limit" if reason == "dailyLimitExceeded" else "its storage quota"
-            return QuotaExceeded(f"{self.subject}: {what} refused: the account has used up {kind} ({reason})")
+            error = QuotaExceeded(f"{self.subject}: {what} refused: {quota_words(reason)}")
+            error.drive_reason = reason
+            return error
         if status == 401:
             return self.refused(what)
         if status == 404:
