@@ -167,15 +167,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", type=Path, help="build in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--keep", type=Path,
+                        help="build in this folder and keep it (default: a temporary one); "
+                             "a folder built before is timed again without rebuilding")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        job, events, fold_s = build(base, args.days, args.workers, args.seed)
-        size = job.ledger_path.stat().st_size
-        print(f"folded {events:,} events ({args.days:g} days, {args.workers} workers) in {fold_s:.0f} s "
-              f"({fold_s / events * 1e6:.0f} us/event); ledger file {size / 1e9:.2f} GB")
+        if (base / "job.toml").exists():
+            job = load_job(base / "job.toml")
+            print(f"reusing the ledger built before in {base}")
+        else:
+            job, events, fold_s = build(base, args.days, args.workers, args.seed)
+            print(f"folded {events:,} events ({args.days:g} days, {args.workers} workers) in {fold_s:.0f} s "
+                  f"({fold_s / events * 1e6:.0f} us/event)")
+        print(f"ledger file {job.ledger_path.stat().st_size / 1e9:.2f} GB")
 
         ledger = Ledger.open(job.ledger_path)
         count_s, _ = timed(lambda: ledger.db.execute("SELECT count(*) FROM events").fetchone()[0], args.repeat)
@@ -201,6 +207,10 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         cli_s = time.perf_counter() - started
         data = json.loads(cli.stdout)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "shardrun", "status", str(job.base_dir / "job.toml"), "--html",
+                        str(job.base_dir / "status.html")], capture_output=True, text=True, check=True)
+        cli_html_s = time.perf_counter() - started
 
         print(f"baselines: SELECT count(*) FROM events {count_s:.3f} s; reading the ledger file {read_s:.3f} s")
         for name, seconds, target in (("status --json", json_s, 2), ("status (table)", table_s, 2),
@@ -208,7 +218,8 @@ def main() -> None:
             print(f"{name:<15} {seconds:6.3f} s   {seconds / count_s:6.2f}x count(*)   "
                   f"{seconds / read_s:6.2f}x reading the file   target < {target} s: "
                   f"{'met' if seconds < target else 'NOT met'}")
-        print(f"shardrun status --json in a fresh process: {cli_s:.2f} s (interpreter and imports included)")
+        print(f"in a fresh process (interpreter and imports included): shardrun status --json {cli_s:.2f} s, "
+              f"shardrun status --html (and the table) {cli_html_s:.2f} s")
         print(f"JSON {len(status) / 1e3:.0f} kB, table {len(text) / 1e3:.0f} kB, page {len(page) / 1e3:.0f} kB; "
               f"{data['journal']['events']:,} events, {data['sessions']['count']:,} sessions "
               f"({data['sessions']['ended']}), ETA {data['eta']['seconds'] / 86400:.1f} days "

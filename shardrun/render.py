@@ -93,23 +93,43 @@ def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def compact(n: float) -> str:
+    """Returns a count short enough for a table cell: 12,345 or 370.8M."""
+    if abs(n) < 100_000:
+        return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.4g}{unit}"
+    return f"{n:,.0f}"
+
+
+def short_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
+
+
 def _runs_table(status: dict) -> Table:
     runs = Table(title="Runs", title_justify="left")
-    for col in ("run", "model", "steps done", "of", "%", "epochs", "waiting", "ready", "running", "done",
-                "loss", "best loss", "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"):
+    for col in ("run", "model", "steps done", "%", "epochs", "chunks w/r/run/done", "loss", "best loss (step)",
+                "val PSNR dB (bicubic)", "val SSIM (bicubic)", "ETA"):
         runs.add_column(col, justify="left" if col in ("run", "model") else "right")
     for r in status["runs"]:
         c = r["chunks"]
         pct = 100 * r["steps_done"] / r["steps_total"] if r["steps_total"] else 0
         loss, val = r.get("loss") or {}, r.get("validation")
-        runs.add_row(r["name"], f"{r['model']} x{r['scale']}", f"{r['steps_done']:,}", f"{r['steps_total']:,}",
-                     f"{pct:.1f}", f"{r['epochs_done']:.2f}/{r['epochs']}",
-                     str(c["waiting"]), str(c["ready"]), str(c["running"]), str(c["done"]),
+        runs.add_row(r["name"], f"{r['model']} x{r['scale']}", f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
+                     f"{pct:.1f}", f"{compact(r['epochs_done'])}/{compact(r['epochs'])}",
+                     f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
                      _num(loss.get("current"), ".4g"),
-                     "–" if loss.get("best") is None else f"{loss['best']:.4g} @{loss['best_step']:,}",
-                     "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f}) dB",
+                     "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
+                     "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f})",
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
-                     "done" if r["steps_done"] >= r["steps_total"] else human_seconds(r.get("eta_seconds")))
+                     "done" if r["steps_done"] >= r["steps_total"] else short_duration(r.get("eta_seconds")))
     return runs
 
 
@@ -122,11 +142,11 @@ def _eta_text(eta: dict) -> Text:
     alive = eta["workers_alive"]
     workers = (f"{alive} worker{'s' if alive != 1 else ''} alive" if alive
                else "no worker alive now: assuming 1")
-    lost = (f"{a['expired_attempts']} of {a['ended_attempts']} chunk attempts ended by lease expiry, losing "
-            f"{human_seconds(a['lost_seconds'])} of {human_seconds(a['worked_seconds'])} worked"
+    lost = (f"{a['expired_attempts']:,} of {a['ended_attempts']:,} chunk attempts ended by lease expiry, losing "
+            f"{short_duration(a['lost_seconds'])} of {short_duration(a['worked_seconds'])} worked"
             if a["ended_attempts"] else "no chunk attempt has ended yet")
-    return Text(f"ETA: {human_seconds(eta['seconds'])} (about {eta['at']}), from recent throughput with "
-                f"{workers}; allowance for lost sessions +{(a['factor'] - 1) * 100:.0f}% ({lost}).", style="bold")
+    return Text(f"ETA: {short_duration(eta['seconds'])} (about {eta['at']}, store time), from recent throughput "
+                f"with {workers}; allowance for lost sessions +{(a['factor'] - 1) * 100:.1f}% ({lost}).", style="bold")
 
 
 def _workers_table(status: dict) -> Table:
@@ -135,8 +155,7 @@ def _workers_table(status: dict) -> Table:
                 "last seen", "silent", "state"):
         table.add_column(col, justify="right" if col in ("step", "patches/s", "steps/s", "silent") else "left")
     for w in status["workers"]:
-        state = Text("stale", style="bold red") if w["stale"] else Text("running" if w["running"] else "alive",
-                                                                         style="green")
+        state = Text(w["state"], style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
         table.add_row(w["id"], w["account"] or "?", w["platform"] or "?", w["device"] or "unknown",
                       "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
                       "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),

@@ -84,9 +84,9 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     by_id = {w["id"]: w for w in workers}
     running = {c["run"]: by_id[c["owner"]] for c in running_chunks
                if c["owner"] in by_id and not by_id[c["owner"]]["stale"]}
-    alive = sum(1 for w in workers if not w["stale"])
+    alive = sum(1 for w in workers if w["state"] in ("running", "alive"))
     allowance = lost_sessions_allowance(ledger.attempt_totals())
-    eta = estimate_eta(runs, ledger_runs, metrics, running, alive, allowance, now)
+    eta = estimate_eta(runs, ledger_runs, metrics, running, alive, allowance, as_of, now)
     if running_chunks and as_of is not None and now - as_of >= lease:
         notes.append(f"the journal's latest event is {(now - as_of) / 60:.0f} min old by this machine's clock: "
                      f"its workers may all have stopped (a lease is {lease / 60:g} min)")

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from shardrun.render import human_bytes, human_seconds
 
+MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
 CSS = """
@@ -241,13 +242,23 @@ def _cards(status: dict) -> str:
     eta = status.get("eta")
     if eta:
         cards.append(("ETA", "done" if eta["finished"] else human_seconds(eta["seconds"])))
-    for run in status["runs"]:
-        if run["loss"]["best"] is not None:
-            cards.append((f"{run['name']}: best loss", f"{run['loss']['best']:.4g}"))
-        if run["validation"]:
-            v = run["validation"]
-            cards.append((f"{run['name']}: PSNR vs bicubic", f"{v['psnr']:.2f} / {v['bicubic_psnr']:.2f} dB"))
-    alive = sum(1 for w in status["workers"] if not w["stale"])
+    if len(status["runs"]) <= MAX_RUN_CARDS:
+        for run in status["runs"]:
+            if run["loss"]["best"] is not None:
+                cards.append((f"{run['name']}: best loss", f"{run['loss']['best']:.4g}"))
+            if run["validation"]:
+                v = run["validation"]
+                cards.append((f"{run['name']}: PSNR vs bicubic", f"{v['psnr']:.2f} / {v['bicubic_psnr']:.2f} dB"))
+    else:  # many runs: the best of them here, each in the table below
+        losses = [r for r in status["runs"] if r["loss"]["best"] is not None]
+        gains = [r for r in status["runs"] if r["validation"]]
+        if losses:
+            best = min(losses, key=lambda r: r["loss"]["best"])
+            cards.append(("Lowest loss", f"{best['loss']['best']:.4g} ({best['name']})"))
+        if gains:
+            best = max(gains, key=lambda r: r["validation"]["gain_db"])
+            cards.append(("Best PSNR gain over bicubic", f"{best['validation']['gain_db']:+.2f} dB ({best['name']})"))
+    alive = sum(1 for w in status["workers"] if w["state"] in ("running", "alive"))
     cards.append(("Workers alive", f"{alive} of {len(status['workers'])}"))
     cards.append(("Sessions", f"{status['sessions']['count']:,}"))
     return '<div class="cards">' + "".join(
@@ -260,7 +271,7 @@ def _runs_html(status: dict) -> str:
         c, loss, v = r["chunks"], r["loss"], r["validation"]
         rows.append([
             _e(r["name"]), _e(f"{r['model']} x{r['scale']}"), f"{r['steps_done']:,} of {r['steps_total']:,}",
-            f"{r['epochs_done']:.2f} of {r['epochs']}",
+            f"{r['epochs_done']:,.2f} of {r['epochs']:,}",
             f"{c['waiting']} / {c['ready']} / {c['running']} / {c['done']}",
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
@@ -276,9 +287,9 @@ def _eta_html(eta: dict | None) -> str:
     if eta["finished"]:
         return "<p>Every run is done.</p>"
     a = eta["allowance"]
-    return (f"<p>ETA <b>{_e(human_seconds(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}), from the "
+    return (f"<p>ETA <b>{_e(human_seconds(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
             f"recent throughput of each run's worker with {eta['workers_alive']} worker(s) alive; allowance for "
-            f"lost sessions <b>+{(a['factor'] - 1) * 100:.0f}%</b>: {a['expired_attempts']} of {a['ended_attempts']} "
+            f"lost sessions <b>+{(a['factor'] - 1) * 100:.1f}%</b>: {a['expired_attempts']} of {a['ended_attempts']} "
             f"chunk attempts ended by lease expiry, losing {_e(human_seconds(a['lost_seconds']))} of "
             f"{_e(human_seconds(a['worked_seconds']))} worked ({_e(a['rule'])}).</p>")
 
@@ -286,8 +297,8 @@ def _eta_html(eta: dict | None) -> str:
 def _workers_html(status: dict) -> str:
     rows = []
     for w in status["workers"]:
-        state = '<span class="stale">stale</span>' if w["stale"] else (
-            '<span class="ok">running</span>' if w["running"] else '<span class="ok">alive</span>')
+        css = {"stale": "stale", "running": "ok", "alive": "ok"}.get(w["state"], "")
+        state = f'<span class="{css}">{_e(w["state"])}</span>'
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
                      "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),

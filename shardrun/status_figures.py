@@ -51,8 +51,15 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
     }
 
 
-def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
+def _is_silent(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the journal holds an event a lease or more after the worker's last one."""
     return as_of is not None and as_of - row["last_time"] >= lease
+
+
+def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the worker went silent in the middle of its work: not after a clean end
+    (its last event a yield or a done), which is how a session is meant to stop."""
+    return _is_silent(row, as_of, lease) and row["last_kind"] not in ("yield", "done")
 
 
 def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
@@ -64,11 +71,17 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
             rows[owner] = row
     out = []
     for w in sorted(rows.values(), key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
+        if _is_stale(w, as_of, lease):
+            state = "stale"
+        elif _is_silent(w, as_of, lease):
+            state = "ended"
+        else:
+            state = "running" if w["id"] in running_owners else "alive"
         out.append({
             "id": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
             "first_seen": iso(w["first_time"]), "last_seen": iso(w["last_time"]), "last_event": w["last_kind"],
             "silent_seconds": None if as_of is None else as_of - w["last_time"],
-            "stale": _is_stale(w, as_of, lease), "running": w["id"] in running_owners,
+            "stale": state == "stale", "running": w["id"] in running_owners, "state": state,
             "run": w["run"], "chunk": w["chunk"], "step": w["step"], "loss": w["loss"],
             "patches_per_second": w["patches_per_second"], "steps_per_second": w["steps_per_second"],
             "events": w["events"], "chunks_done": w["chunks_done"],
@@ -77,7 +90,7 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
 
 
 def _session_end(w: dict, as_of: float | None, lease: float) -> str:
-    if not _is_stale(w, as_of, lease):
+    if not _is_silent(w, as_of, lease):
         return "running"
     if w["last_kind"] == "yield":
         return "yielded"  # checkpointed and handed on at its deadline (or when asked to stop)
@@ -154,13 +167,15 @@ def lost_sessions_allowance(totals: dict[str, dict]) -> dict:
 
 
 def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[str, dict],
-                 running: dict[str, dict], alive: int, allowance: dict, now: float) -> dict | None:
+                 running: dict[str, dict], alive: int, allowance: dict, as_of: float | None,
+                 now: float) -> dict | None:
     """Returns the ETA: each run's remaining steps at its recent throughput, spread over the workers.
 
     A run is a chain of chunks, so one run never goes faster than one worker; with W workers
     alive the job takes at least its longest run and at least the total work over W.
     Throughput per run: the worker training it now (if not stale), else the run's latest report,
-    else the plan's estimate.
+    else the plan's estimate. `at` counts from the state described (`as_of`, store time), or from
+    `now` before any event.
     """
     if not runs:
         return None
@@ -185,6 +200,7 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     workers = max(1, alive)
     training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
     seconds = training * allowance["factor"]
-    return {"seconds": seconds, "at": iso(now + seconds) if training else None, "finished": training == 0,
+    start = as_of if as_of is not None else now
+    return {"seconds": seconds, "at": iso(start + seconds) if training else None, "finished": training == 0,
             "runs": per_run,
             "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,22 @@ def test_status_figures_from_a_known_journal(known_status):
     assert hardware[("Tesla P100 (GPU)", "r2")]["patches_per_second"] == 40.0
 
 
+def test_a_worker_that_ended_cleanly_is_not_stale(job):
+    ledger = Ledger.open(None)
+    ledger.add_events([plan_event(), ev(10, "claim", "w1", "r1", 0),
+                       ev(100, "done", "w1", "r1", 0, step=100, key="k/1", md5="m", loss=0.1),
+                       ev(200, "claim", "w3", "r1", 1), ev(300, "heartbeat", "w3", "r1", 1, step=120),
+                       ev(290, "claim", "w2", "r2", 0), ev(900, "heartbeat", "w3", "r1", 1, step=200)])
+    status = status_from_ledger(job, ledger, FakeClock(T0 + 900), {}, [])
+    states = {w["id"]: (w["state"], w["stale"]) for w in status["workers"]}
+    # w1 handed its chunk on 800 s ago: ended, not stale; w2 claimed and went silent: stale
+    assert states == {"w1": ("ended", False), "w2": ("stale", True), "w3": ("running", False)}
+    assert status["sessions"]["ended"] == {"running": 1, "yielded": 0, "finished": 1, "lost": 0, "silent": 1}
+    assert status["eta"]["workers_alive"] == 1
+    assert status["eta"]["at"] == datetime.fromtimestamp(T0 + 900 + status["eta"]["seconds"], timezone.utc).isoformat(
+        timespec="seconds")
+
+
 def test_a_journal_silent_for_a_lease_is_noted(job):
     ledger = Ledger.open(None)
     ledger.add_events(known_events())
@@ -284,7 +301,7 @@ def test_the_html_page_is_self_contained_with_its_plots(known_status, tmp_path):
     # no request of any kind: no external src/href, stylesheet import or url()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page and "url(http" not in page and "<script" not in page
-    for number in ("150 of 300", "0.04 @ 100", "31.00 dB (28.00)", "0.9200 (0.8500)", "+89%", "stale"):
+    for number in ("150 of 300", "0.04 @ 100", "31.00 dB (28.00)", "0.9200 (0.8500)", "+89.2%", "stale"):
         assert number in page, number
     assert "NVIDIA Tesla K80 (Colab)" in page and "log2 axis" in page  # the paper's machines beside ours
     assert "Tesla T4 (GPU)" in page and "2.00 MB of 15.00 GB" in page
