@@ -260,9 +260,14 @@ class Ledger:
     def unknown_keys(self, keys: Iterable[str]) -> list[str]:
         """Returns the journal keys (or event ids) that are neither folded events nor known bad objects.
 
-        Asked of SQLite through the primary keys, so a sync costs as much as the listing, not as
-        much as the (possibly millions of) events already folded.
+        A listing about as long as the ledger is checked against every known id at once (one
+        scan); a short one (a compacted journal beside a ledger of millions of events) is looked
+        up key by key through the primary keys, so it costs as much as the listing, not the ledger.
         """
+        keys = list(keys)
+        if len(keys) * 20 >= self.event_count():
+            known = self.known_keys()
+            return [k for k in keys if paths.event_id_of(k) not in known and k not in known]
         conn = self.db.conn
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe (key TEXT PRIMARY KEY, id TEXT)")
         conn.execute("DELETE FROM temp.probe")

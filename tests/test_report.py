@@ -362,3 +362,17 @@ def test_a_real_worker_reports_what_status_shows(planned, tmp_path):
     assert {h["run"] for h in status["hardware"]} == {"a", "b"}
     chunked, straight = final_weights(planned, "a"), straight_weights(planned, "a", tmp_path)
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(chunked, straight)) == 0.0
+
+
+def test_new_journal_keys_are_found_alike_for_short_and_long_listings():
+    ledger = Ledger.open(None)
+    events = [plan_event(), ev(1, "claim", "w1", "r1", 0)]
+    events += [ev(2 + i, "heartbeat", "w1", "r1", 0, step=i) for i in range(200)]
+    ledger.add_events(events, bad=[("test-job/journal/garbage.json", "unreadable event")])
+    known = [paths.event_key("test-job", e.id) for e in events[:3]]
+    new = [paths.event_key("test-job", "ffff-new-1"), paths.event_key("test-job", "ffff-new-2")]
+    short = known + ["test-job/journal/garbage.json"] + new  # looked up key by key
+    assert len(short) * 20 < ledger.event_count()
+    assert sorted(ledger.unknown_keys(short)) == new
+    long = [paths.event_key("test-job", e.id) for e in events] + new  # checked against every id at once
+    assert sorted(ledger.unknown_keys(long)) == new
