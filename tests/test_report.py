@@ -376,3 +376,25 @@ def test_new_journal_keys_are_found_alike_for_short_and_long_listings():
     assert sorted(ledger.unknown_keys(short)) == new
     long = [paths.event_key("test-job", e.id) for e in events] + new  # checked against every id at once
     assert sorted(ledger.unknown_keys(long)) == new
+
+
+def test_watch_ends_on_ctrl_c_with_status_0(job):
+    import signal
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardrun", "status", str(job.base_dir / "job.toml"), "--watch", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C finds it
+    try:
+        seen = []
+        for line in process.stdout:  # wait until two refreshes were shown, then press Ctrl-C
+            seen.append(line)
+            if "Refresh 2 at" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "Refresh 2 at" in "".join(seen)
+    assert process.returncode == 0 and "Traceback" not in rest
