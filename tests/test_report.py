@@ -210,10 +210,10 @@ def test_a_job_with_no_events_yet(job):
     from shardrun.coordinator import plan_job
 
     plan_job(job, scan_workers=1)
-    planned = job_status(job)  # planned, no worker yet: the plan's estimate is all there is
-    run = planned["runs"][0]
+    after_plan = job_status(job)  # planned, no worker yet: the plan's estimate is all there is
+    run = after_plan["runs"][0]
     assert run["loss"]["current"] is None and run["validation"] is None and run["history"] == []
-    assert planned["eta"]["runs"][0]["source"] == "plan estimate" and planned["eta"]["workers_alive"] == 0
+    assert after_plan["eta"]["runs"][0]["source"] == "plan estimate" and after_plan["eta"]["workers_alive"] == 0
     result = CliRunner().invoke(main, ["status", str(job.base_dir / "job.toml")])
     assert result.exit_code == 0, result.output
     assert "no worker alive now: assuming 1" in result.output and "Sessions: none yet" in result.output
