@@ -59,6 +59,12 @@ def main() -> None:
         return trainer.train(trainer.step + args.steps, batches=batches,
                              checkpoint_at_end=False).elapsed_s
 
+    def run_pipeline_alone(batches):
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            next(batches)
+        return time.perf_counter() - started
+
     def run_fit(batches):
         started = time.perf_counter()
         model.fit(batches, steps_per_epoch=args.steps, epochs=1, verbose=0)
@@ -67,12 +73,16 @@ def main() -> None:
     # One iterator kept across rounds measures the pipeline's steady state; a new pipeline per
     # round also pays its start (decoding the first window), as each slice of a run does.
     steady = iter(trainer.dataset())
+    alone = iter(trainer.dataset())
     contenders = {
         "trainer, real pipeline": lambda: run_trainer(steady),
         "trainer, new pipeline per call": lambda: run_trainer(trainer.dataset()),
         "trainer, in-memory batches": lambda: run_trainer(memory),
         "model.fit, in-memory batches": lambda: run_fit(memory),
         "model.fit, real pipeline": lambda: run_fit(pipeline),
+        # On a CPU-only machine the pipeline and the training steps share the same cores; its
+        # capacity alone tells whether it could keep up once the steps run on a GPU.
+        "pipeline alone (no training)": lambda: run_pipeline_alone(alone),
     }
     for run in contenders.values():  # warm-up: tracing, thread pools
         run()
@@ -93,6 +103,8 @@ def main() -> None:
           f"{rate['trainer, new pipeline per call'] / rate['model.fit, real pipeline']:.3f}")
     print(f"real pipeline / in-memory (trainer)    : "
           f"{rate['trainer, real pipeline'] / rate['trainer, in-memory batches']:.3f}")
+    print(f"pipeline alone / training (in memory)  : "
+          f"{rate['pipeline alone (no training)'] / rate['trainer, in-memory batches']:.3f}")
 
 
 if __name__ == "__main__":
