@@ -70,6 +70,8 @@ class Route:
 class DriveHandler(UploadRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30                         # a client that stops mid-body cannot pin a thread forever
+    # Small answers written in pieces otherwise wait on the client's delayed ACK (~40 ms each).
+    disable_nagle_algorithm = True
     emulator = None                      # set on a subclass per emulator
 
     def log_message(self, *args):        # keep test output quiet
