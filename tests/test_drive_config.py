@@ -115,10 +115,9 @@ def test_token_files_are_written_for_their_owner_only(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name != "alice.json"]  # no temporary file left
 
 
-def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive_emulator, tmp_path, monkeypatch):
-    """The installed-app flow with the user's own client id, up to the token exchange: the URL
-    goes to the prompt (no browser needed), the redirect server takes the answer, and a code the
-    token endpoint refuses ends in one AuthError line with nothing written."""
+def _sign_in(emu, tmp_path, monkeypatch, code: str) -> tuple[list[str], dict, DriveAccount]:
+    """Runs `login` with the user's own client id; the "browser" sends `code` to the redirect server.
+    Returns the URLs shown, {"path": token file} or {"error": AuthError}, and the account."""
     import json
     import threading
     import urllib.parse
@@ -130,7 +129,7 @@ def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive
     secrets_file = tmp_path / "client.json"
     secrets_file.write_text(json.dumps({"installed": {
         "client_id": "my-own-client.apps.googleusercontent.com", "client_secret": "cs",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": drive_emulator.token_uri,
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": emu.token_uri,
         "redirect_uris": ["http://localhost"]}}))
     account = DriveAccount(name="alice", job="j", client_secrets=secrets_file, credentials=tmp_path / "tok.json")
     shown, outcome = [], {}
@@ -138,18 +137,28 @@ def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive
     def answer_as_the_browser(url):
         shown.append(url)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-        redirect = f"{query['redirect_uri'][0]}?code=not-a-real-code&state={query['state'][0]}"
+        redirect = f"{query['redirect_uri'][0]}?code={code}&state={query['state'][0]}"
         threading.Thread(target=lambda: urllib.request.urlopen(redirect, timeout=10).read(), daemon=True).start()
 
     def run():
         try:
-            login(account, answer_as_the_browser, open_browser=False, timeout_s=20)
+            outcome["path"] = login(account, answer_as_the_browser, open_browser=False, timeout_s=20)
         except AuthError as e:
             outcome["error"] = e
 
     flow = threading.Thread(target=run)
     flow.start()
     flow.join(30)
+    return shown, outcome, account
+
+
+def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive_emulator, tmp_path, monkeypatch):
+    """The installed-app flow with the user's own client id, up to the token exchange: the URL
+    goes to the prompt (no browser needed), the redirect server takes the answer, and a code the
+    token endpoint refuses ends in one AuthError line with nothing written."""
+    import urllib.parse
+
+    shown, outcome, _ = _sign_in(drive_emulator, tmp_path, monkeypatch, "not-a-real-code")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(shown[0]).query)
     assert query["client_id"] == ["my-own-client.apps.googleusercontent.com"]
     assert query["scope"] == ["https://www.googleapis.com/auth/drive"]
@@ -157,3 +166,26 @@ def test_login_shows_the_sign_in_url_and_a_refused_code_is_one_clear_error(drive
     assert message.startswith("Drive account 'alice': signing in failed") and "\n" not in message
     assert drive_emulator.calls[(None, "oauth.token")] == 1  # the code went to the client file's token_uri
     assert not (tmp_path / "tok.json").exists()
+
+
+def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emulator, tmp_path, monkeypatch):
+    """The whole installed-app flow: the code is exchanged, the token file (0600) holds a refresh
+    token, and a store opened from that file alone reaches the account, even once the access
+    token has expired."""
+    import json
+
+    from shardrun.storage import open_store
+    from tests.drive_accounts import new_drive_account
+
+    emu = drive_emulator
+    alice = new_drive_account(emu, name="alice")
+    shown, outcome, account = _sign_in(emu, tmp_path, monkeypatch, emu.authorization_code(alice.email))
+    path = outcome["path"]
+    assert path == tmp_path / "tok.json" and stat_module.S_IMODE(os.stat(path).st_mode) == 0o600
+    saved = json.loads(path.read_text())
+    assert saved["refresh_token"] and saved["client_id"] == "my-own-client.apps.googleusercontent.com"
+    emu.expire_token(saved["token"])
+    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "job": "j", "auth": "oauth",
+                                                           "credentials": str(path), "root_url": emu.root_url})
+    assert store.identity().startswith(alice.email)
+    assert emu.calls[(None, "oauth.token")] == 2  # the code's exchange, then one refresh

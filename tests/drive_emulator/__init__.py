@@ -15,12 +15,14 @@ shapes and error bodies, so the real google-api-python-client talks to it unchan
 
 Point a client at it with the shipped discovery document whose rootUrl is `emu.root_url`
 (`emu.discovery_document()`); uploads go to `upload/drive/v3/`, the OAuth token endpoint is
-`emu.token_uri` (POST, grant_type=refresh_token, like https://oauth2.googleapis.com/token).
+`emu.token_uri` (POST, grant_type refresh_token or authorization_code, like
+https://oauth2.googleapis.com/token).
 
 What it emulates (and where it is as strict as Drive, so code that passes here has a chance there):
 - Bearer tokens: unknown, expired (`emu.expire_token(t)`) or revoked (`emu.revoke(t)`) -> 401
-  authError with WWW-Authenticate; /token issues new access tokens for live refresh tokens and
-  answers 400 invalid_grant for revoked ones.
+  authError with WWW-Authenticate; /token issues new access tokens for live refresh tokens,
+  exchanges a one-use `emu.authorization_code(email)` for an access and a refresh token (the
+  installed-app sign-in), and answers 400 invalid_grant for revoked tokens and unknown codes.
 - files.list (`q`, `pageSize` 1..1000, `pageToken`, `orderBy`, `fields`); like Drive it lists
   trashed files unless `trashed = false` is asked for, and without `orderBy` the order is arbitrary
   (by random id). files.get (`alt=media`, one `Range`, 206/416), files.create (metadata only),

@@ -71,6 +71,7 @@ class DriveEmulator:
         self._access: dict[str, str] = {}            # live access token -> email
         self._refresh: dict[str, str] = {}           # live refresh token -> email
         self._issued_from: dict[str, str] = {}       # access token -> the refresh token that made it
+        self._codes: dict[str, str] = {}             # unused authorization code -> email
         self._pages: dict[str, int] = {}
         self._server = None
         self._thread = None
@@ -171,6 +172,25 @@ class DriveEmulator:
                 for access, source in list(self._issued_from.items()):
                     if source == token:
                         self._access.pop(access, None)
+
+    def authorization_code(self, email: str) -> str:
+        """A one-use code, as Google's consent page hands the redirect after `email` signs in."""
+        code = "4/emu-" + secrets.token_urlsafe(16)
+        with self._lock:
+            self._codes[code] = email
+        return code
+
+    def redeem(self, code: str) -> tuple[str, str] | None:
+        """(access token, refresh token) for an unused authorization code, else None (the /token endpoint)."""
+        with self._lock:
+            email = self._codes.pop(code, None)
+        if email is None:
+            return None
+        refresh_token = "1//emu-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh[refresh_token] = email
+            self.drive.accounts[email].refresh_token = refresh_token
+        return self.refresh(refresh_token), refresh_token
 
     def refresh(self, refresh_token: str) -> str | None:
         """A new access token for a live refresh token (the /token endpoint), else None."""

@@ -342,17 +342,24 @@ class DriveHandler(UploadRoutes, BaseHTTPRequestHandler):
     # -- OAuth --------------------------------------------------------------------------------
     def _token(self):
         form = {key: values[-1] for key, values in parse_qs(self._body().decode(), keep_blank_values=True).items()}
-        if form.get("grant_type") != "refresh_token":
+        grant = form.get("grant_type")
+        if grant not in ("refresh_token", "authorization_code"):
             return self._json(400, {"error": "unsupported_grant_type",
-                                    "error_description": f"Invalid grant_type: {form.get('grant_type')}"})
-        if not form.get("client_id"):
+                                    "error_description": f"Invalid grant_type: {grant}"})
+        if not (form.get("client_id") or self.headers.get("Authorization", "").startswith("Basic ")):
+            # Like Google, the client may name itself in the form or with HTTP basic auth.
             return self._json(401, {"error": "invalid_client", "error_description": "The OAuth client was not found."})
-        issued = self.emulator.refresh(form.get("refresh_token", ""))
-        if issued is None:
+        answer = {"expires_in": 3599, "token_type": "Bearer",
+                  "scope": form.get("scope") or "https://www.googleapis.com/auth/drive"}
+        if grant == "refresh_token":
+            answer["access_token"] = self.emulator.refresh(form.get("refresh_token", ""))
+        else:
+            issued = self.emulator.redeem(form.get("code", ""))
+            if issued is not None:
+                answer["access_token"], answer["refresh_token"] = issued
+        if answer.get("access_token") is None:
             return self._json(400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
-        self._json(200, {"access_token": issued, "expires_in": 3599, "token_type": "Bearer",
-                         "scope": form.get("scope") or "https://www.googleapis.com/auth/drive"},
-                   {"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
+        self._json(200, answer, {"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
 
 
 class _NullWriter:
