@@ -152,14 +152,17 @@ def advise(jobfile, deadline, workers, prices_file, as_json):
 @main.command()
 @click.argument("jobfile", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (schema: docs/status-json.md).")
-@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=30.0, default=None,
-              metavar="[SECONDS]", help="Refresh the table in place every SECONDS (default 30) until Ctrl-C.")
+# --watch is a plain flag (its period is --interval) so that `status --watch job.toml` reads the
+# job file as the job file, not as the period.
+@click.option("--watch", is_flag=True, help="Redraw the table in place every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True, metavar="SECONDS",
+              help="With --watch: seconds between refreshes.")
 @click.option("--refreshes", type=click.IntRange(min=1),
               help="With --watch: stop after this many refreshes instead of waiting for Ctrl-C.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
               help="Also write the status as one self-contained web page with plots to this file.")
 @reports_errors
-def status(jobfile, as_json, watch, refreshes, html_file):
+def status(jobfile, as_json, watch, interval, refreshes, html_file):
     """Show the job's progress: per run steps, losses, validation PSNR/SSIM and ETA; workers,
     sessions, throughput by hardware and storage per account.
 
@@ -172,12 +175,12 @@ def status(jobfile, as_json, watch, refreshes, html_file):
     from shardrun.report import job_status
 
     job = _load(jobfile)
-    if watch is not None:
+    if watch:
         if as_json or html_file:
             raise click.UsageError("--watch shows the table; it cannot be combined with --json or --html")
         from shardrun.live import watch as watch_view
 
-        watch_view(_console(), lambda: status_view(job_status(job)), watch, refreshes)
+        watch_view(_console(), lambda: status_view(job_status(job)), interval, refreshes)
         return
     result = job_status(job)
     if html_file:

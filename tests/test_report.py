@@ -280,14 +280,14 @@ def test_watch_refreshes_until_its_count(job, monkeypatch):
 
     plan_job(job, scan_workers=1)
     jobfile = str(job.base_dir / "job.toml")
-    piped = CliRunner().invoke(main, ["status", jobfile, "--watch", "0.1", "--refreshes", "3"])
+    piped = CliRunner().invoke(main, ["status", "--watch", jobfile, "--interval", "0.1", "--refreshes", "3"])
     assert piped.exit_code == 0, piped.output
     assert [int(n) for n in re.findall(r"Refresh (\d+) at", piped.output)] == [1, 2, 3]
     assert piped.output.count("decusr-x2") == 3
     # On a terminal the view is redrawn in place: the cursor goes back up over the previous one.
     monkeypatch.setenv("FORCE_COLOR", "1")
     monkeypatch.setenv("TERM", "xterm")
-    live = CliRunner().invoke(main, ["status", jobfile, "--watch", "0.1", "--refreshes", "2"])
+    live = CliRunner().invoke(main, ["status", jobfile, "--watch", "--interval", "0.1", "--refreshes", "2"])
     assert live.exit_code == 0, live.output
     assert {"Refresh 1 at", "Refresh 2 at"} <= set(re.findall(r"Refresh \d at", live.output))
     assert "\x1b[1A" in live.output or "\x1b[2K" in live.output
@@ -383,7 +383,7 @@ def test_watch_ends_on_ctrl_c_with_status_0(job):
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "shardrun", "status", str(job.base_dir / "job.toml"), "--watch", "0.2"],
+        [sys.executable, "-m", "shardrun", "status", str(job.base_dir / "job.toml"), "--watch", "--interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C finds it
     try:
