@@ -306,12 +306,17 @@ def _check_sign_in(account: dict, root_url: str | None, where: str, problems: li
     problems.extend(f"{where}{problem}" for problem in check_settings(settings))
 
 
-def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict | None = None) -> JobConfig:
-    """Returns the job described by TOML `text`, or raises ConfigError listing every problem."""
+def read_toml(text: str, source: str) -> dict:
+    """Returns the TOML document `text`; a syntax error is a ConfigError naming `source`."""
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, [f"not valid TOML: {e}"]) from e
+
+
+def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict | None = None) -> JobConfig:
+    """Returns the job described by TOML `text`, or raises ConfigError listing every problem."""
+    doc = read_toml(text, source)
     problems: list[str] = []
     for key in doc:
         if key not in TOP_KEYS:

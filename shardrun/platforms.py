@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from shardrun.config import Key, check_table, non_negative, positive
+from shardrun.config import Key, check_table, non_negative, positive, read_toml
 from shardrun.errors import ConfigError
 
 PLATFORM_KEYS = {
@@ -76,20 +75,13 @@ class Profile:
     models: dict[str, ModelThroughput]
 
 
-def _read_toml(text: str, source: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, [f"not valid TOML: {e}"]) from e
-
-
 def load_platforms(text: str | None = None, source: str = "configs/platforms.toml") -> dict[str, Platform]:
     """Returns the platforms by name, from configs/platforms.toml unless `text` is given."""
     if text is None:
         text = resources.files("shardrun.configs").joinpath("platforms.toml").read_text("utf-8")
     problems: list[str] = []
     platforms = {}
-    for name, table in _read_toml(text, source).items():
+    for name, table in read_toml(text, source).items():
         values = check_table(table, f"{name}.", PLATFORM_KEYS, problems)
         if values:
             platforms[name] = Platform(name=name, **values)
@@ -121,7 +113,7 @@ def load_profile(name_or_path: str, base_dir: Path | None = None) -> Profile:
                                               f"known: {', '.join(profile_names()) or 'none'} "
                                               "(or give a path to a .toml file)"])
         source, text = f"configs/profiles/{name_or_path}.toml", resource.read_text("utf-8")
-    doc = _read_toml(text, source)
+    doc = read_toml(text, source)
     problems: list[str] = []
     head = check_table(doc.get("profile", {}), "profile.", PROFILE_KEYS, problems)
     models = {}

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from shardrun.config import MODEL_NAMES, Key, check_table, one_of, show
+from shardrun.config import MODEL_NAMES, Key, check_table, one_of, read_toml, show
 from shardrun.errors import ConfigError
 
 SHIPPED = "configs/prices.toml"
@@ -177,10 +176,7 @@ def load_prices(path: str | Path | None = None) -> Prices:
 
 def parse_prices(text: str, source: str = "<prices>") -> Prices:
     """Returns the prices described by TOML `text`, or raises ConfigError listing every problem."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, [f"not valid TOML: {e}"]) from e
+    doc = read_toml(text, source)
     problems: list[str] = []
     for key in doc:
         if key not in TOP_KEYS:
