@@ -18,7 +18,7 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.storage import Store
 
-KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire")
+KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound
 
 

@@ -187,6 +187,9 @@ class Fold:
             self.summary.ended(event, chunk, "expired")
             self._release(chunk, event, f"lease expired (owner {chunk['owner']} silent)")
 
+    def _on_leave(self, event: Event) -> None:
+        self.summary.left(event)
+
     def _on_done(self, event: Event) -> None:
         chunk = self._owned(event)
         if not chunk or not event.payload.get("key"):
@@ -458,7 +461,7 @@ class Ledger:
         """Returns every worker process's first and last event (its session), in start order."""
         return list(self.db.query(
             "SELECT id, account, platform, device, first_time, last_time, last_kind, claims, chunks_done, yields, "
-            "fails, expired FROM workers ORDER BY first_time, id"))
+            "fails, expired, left_reason FROM workers ORDER BY first_time, id"))
 
     def hardware(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM hardware ORDER BY device, platform, run"))

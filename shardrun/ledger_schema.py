@@ -92,7 +92,15 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # Why a worker process left cleanly (its `leave` event: finished, deadline, max-chunks,
+    # stopped), so status shows it ended at once instead of "alive" for a lease. Older journals
+    # hold no leave events: nothing to refold.
+    db["workers"].add_column("left_reason", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
+                                                               _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

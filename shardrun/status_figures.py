@@ -56,10 +56,16 @@ def _is_silent(row: dict, as_of: float | None, lease: float) -> bool:
     return as_of is not None and as_of - row["last_time"] >= lease
 
 
+def _has_ended(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the worker process is gone: it said so (a leave event), or it went silent."""
+    return bool(row.get("left_reason")) or _is_silent(row, as_of, lease)
+
+
 def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
     """Returns whether the worker went silent in the middle of its work: not after a clean end
-    (its last event a yield or a done), which is how a session is meant to stop."""
-    return _is_silent(row, as_of, lease) and row["last_kind"] not in ("yield", "done")
+    (a leave, or its last event a yield or a done), which is how a session is meant to stop."""
+    return (not row.get("left_reason") and _is_silent(row, as_of, lease)
+            and row["last_kind"] not in ("yield", "done"))
 
 
 def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
@@ -73,7 +79,7 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
     for w in sorted(rows.values(), key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
         if _is_stale(w, as_of, lease):
             state = "stale"
-        elif _is_silent(w, as_of, lease):
+        elif _has_ended(w, as_of, lease):
             state = "ended"
         else:
             state = "running" if w["id"] in running_owners else "alive"
@@ -82,6 +88,7 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
             "first_seen": iso(w["first_time"]), "last_seen": iso(w["last_time"]), "last_event": w["last_kind"],
             "silent_seconds": None if as_of is None else as_of - w["last_time"],
             "stale": state == "stale", "running": w["id"] in running_owners, "state": state,
+            "left_reason": w.get("left_reason"),
             "run": w["run"], "chunk": w["chunk"], "step": w["step"], "loss": w["loss"],
             "patches_per_second": w["patches_per_second"], "steps_per_second": w["steps_per_second"],
             "events": w["events"], "chunks_done": w["chunks_done"],
@@ -90,12 +97,14 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
 
 
 def _session_end(w: dict, as_of: float | None, lease: float) -> str:
-    if not _is_silent(w, as_of, lease):
+    if not _has_ended(w, as_of, lease):
         return "running"
     if w["last_kind"] == "yield":
         return "yielded"  # checkpointed and handed on at its deadline (or when asked to stop)
     if w["last_kind"] == "done":
         return "finished"  # its last chunk was done: the job ended, or it was told to stop
+    if w.get("left_reason"):
+        return "left"  # stopped cleanly without a chunk to hand on (nothing to claim, or told to stop)
     return "lost" if w["expired"] else "silent"  # died mid-chunk (its lease was declared expired)
 
 
@@ -103,7 +112,7 @@ def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
     """Returns the sessions so far (one per worker process) and their lengths in store time."""
     rows = ledger.sessions()
     lengths = [w["last_time"] - w["first_time"] for w in rows]
-    ends = {k: 0 for k in ("running", "yielded", "finished", "lost", "silent")}
+    ends = {k: 0 for k in ("running", "yielded", "finished", "left", "lost", "silent")}
     for w in rows:
         ends[_session_end(w, as_of, lease)] += 1
     histogram = [0] * (len(SESSION_HOURS_BINS) + 1)

@@ -93,7 +93,9 @@ class Summaries:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, 0, 0, 0, 0) "
             "ON CONFLICT(id) DO UPDATE SET account = COALESCE(excluded.account, account), "
             " platform = COALESCE(excluded.platform, platform), device = COALESCE(excluded.device, device), "
-            " last_time = excluded.last_time, last_kind = excluded.last_kind, "
+            " last_time = excluded.last_time, "
+            # A leave keeps the kind of the worker's last work: it tells how the session ended.
+            " last_kind = CASE excluded.last_kind WHEN 'leave' THEN last_kind ELSE excluded.last_kind END, "
             " run = COALESCE(excluded.run, run), chunk = COALESCE(excluded.chunk, chunk), "
             " step = COALESCE(excluded.step, step), loss = COALESCE(excluded.loss, loss), "
             " patches_per_second = COALESCE(excluded.patches_per_second, patches_per_second), "
@@ -101,6 +103,11 @@ class Summaries:
             (event.worker, _text(p.get("account")), _text(p.get("platform")), _text(p.get("device")),
              event.server_time, event.server_time, event.kind, event.run if own else None,
              event.chunk if own else None, step, number(p.get("loss")) if own else None, pps, sps))
+
+    def left(self, event: Event) -> None:
+        """Records why a worker process left (its last event)."""
+        self.conn.execute("UPDATE workers SET left_reason = ? WHERE id = ?",
+                          (_text(event.payload.get("reason")) or "left", event.worker))
 
     def count(self, worker: str, column: str) -> None:
         """Adds one to a worker's counter (claims, chunks_done, yields, fails, expired)."""

@@ -41,7 +41,7 @@ from shardrun.journal import Journal
 from shardrun.ledger import Ledger
 from shardrun.session import Session
 from shardrun.shards import Manifest
-from shardrun.storage import IntegrityError, NotFound, Store, open_store
+from shardrun.storage import IntegrityError, NotFound, Store, StoreError, open_store
 from shardrun.storage.base import digest_file
 
 log = logging.getLogger("shardrun.worker")
@@ -245,7 +245,16 @@ class Worker:
         return "trained" if outcome.result != "lost" else "lost"
 
     def run(self, max_chunks: int | None = None) -> str:
-        """Works until the job is finished, the session ends, `max_chunks` are trained or a stop."""
+        """Works until the job is finished, the session ends, `max_chunks` are trained or a stop;
+        then says in the journal that it left, and why, so status shows it ended at once."""
+        reason = self._work(max_chunks)
+        try:
+            self._write("leave", reason=reason)
+        except StoreError as e:  # the journal is unreachable: status sees it ended a lease later
+            log.warning("could not record that this worker left: %s", e)
+        return reason
+
+    def _work(self, max_chunks: int | None) -> str:
         while True:
             if self._stop:
                 return "stopped"

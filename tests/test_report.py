@@ -56,10 +56,11 @@ def plan_event() -> Event:
 
 
 WHERE = {"w1": ("alice", "colab", "Tesla T4 (GPU)"), "w2": ("bob", "kaggle", "Tesla P100 (GPU)"),
-         "w3": ("alice", "local", "CPU (8 cores)")}
+         "w3": ("alice", "local", "CPU (8 cores)"), "w4": ("bob", "colab", "Tesla T4 (GPU)"),
+         "w5": ("bob", "colab", "Tesla T4 (GPU)")}
 
 
-def ev(t, kind, worker, run, chunk, generation=0, **payload) -> Event:
+def ev(t, kind, worker, run=None, chunk=None, generation=0, **payload) -> Event:
     account, platform, device = WHERE[worker]
     payload = {"account": account, "platform": platform, "device": device, **payload}
     return Event(f"{int((T0 + t) * 1e6):016x}-{kind}-{worker}", kind, worker, run, chunk, generation, payload,
@@ -136,7 +137,7 @@ def test_status_figures_from_a_known_journal(known_status):
     assert sessions["count"] == 3 and sessions["total_seconds"] == sum(lengths.values())
     assert sessions["median_seconds"] == statistics.median(lengths.values())
     assert sessions["longest_seconds"] == max(lengths.values())
-    assert sessions["ended"] == {"running": 2, "yielded": 0, "finished": 0, "lost": 1, "silent": 0}
+    assert sessions["ended"] == {"running": 2, "yielded": 0, "finished": 0, "left": 0, "lost": 1, "silent": 0}
 
     # the ETA: r1 has 150 steps left at w1's 20 steps/s, r2 260 at w3's 3 steps/s; two workers alive
     t1, t2 = 150 / (160.0 / BATCH), 260 / (24.0 / BATCH)
@@ -166,12 +167,20 @@ def test_a_worker_that_ended_cleanly_is_not_stale(job):
     ledger.add_events([plan_event(), ev(10, "claim", "w1", "r1", 0),
                        ev(100, "done", "w1", "r1", 0, step=100, key="k/1", md5="m", loss=0.1),
                        ev(200, "claim", "w3", "r1", 1), ev(300, "heartbeat", "w3", "r1", 1, step=120),
-                       ev(290, "claim", "w2", "r2", 0), ev(900, "heartbeat", "w3", "r1", 1, step=200)])
+                       ev(290, "claim", "w2", "r2", 0), ev(900, "heartbeat", "w3", "r1", 1, step=200),
+                       ev(880, "leave", "w4", reason="stopped"),
+                       ev(150, "claim", "w5", "r2", 1), ev(160, "yield", "w5", "r2", 1, step=0),
+                       ev(890, "leave", "w5", reason="deadline")])
     status = status_from_ledger(job, ledger, FakeClock(T0 + 900), {}, [])
     states = {w["id"]: (w["state"], w["stale"]) for w in status["workers"]}
-    # w1 handed its chunk on 800 s ago: ended, not stale; w2 claimed and went silent: stale
-    assert states == {"w1": ("ended", False), "w2": ("stale", True), "w3": ("running", False)}
-    assert status["sessions"]["ended"] == {"running": 1, "yielded": 0, "finished": 1, "lost": 0, "silent": 1}
+    # w1 handed its chunk on 800 s ago: ended, not stale; w2 claimed and went silent: stale; w4
+    # and w5 said they left 20 and 10 s ago: ended at once, not alive for another lease
+    assert states == {"w1": ("ended", False), "w2": ("stale", True), "w3": ("running", False),
+                      "w4": ("ended", False), "w5": ("ended", False)}
+    assert {w["id"]: w["left_reason"] for w in status["workers"]}["w5"] == "deadline"
+    assert {s["worker"]: s["end"] for s in status["sessions"]["recent"]}["w5"] == "yielded"  # its last work
+    assert status["sessions"]["ended"] == {"running": 1, "yielded": 1, "finished": 1, "left": 1, "lost": 0,
+                                           "silent": 1}
     assert status["eta"]["workers_alive"] == 1
     assert status["eta"]["at"] == datetime.fromtimestamp(T0 + 900 + status["eta"]["seconds"], timezone.utc).isoformat(
         timespec="seconds")

@@ -105,6 +105,8 @@ def test_a_stop_yields_the_exact_step_and_another_worker_continues(planned, tmp_
     ledger = Ledger.open(planned.ledger_path)
     chunk = ledger.chunk(outcome.run, 0)
     assert (chunk["state"], chunk["generation"], chunk["owner"], chunk["step_reached"]) == ("ready", 1, None, 1)
+    ledger.sync(first.journal)
+    assert ledger.worker(first.id)["left_reason"] == "stopped"  # it said it left: status shows it ended
     second = new_worker(planned, account="bob")
     assert second.run() == "finished"
     resumed = next(o for o in second.outcomes if o.run == outcome.run and o.chunk == 0)
