@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat as stat_module
 import time
 
@@ -175,6 +176,15 @@ def test_bursts_of_429_503_and_rate_limit_403_are_retried(emu, store):
     store.put_bytes("r/big", big)
     assert store.get_bytes("r/small") == b"x" and store.get_bytes("r/big") == big
     assert emu.faults.fired() == 6
+
+
+def test_a_429_with_retry_after_waits_as_long_as_drive_asks(emu, store, caplog):
+    emu.faults.add("rate_limit", times=1, methods="files.create:multipart", retry_after=0.5)
+    with caplog.at_level("INFO", logger="shardrun"):
+        store.put_bytes("w/x", b"x")
+    (waited,) = [float(m.group(1)) for r in caplog.records if (m := re.search(r"retry 1 in ([\d.]+) s", r.getMessage()))]
+    assert waited >= 0.5  # the store's own backoff here is milliseconds (FAST_RETRY)
+    assert store.get_bytes("w/x") == b"x" and emu.faults.fired() == 1
 
 
 def test_a_rate_limit_storm_longer_than_the_retry_cap_is_one_clear_transient_error(emu, alice, store):

@@ -51,9 +51,19 @@ class RetryPolicy:
 class _Retry(Exception):
     """A failure worth another attempt; `why` says what it was, for the final message."""
 
-    def __init__(self, why: str):
+    def __init__(self, why: str, retry_after: float | None = None):
         super().__init__(why)
         self.why = why
+        self.retry_after = retry_after  # the server's own Retry-After, in seconds
+
+
+def retry_after_seconds(error: HttpError) -> float | None:
+    """Returns the Retry-After of an answer, when it gives one in seconds (Drive does on some 429s)."""
+    try:
+        seconds = float(error.resp.get("retry-after", ""))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def error_reason(error: HttpError) -> str:
@@ -180,10 +190,17 @@ class DriveClient:
             log.info("%s: %s failed (%s); retry %d in %.1f s", self.subject, what, why,
                      state.attempt_number, state.next_action.sleep if state.next_action else 0)
 
+        backoff = wait_random_exponential(multiplier=policy.first_wait_seconds, max=policy.max_wait_seconds)
+
+        def wait(state: RetryCallState) -> float:
+            # A server that says how long to wait is believed, up to the whole retry budget.
+            asked = getattr(state.outcome.exception(), "retry_after", None) if state.outcome else None
+            return max(backoff(state), min(asked or 0.0, policy.total_seconds))
+
         retrying = Retrying(
             retry=retry_if_exception_type(_Retry),
             stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total_seconds),
-            wait=wait_random_exponential(multiplier=policy.first_wait_seconds, max=policy.max_wait_seconds),
+            wait=wait,
             before_sleep=log_retry,
             reraise=True,
         )
@@ -205,7 +222,7 @@ class DriveClient:
     def _classify_http(self, what: str, error: HttpError, on_404) -> Exception:
         status, reason = status_of(error), error_reason(error)
         if status == 429 or status >= 500 or (status == 403 and reason in RATE_LIMIT_REASONS):
-            return _Retry(f"HTTP {status} {reason}".rstrip())
+            return _Retry(f"HTTP {status} {reason}".rstrip(), retry_after_seconds(error))
         if status == 403 and reason in QUOTA_REASONS:
             error = QuotaExceeded(f"{self.subject}: {what} refused: {quota_words(reason)}")
             error.drive_reason = reason
