@@ -15,16 +15,15 @@ each account's usage exactly as the emulator counts it.
 from __future__ import annotations
 
 import json
-from collections import Counter
 import signal
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_images
 from shardrun.cli import main
 from shardrun.config import MB, load_job
 from shardrun.journal import Journal
@@ -34,6 +33,7 @@ from shardrun.report import job_status
 from shardrun.session import detect_session
 from shardrun.shards import Manifest
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
+from tests.conftest import write_images
 from tests.drive_accounts import new_drive_account
 
 # 16 random 800x800 photos (~1.9 MB each, PNG cannot shrink noise): ~31 MB in 8 shards of 2.
