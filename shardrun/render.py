@@ -155,7 +155,8 @@ def _workers_table(status: dict) -> Table:
                 "last seen", "silent", "state"):
         table.add_column(col, justify="right" if col in ("step", "patches/s", "steps/s", "silent") else "left")
     for w in status["workers"]:
-        state = Text(w["state"], style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
+        label = f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
+        state = Text(label, style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
         table.add_row(w["id"], w["account"] or "?", w["platform"] or "?", w["device"] or "unknown",
                       "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
                       "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),

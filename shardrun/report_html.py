@@ -298,7 +298,8 @@ def _workers_html(status: dict) -> str:
     rows = []
     for w in status["workers"]:
         css = {"stale": "stale", "running": "ok", "alive": "ok"}.get(w["state"], "")
-        state = f'<span class="{css}">{_e(w["state"])}</span>'
+        label = f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
+        state = f'<span class="{css}">{_e(label)}</span>'
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
                      "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),

@@ -4,6 +4,7 @@ in headless Chromium."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from rich.console import Console
 
 from conftest import job_text, write_images
 from shardrun import paths
@@ -25,6 +27,7 @@ from shardrun.clock import FakeClock
 from shardrun.config import load_job
 from shardrun.journal import Event
 from shardrun.ledger import SCHEMA_VERSION, Ledger
+from shardrun.render import status_view
 from shardrun.report import job_status, status_from_ledger
 from shardrun.report_html import status_html
 from shardrun.storage import Usage
@@ -178,6 +181,9 @@ def test_a_worker_that_ended_cleanly_is_not_stale(job):
     assert states == {"w1": ("ended", False), "w2": ("stale", True), "w3": ("running", False),
                       "w4": ("ended", False), "w5": ("ended", False)}
     assert {w["id"]: w["left_reason"] for w in status["workers"]}["w5"] == "deadline"
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(status_view(status))
+    assert "ended (deadline)" in console.export_text() and "ended (deadline)" in status_html(status)
     assert {s["worker"]: s["end"] for s in status["sessions"]["recent"]}["w5"] == "yielded"  # its last work
     assert status["sessions"]["ended"] == {"running": 1, "yielded": 1, "finished": 1, "left": 1, "lost": 0,
                                            "silent": 1}
