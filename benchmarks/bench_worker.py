@@ -109,13 +109,15 @@ def session(job, minutes: float, end: str, settings) -> dict:
     started = time.monotonic()
     deadline = time.time() + length if end == "deadline" else None
     beats: list[tuple[float, int]] = []  # (time, step) at each heartbeat, and once at the chunk's end
+    stop_asked: list[float] = []
     worker = Worker(WorkerJob.from_config(job), "alice", Session("local", time.time(), deadline, "bench"),
                     settings=settings, on_progress=lambda run, chunk, step, end, loss: beats.append(
                         (time.monotonic(), step)))
     if end == "stop":
         # A signal, as SIGTERM from the platform: its handler runs in the main thread between two
         # steps (a timer thread can wait seconds for the GIL while the input pipeline holds it).
-        signal.signal(signal.SIGALRM, lambda signum, frame: worker.request_stop())
+        signal.signal(signal.SIGALRM, lambda signum, frame: (stop_asked.append(time.monotonic()),
+                                                              worker.request_stop()))
         signal.setitimer(signal.ITIMER_REAL, max(1e-3, length - (time.monotonic() - started)))
     reason = worker.run(max_chunks=1)
     wall = time.monotonic() - started
@@ -128,7 +130,8 @@ def session(job, minutes: float, end: str, settings) -> dict:
     pace = statistics.median(paces) if paces else None
     result = {"wall": wall, "reason": reason, "steps": sum(o.step - o.start_step for o in trained),
               "train_call": sum(o.train_seconds for o in trained), "result": ", ".join(o.result for o in trained),
-              "pace": pace, "before": None, "after": None}
+              "pace": pace, "before": None, "after": None,
+              "stop_to_exit": started + wall - stop_asked[0] if stop_asked else None}
     if pace and trained and len(beats) >= 2:
         # Where steady stepping, extrapolated from the first and last heartbeats, began and ended.
         first_t, first_step = beats[0]
@@ -243,6 +246,8 @@ def main() -> None:
         length = max(s["wall"], args.minutes * 60) if end == "deadline" else s["wall"]
         print(f"  ended by {end:<8}: wall {length:7.1f} s (worker done after {s['wall']:.1f} s), {s['steps']} steps "
               f"({s['result'] or 'none'}); {s['train_call']:.1f} s inside the trainer's train() call")
+        if s["stop_to_exit"] is not None:
+            print(f"    from the stop request to the worker's exit: {s['stop_to_exit']:.1f} s")
         if s["pace"]:
             stepping = s["steps"] * s["pace"]
             print(f"    at this session's own pace ({1000 * s['pace']:.1f} ms/step between heartbeats): "
