@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="timed steps per round (enough that prefetched batches do not flatter the pipeline)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
