@@ -7,13 +7,15 @@ Measures, in one process, on the same model, data and batch size:
                                 per call (what each slice of a run pays);
 - trainer, in-memory batches  : Trainer.train fed batches already in memory;
 - model.fit, in-memory batches: a plain compiled Keras model (Adam, MSE) on the same batches;
-- model.fit, real pipeline    : the same, fed by the pipeline.
+- model.fit, real pipeline    : the same, fed by the pipeline;
+- pipeline alone              : batches drawn from the pipeline with no training at all,
 
-and prints trainer/fit (want >= 0.95) and pipeline/in-memory (want ~1: the input is not the
-bottleneck). Rounds alternate between the contenders and the best round of each counts, which
-damps the noise of a shared machine.
+and prints trainer/fit (want >= 0.95), pipeline/in-memory (want ~1: the input is not the
+bottleneck; on a CPU-only machine the two share the cores) and pipeline alone/training (what the
+pipeline could feed once the steps run on a GPU). Rounds alternate between the contenders and
+the best round of each counts, which damps the noise of a shared machine.
 
-    python benchmarks/bench_trainer.py --model decusr --batch-size 16 --steps 20 --rounds 3
+    python benchmarks/bench_trainer.py --model espcn --batch-size 16 --steps 400 --rounds 3
 """
 
 from __future__ import annotations
