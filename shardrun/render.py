@@ -149,14 +149,18 @@ def _eta_text(eta: dict) -> Text:
                 f"with {workers}; allowance for lost sessions +{(a['factor'] - 1) * 100:.1f}% ({lost}).", style="bold")
 
 
+def worker_state(w: dict) -> str:
+    """Returns a worker's state for people: with the reason it gave when it left."""
+    return f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
+
+
 def _workers_table(status: dict) -> Table:
     table = Table(title="Workers (seen in the last day, by store time)", title_justify="left")
     for col in ("worker", "account", "platform", "device", "run/chunk", "step", "patches/s", "steps/s",
                 "last seen", "silent", "state"):
         table.add_column(col, justify="right" if col in ("step", "patches/s", "steps/s", "silent") else "left")
     for w in status["workers"]:
-        label = f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
-        state = Text(label, style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
+        state = Text(worker_state(w), style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
         table.add_row(w["id"], w["account"] or "?", w["platform"] or "?", w["device"] or "unknown",
                       "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
                       "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),

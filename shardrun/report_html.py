@@ -16,7 +16,7 @@ import io
 import re
 from datetime import datetime, timezone
 
-from shardrun.render import human_bytes, human_seconds
+from shardrun.render import human_bytes, human_seconds, worker_state
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -298,8 +298,7 @@ def _workers_html(status: dict) -> str:
     rows = []
     for w in status["workers"]:
         css = {"stale": "stale", "running": "ok", "alive": "ok"}.get(w["state"], "")
-        label = f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
-        state = f'<span class="{css}">{_e(label)}</span>'
+        state = f'<span class="{css}">{_e(worker_state(w))}</span>'
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
                      "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),
