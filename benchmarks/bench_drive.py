@@ -58,7 +58,7 @@ from google.oauth2.credentials import Credentials  # noqa: E402
 from conftest import write_images  # noqa: E402
 from tests.drive_emulator import DriveEmulator  # noqa: E402
 
-from shardrun.storage.drive import DEFAULT_CHUNK, MIB, DriveStore  # noqa: E402
+from shardrun.storage.drive.store import DEFAULT_CHUNK, MIB, DriveStore  # noqa: E402
 
 DRIVE_LIMIT_PER_60S = 12_000  # queries per 60 s per user (see the docstring)
 DEFAULTS = {"heartbeat": 120.0, "checkpoint": 600.0, "settle": 10.0, "poll": 30.0}
@@ -170,11 +170,11 @@ def job_toml(emu_root: str | None, store: str, token: str | None, patches_per_se
 
 def seconds_per_step(folder: Path) -> float:
     """A bare Trainer's seconds per step on the run, planned on a local store (no Drive)."""
-    from shardrun.config import load_job
-    from shardrun.coordinator import plan_job
+    from shardrun.config.job import load_job
+    from shardrun.plan.job import plan_job
     from shardrun.journal import Journal
-    from shardrun.ledger import Ledger
-    from shardrun.shards import Manifest
+    from shardrun.ledger.db import Ledger
+    from shardrun.plan.shards import Manifest
     from shardrun.train.data import ShardImageSource
     from shardrun.train.trainer import TrainConfig, Trainer
 
@@ -200,9 +200,9 @@ def seconds_per_step(folder: Path) -> float:
 
 def worker_session(emu: DriveEmulator, folder: Path, chunks: int, chunk_seconds: float, scale: float) -> dict:
     """Runs a Worker for `chunks` chunks at intervals divided by `scale`; returns the call tallies."""
-    from shardrun.config import load_job
-    from shardrun.coordinator import plan_job
-    from shardrun.platforms import load_platforms
+    from shardrun.config.job import load_job
+    from shardrun.plan.job import plan_job
+    from shardrun.config.platforms import load_platforms
     from shardrun.session import detect_session
     from shardrun.worker import Worker, WorkerJob, WorkerSettings
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_scan import generate  # noqa: E402
 
-from shardrun.config import load_job  # noqa: E402
-from shardrun.coordinator import plan_job  # noqa: E402
+from shardrun.config.job import load_job  # noqa: E402
+from shardrun.plan.job import plan_job  # noqa: E402
 
 JOB = """
 [job]

@@ -27,8 +27,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shardrun.dataset import scan_dataset  # noqa: E402
-from shardrun.shards import digest_shard, layout_shards  # noqa: E402
+from shardrun.plan.dataset import scan_dataset  # noqa: E402
+from shardrun.plan.shards import digest_shard, layout_shards  # noqa: E402
 
 PER_FOLDER = 1000
 

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import job_text, write_images  # noqa: E402
 
 from shardrun import paths  # noqa: E402
-from shardrun.config import load_job  # noqa: E402
-from shardrun.coordinator import plan_job  # noqa: E402
+from shardrun.config.job import load_job  # noqa: E402
+from shardrun.plan.job import plan_job  # noqa: E402
 from shardrun.journal import Event  # noqa: E402
-from shardrun.ledger import Ledger  # noqa: E402
-from shardrun.report import job_status  # noqa: E402
+from shardrun.ledger.db import Ledger  # noqa: E402
+from shardrun.status.report import job_status  # noqa: E402
 
 
 def write_events(root: Path, job: str, count: int, runs: dict[str, list]) -> None:

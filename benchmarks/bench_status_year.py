@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import job_text, write_images  # noqa: E402
 
-from shardrun.config import load_job  # noqa: E402
-from shardrun.coordinator import plan_job  # noqa: E402
+from shardrun.config.job import load_job  # noqa: E402
+from shardrun.plan.job import plan_job  # noqa: E402
 from shardrun.journal import Event  # noqa: E402
-from shardrun.ledger import Ledger  # noqa: E402
-from shardrun.render import status_view  # noqa: E402
-from shardrun.report import job_status  # noqa: E402
-from shardrun.report_html import status_html  # noqa: E402
+from shardrun.ledger.db import Ledger  # noqa: E402
+from shardrun.render.status import status_view  # noqa: E402
+from shardrun.status.report import job_status  # noqa: E402
+from shardrun.render.html import status_html  # noqa: E402
 
 HEARTBEAT_S = 120.0
 CHECKPOINT_S = 600.0

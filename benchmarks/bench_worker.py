@@ -61,8 +61,8 @@ seed = 1
 
 def make_job(folder: Path, model: str, batch: int, lease_minutes: float):
     """Writes and plans a one-run job on scikit-image's photographs; returns its JobConfig."""
-    from shardrun.config import load_job
-    from shardrun.coordinator import plan_job
+    from shardrun.config.job import load_job
+    from shardrun.plan.job import plan_job
     from shardrun.demo import write_demo_job
 
     write_demo_job(folder)  # the demo's photographs; its job file is replaced below
@@ -75,9 +75,9 @@ def make_job(folder: Path, model: str, batch: int, lease_minutes: float):
 def seconds_per_step(job, folder: Path, seconds: float) -> float:
     """Returns a bare Trainer's seconds per step on the job's run and shards, after a warm-up."""
     from shardrun.journal import Journal
-    from shardrun.ledger import Ledger
-    from shardrun.shards import Manifest
-    from shardrun.storage import open_store
+    from shardrun.ledger.db import Ledger
+    from shardrun.plan.shards import Manifest
+    from shardrun.storage.registry import open_store
     from shardrun.train.data import ShardImageSource
     from shardrun.train.trainer import TrainConfig, Trainer
 
@@ -146,7 +146,7 @@ def kill_trial(job, folder: Path, n: int, checkpoint_minutes: float, heartbeat_m
     """Kills a `shardrun worker` process at a random point; returns the work lost, measured."""
     from shardrun.journal import Journal
     from shardrun.session import Session
-    from shardrun.storage import open_store
+    from shardrun.storage.registry import open_store
     from shardrun.train.trainer import read_checkpoint
     from shardrun.worker import Worker, WorkerJob, WorkerSettings
 

@@ -1,5 +1,5 @@
 """Lets `python -m shardrun` run the command line."""
 
-from shardrun.cli import main
+from shardrun.cli.main import main
 
 main(prog_name="shardrun")

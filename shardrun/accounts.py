@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shardrun import paths
-from shardrun.config import AccountConfig, JobConfig
+from shardrun.config.job import AccountConfig, JobConfig
 from shardrun.errors import ShardrunError
 
 
@@ -35,7 +35,7 @@ class AccountInfo:
 def sign_in_method(job: JobConfig, account: AccountConfig) -> str:
     """Returns how the account signs in, for people (no secret in it)."""
     if account.store.startswith("drive://"):
-        from shardrun.storage.drive_auth import DriveAccount, describe
+        from shardrun.storage.drive.auth import DriveAccount, describe
 
         return describe(DriveAccount.from_mapping(job.store_account(account)))
     if account.store.startswith("local://"):
@@ -58,7 +58,7 @@ def _inspect(job: JobConfig, account: AccountConfig, probe: bool) -> AccountInfo
 
 
 def _probe(store, job: str) -> None:
-    from shardrun.storage import IntegrityError
+    from shardrun.errors import IntegrityError
 
     key = paths.probe_key(job, uuid.uuid4().hex[:12])
     body = f"shardrun accounts check {key}\n".encode()
@@ -105,7 +105,7 @@ def login_accounts(job: JobConfig, names: list[str] | None, prompt, open_browser
     Returns (account, token file) pairs. `prompt(account, url)` shows the sign-in URL, which the
     account's owner opens to sign in themselves.
     """
-    from shardrun.storage.drive_auth import DriveAccount, choose_method, login
+    from shardrun.storage.drive.auth import DriveAccount, choose_method, login
 
     chosen = [job.account(n) for n in names] if names else list(job.accounts)
     done = []

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
 from shardrun.errors import ShardrunError
-from shardrun.ledger import Ledger
-from shardrun.report import job_status
+from shardrun.ledger.db import Ledger
+from shardrun.status.report import job_status
 from shardrun.session import Session
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
 
@@ -139,7 +139,7 @@ def held_out_images() -> list:
 
 def score_runs(job, ledger: Ledger) -> list[RunScore]:
     """Returns each run's PSNR/SSIM against bicubic, from its final checkpoint, on held-out photos."""
-    from shardrun.storage import open_store
+    from shardrun.storage.registry import open_store
     from shardrun.train.metrics import evaluate
     from shardrun.train.models import build_model
     from shardrun.train.trainer import TrainConfig, read_checkpoint

@@ -26,3 +26,31 @@ class PlanError(ShardrunError):
 
 class LedgerError(ShardrunError):
     """The ledger or journal is unreadable or inconsistent."""
+
+
+class StoreError(ShardrunError):
+    """Base of the store's small error vocabulary."""
+
+
+class NotFound(StoreError, FileNotFoundError):
+    """No object under that key."""
+
+
+class QuotaExceeded(StoreError):
+    """The account has no room for the write; never retried."""
+
+
+class PermissionDenied(StoreError, PermissionError):
+    """The account may not read or write there."""
+
+
+class TransientError(StoreError):
+    """A failure worth retrying (network, rate limit); backends retry before raising it."""
+
+
+class IntegrityError(StoreError):
+    """An object's bytes do not match the hash they were expected to have."""
+
+
+class InvalidKey(StoreError, ValueError):
+    """A key that is not a clean relative path."""

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock
-from shardrun.storage import Store
+from shardrun.storage.base import Store
 
 KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound

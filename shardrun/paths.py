@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from shardrun.storage.base import validate_key
+import re
+
+from shardrun.errors import InvalidKey
 
 
 def job_prefix(job: str) -> str:
@@ -47,3 +49,28 @@ def checkpoint_key(job: str, run: str, chunk: int, generation: int, worker: str,
 def probe_key(job: str, token: str) -> str:
     """Returns the key `shardrun accounts check` writes, reads back and deletes."""
     return validate_key(f"{job}/probes/{token}.txt")
+
+
+_BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f]")
+
+
+def validate_key(key: str) -> str:
+    """Returns `key` unchanged if it is a clean relative path, else raises InvalidKey."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"store key must be a non-empty string, got {key!r}")
+    if key.startswith("/"):
+        raise InvalidKey(f"store key {key!r} is absolute; keys are relative paths like 'a/b/c'")
+    if _BAD_KEY_CHARS.search(key):
+        raise InvalidKey(f"store key {key!r} contains a backslash or a control character")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"store key {key!r} has an empty, '.' or '..' part")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Returns a listing prefix ('' or a clean key, optionally ending in '/')."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix.rstrip("/"))
+    return prefix

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from shardrun.clock import Clock, SystemClock
 from shardrun.errors import ShardrunError
-from shardrun.platforms import Platform
+from shardrun.config.platforms import Platform
 
 
 @dataclass(frozen=True)

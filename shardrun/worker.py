@@ -35,13 +35,15 @@ except ImportError:  # Windows: one worker per cache folder
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock
-from shardrun.config import JobConfig
+from shardrun.config.job import JobConfig
 from shardrun.errors import ShardrunError
 from shardrun.journal import Journal
-from shardrun.ledger import Ledger
+from shardrun.ledger.db import Ledger
 from shardrun.session import Session
-from shardrun.shards import Manifest
-from shardrun.storage import IntegrityError, NotFound, Store, StoreError, open_store
+from shardrun.plan.shards import Manifest
+from shardrun.errors import IntegrityError, NotFound, StoreError
+from shardrun.storage.base import Store
+from shardrun.storage.registry import open_store
 from shardrun.storage.base import digest_file
 
 log = logging.getLogger("shardrun.worker")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pytest
 from google.oauth2.credentials import Credentials
 
-from shardrun.storage.drive import DriveStore
-from shardrun.storage.drive_api import RetryPolicy
+from shardrun.storage.drive.store import DriveStore
+from shardrun.storage.drive.api import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=5, total_seconds=10.0, first_wait_seconds=0.002, max_wait_seconds=0.01)
 SMALL_CHUNK = 256 * 1024

@@ -14,8 +14,9 @@ import threading
 import time
 from typing import BinaryIO, Callable
 
-from shardrun.storage import Stat, Store, Usage
-from shardrun.storage.base import Digest, validate_prefix
+from shardrun.storage.base import Stat, Store, Usage
+from shardrun.storage.base import Digest
+from shardrun.paths import validate_prefix
 
 
 class LaggingStore(Store):

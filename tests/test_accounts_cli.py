@@ -6,7 +6,7 @@ import textwrap
 
 from click.testing import CliRunner
 
-from shardrun.cli import main
+from shardrun.cli.main import main
 from tests.drive_accounts import new_drive_account
 
 MB = 1_000_000

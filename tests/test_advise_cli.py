@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from shardrun.cli import main
+from shardrun.cli.main import main
 
 from price_files import MINIMAL
-from shardrun.platforms import load_platforms
+from shardrun.config.platforms import load_platforms
 
 USABLE = load_platforms()["colab-free"].usable_seconds
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.advisor import AdviceInput, BuyOption, RentOption, advise, parse_duration_hours
-from shardrun.config import GB, RunConfig
+from shardrun.advice.roadmap import AdviceInput, BuyOption, RentOption, advise, parse_duration_hours
+from shardrun.config.job import GB, RunConfig
 from shardrun.errors import ConfigError
-from shardrun.platforms import ModelThroughput, Platform, Profile, load_platforms, load_profile
-from shardrun.prices import load_prices, parse_prices
+from shardrun.config.platforms import ModelThroughput, Platform, Profile, load_platforms, load_profile
+from shardrun.config.prices import load_prices, parse_prices
 
 from price_files import MINIMAL
 

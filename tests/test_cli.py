@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from shardrun.cli import main
+from shardrun.cli.main import main
 
 
 def all_commands(group: click.Group, prefix=()):

@@ -26,9 +26,9 @@ from nbformat.v4 import new_code_cell
 from packaging.requirements import Requirement
 
 from conftest import job_text, write_images
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
-from shardrun.ledger import Ledger
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
+from shardrun.ledger.db import Ledger
 from shardrun.notebook_setup import missing_requirements
 from shardrun.storage.local import LocalStore
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.config import GB, MODEL_NAMES, load_job, parse_job
+from shardrun.config.job import GB, MODEL_NAMES, load_job, parse_job
 from shardrun.errors import ConfigError
-from shardrun.platforms import load_platforms
+from shardrun.config.platforms import load_platforms
 
 PLATFORMS = load_platforms()
 

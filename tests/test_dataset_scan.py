@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from shardrun import dataset
-from shardrun.dataset import (
+from shardrun.plan import dataset
+from shardrun.plan.dataset import (
     ImageInfo,
     ScanResult,
     dataset_fingerprint,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from shardrun.cli import main
-from shardrun.ledger import Ledger
+from shardrun.cli.main import main
+from shardrun.ledger.db import Ledger
 
 
 @pytest.mark.slow

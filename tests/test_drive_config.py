@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shardrun.config import parse_job
+from shardrun.config.job import parse_job
 from shardrun.errors import ConfigError
-from shardrun.storage.drive_auth import (
-    DriveAccount,
-    choose_method,
-    describe,
-    token_env_var,
-    write_token_file,
-)
+from shardrun.storage.drive.auth import DriveAccount, choose_method, describe, token_env_var, write_token_file
 
 RUN = """
 [[runs]]
@@ -123,7 +117,7 @@ def _sign_in(emu, tmp_path, monkeypatch, code: str) -> tuple[list[str], dict, Dr
     import urllib.parse
     import urllib.request
 
-    from shardrun.storage.drive_auth import AuthError, login
+    from shardrun.storage.drive.auth import AuthError, login
 
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the emulator's token endpoint is plain http
     secrets_file = tmp_path / "client.json"
@@ -174,7 +168,7 @@ def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emu
     token has expired."""
     import json
 
-    from shardrun.storage import open_store
+    from shardrun.storage.registry import open_store
     from tests.drive_accounts import new_drive_account
 
     emu = drive_emulator

@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from shardrun.cli import main
-from shardrun.config import MB, load_job
+from shardrun.cli.main import main
+from shardrun.config.job import MB, load_job
 from shardrun.journal import Journal
-from shardrun.ledger import Ledger
-from shardrun.platforms import load_platforms
-from shardrun.report import job_status
+from shardrun.ledger.db import Ledger
+from shardrun.config.platforms import load_platforms
+from shardrun.status.report import job_status
 from shardrun.session import detect_session
-from shardrun.shards import Manifest
+from shardrun.plan.shards import Manifest
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
 from tests.conftest import write_images
 from tests.drive_accounts import new_drive_account

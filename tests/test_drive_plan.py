@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
 from tests.conftest import write_images
 from tests.drive_accounts import new_drive_account
 

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from shardrun.cli import main
-from shardrun.config import load_job
+from shardrun.cli.main import main
+from shardrun.config.job import load_job
 from shardrun.errors import ShardrunError
 from tests.conftest import write_images
 

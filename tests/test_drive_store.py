@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from shardrun.storage import IntegrityError, NotFound, PermissionDenied, QuotaExceeded, TransientError, open_store
-from shardrun.storage.drive import DriveStore
+from shardrun.errors import IntegrityError, NotFound, PermissionDenied, QuotaExceeded, TransientError
+from shardrun.storage.registry import open_store
+from shardrun.storage.drive.store import DriveStore
 from tests.drive_accounts import SMALL_CHUNK, drive_store_for, new_drive_account
 
 CHUNK = SMALL_CHUNK  # 256 KiB: large objects take several chunks without being large

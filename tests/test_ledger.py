@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from shardrun.clock import FakeClock
 from shardrun.journal import Event, Journal
-from shardrun.ledger import SCHEMA_VERSION, Ledger
+from shardrun.ledger.schema import SCHEMA_VERSION
+from shardrun.ledger.db import Ledger
 from shardrun.storage.memory import MemoryStore
 
 RUNS = ("r1", "r2")
@@ -180,7 +181,7 @@ def test_a_ledger_of_an_older_schema_is_migrated_and_refolded(tmp_path):
 
     import sqlite_utils
 
-    from shardrun.ledger import MIGRATIONS
+    from shardrun.ledger.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)

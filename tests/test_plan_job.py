@@ -9,12 +9,12 @@ import pytest
 
 from conftest import job_text, write_images
 from shardrun import paths
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
 from shardrun.errors import DatasetError, PlanError
-from shardrun.ledger import Ledger
-from shardrun.report import job_status
-from shardrun.shards import Manifest
+from shardrun.ledger.db import Ledger
+from shardrun.status.report import job_status
+from shardrun.plan.shards import Manifest
 from shardrun.storage.local import LocalStore
 
 SMALL_SHARDS = dict(shard_size_mb=1, reserve_mb=0)  # 12 images of ~6 kB -> one shard each is too big; see below

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardrun.config import GB, RunConfig
+from shardrun.config.job import GB, RunConfig
 from shardrun.errors import PlanError
-from shardrun.planner import AccountSpace, ShardToPlace, cut_chunks, estimate, place_shards, plan_run
-from shardrun.platforms import ModelThroughput, Profile, load_platforms
+from shardrun.plan.placement import AccountSpace, ShardToPlace, cut_chunks, estimate, place_shards, plan_run
+from shardrun.config.platforms import ModelThroughput, Profile, load_platforms
 
 PLATFORMS = load_platforms()
 

@@ -22,17 +22,18 @@ from rich.console import Console
 
 from conftest import job_text, write_images
 from shardrun import paths
-from shardrun.cli import main
+from shardrun.cli.main import main
 from shardrun.clock import FakeClock
-from shardrun.config import load_job
+from shardrun.config.job import load_job
 from shardrun.journal import Event
-from shardrun.ledger import SCHEMA_VERSION, Ledger
-from shardrun.render import status_view
-from shardrun.report import job_status, status_from_ledger
-from shardrun.report_html import status_html
-from shardrun.storage import Usage
+from shardrun.ledger.schema import SCHEMA_VERSION
+from shardrun.ledger.db import Ledger
+from shardrun.render.status import status_view
+from shardrun.status.report import job_status, status_from_ledger
+from shardrun.render.html import status_html
+from shardrun.storage.base import Usage
 from shardrun.storage.local import LocalStore
-from shardrun.summaries import HISTORY_POINTS
+from shardrun.ledger.summaries import HISTORY_POINTS
 from test_worker import final_weights, new_worker, planned, straight_weights  # noqa: F401 (a fixture)
 
 T0 = 1_800_000_000.0
@@ -222,7 +223,7 @@ def test_a_job_with_no_events_yet(job):
     assert any("no plan yet" in n for n in before["notes"])
     assert "<h1>Job test-job</h1>" in status_html(before)
 
-    from shardrun.coordinator import plan_job
+    from shardrun.plan.job import plan_job
 
     plan_job(job, scan_workers=1)
     after_plan = job_status(job)  # planned, no worker yet: the plan's estimate is all there is
@@ -291,7 +292,7 @@ def test_an_unreachable_account_is_shown_as_unknown(tmp_path):
 
 
 def test_watch_refreshes_until_its_count(job, monkeypatch):
-    from shardrun.coordinator import plan_job
+    from shardrun.plan.job import plan_job
 
     plan_job(job, scan_workers=1)
     jobfile = str(job.base_dir / "job.toml")

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from shardrun.dataset import ImageInfo, scan_dataset
+from shardrun.plan.dataset import ImageInfo, scan_dataset
 from shardrun.errors import DatasetError
-from shardrun.shards import (
+from shardrun.plan.shards import (
     RECORD,
     Manifest,
     digest_shard,

@@ -8,14 +8,8 @@ import time
 
 import pytest
 
-from shardrun.storage import (
-    IntegrityError,
-    InvalidKey,
-    NotFound,
-    QuotaExceeded,
-    TransientError,
-    open_store,
-)
+from shardrun.errors import IntegrityError, InvalidKey, NotFound, QuotaExceeded, TransientError
+from shardrun.storage.registry import open_store
 from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore
 
@@ -228,7 +222,7 @@ def test_open_store_by_url(tmp_path):
     [("s3://bucket", "unknown scheme 's3'"), ("no-scheme", "has no scheme"), ("local://", "names no location")],
 )
 def test_open_store_rejects_bad_urls(url, message):
-    from shardrun.storage import StoreError
+    from shardrun.errors import StoreError
 
     with pytest.raises(StoreError, match=message):
         open_store(url)

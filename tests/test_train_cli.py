@@ -9,8 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from shardrun.platforms import load_profile
-from shardrun.train_cli import bench, models
+from shardrun.config.platforms import load_profile
+from shardrun.cli.main import main
+from shardrun.cli.train import bench, models
 
 
 @pytest.mark.parametrize("command", [models, bench])
@@ -22,7 +23,7 @@ def test_commands_and_options_have_help(command):
 
 
 def test_models_lists_parameter_counts_as_json():
-    result = CliRunner().invoke(models, ["--json"])
+    result = CliRunner().invoke(main, ["models", "--json"])
     assert result.exit_code == 0, result.output
     listed = {m["name"]: m for m in json.loads(result.output)["models"]}
     assert set(listed) == {"srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr"}
@@ -33,7 +34,7 @@ def test_models_lists_parameter_counts_as_json():
 
 
 def test_models_for_rgb_and_a_scale_only_some_models_support():
-    result = CliRunner().invoke(models, ["--channels", "3", "--scale", "8"])
+    result = CliRunner().invoke(main, ["models", "--channels", "3", "--scale", "8"])
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert "40,995" in lines["decusr"]
@@ -41,14 +42,14 @@ def test_models_for_rgb_and_a_scale_only_some_models_support():
 
 
 def test_models_refuses_a_scale_no_model_supports():
-    result = CliRunner().invoke(models, ["--scale", "5"])
+    result = CliRunner().invoke(main, ["models", "--scale", "5"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: scale=5 is not supported by any model; supported: 2, 3, 4, 8"
 
 
 def test_bench_writes_a_profile_the_planner_reads(tmp_path):
     output = tmp_path / "cpu.toml"
-    result = CliRunner().invoke(bench, [
+    result = CliRunner().invoke(main, ["bench", 
         "--model", "espcn", "--option", "n1=4", "--option", "n2=4", "--patch-size", "16",
         "--batch-size", "8", "--steps", "2", "--warmup", "1", "--images", "50000",
         "--output", str(output), "--name", "test machine",
@@ -68,11 +69,11 @@ def test_bench_writes_a_profile_the_planner_reads(tmp_path):
 
 
 def test_bench_reports_bad_models_and_options_in_one_line(tmp_path):
-    result = CliRunner().invoke(bench, ["--model", "nope", "--output", str(tmp_path / "p.toml")])
+    result = CliRunner().invoke(main, ["bench", "--model", "nope", "--output", str(tmp_path / "p.toml")])
     assert result.exit_code == 1 and result.output.startswith("Error: model='nope' is not a known model")
-    result = CliRunner().invoke(bench, ["--option", "blocks", "--output", str(tmp_path / "p.toml")])
+    result = CliRunner().invoke(main, ["bench", "--option", "blocks", "--output", str(tmp_path / "p.toml")])
     assert result.exit_code == 2 and "is not KEY=INTEGER" in result.output
-    result = CliRunner().invoke(bench, ["--model", "espcn", "--patch-size", "6",
+    result = CliRunner().invoke(main, ["bench", "--model", "espcn", "--patch-size", "6",
                                         "--output", str(tmp_path / "p.toml")])
     assert result.exit_code == 1 and "patch_size=6 is too small" in result.output
     assert not (tmp_path / "p.toml").exists()

@@ -7,12 +7,12 @@ import pytest
 
 from conftest import job_text, write_images
 from shardrun.clock import SystemClock
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
-from shardrun.ledger import Ledger
-from shardrun.platforms import load_platforms
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
+from shardrun.ledger.db import Ledger
+from shardrun.config.platforms import load_platforms
 from shardrun.session import Session, detect_session
-from shardrun.shards import Manifest
+from shardrun.plan.shards import Manifest
 from shardrun.storage.local import LocalStore
 from shardrun.worker import Worker, WorkerError, WorkerJob, WorkerSettings
 

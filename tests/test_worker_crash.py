@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shardrun.journal import Journal
-from shardrun.ledger import Ledger
+from shardrun.ledger.db import Ledger
 from shardrun.train.trainer import read_checkpoint
 from test_worker_faults import (
     RUN,

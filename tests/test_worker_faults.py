@@ -17,13 +17,15 @@ import pytest
 from conftest import job_text, write_images
 from lagging_store import LaggingStore
 from shardrun.clock import FakeClock
-from shardrun.config import load_job
-from shardrun.coordinator import plan_job
+from shardrun.config.job import load_job
+from shardrun.plan.job import plan_job
 from shardrun.journal import Journal
-from shardrun.ledger import Ledger
+from shardrun.ledger.db import Ledger
 from shardrun.session import Session
-from shardrun.shards import Manifest
-from shardrun.storage import IntegrityError, NotFound, Store, StoreError, open_store
+from shardrun.plan.shards import Manifest
+from shardrun.errors import IntegrityError, NotFound, StoreError
+from shardrun.storage.base import Store
+from shardrun.storage.registry import open_store
 from shardrun.storage.base import digest_file
 from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore

@@ -15,45 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from shardrun.errors import ShardrunError
+from shardrun.errors import IntegrityError, NotFound, QuotaExceeded
+from shardrun.paths import validate_key, validate_prefix
 
 COPY_BUFFER = 1024 * 1024
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all), for long transfers
-
-
-class StoreError(ShardrunError):
-    """Base of the store's small error vocabulary."""
-
-
-class NotFound(StoreError, FileNotFoundError):
-    """No object under that key."""
-
-
-class QuotaExceeded(StoreError):
-    """The account has no room for the write; never retried."""
-
-
-class PermissionDenied(StoreError, PermissionError):
-    """The account may not read or write there."""
-
-
-class TransientError(StoreError):
-    """A failure worth retrying (network, rate limit); backends retry before raising it."""
-
-
-class IntegrityError(StoreError):
-    """An object's bytes do not match the hash they were expected to have."""
-
-
-class InvalidKey(StoreError, ValueError):
-    """A key that is not a clean relative path."""
 
 
 @dataclass(frozen=True)
@@ -83,31 +55,6 @@ class Usage:
     @property
     def free_bytes(self) -> int | None:
         return None if self.limit_bytes is None else max(0, self.limit_bytes - self.used_bytes)
-
-
-_BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f]")
-
-
-def validate_key(key: str) -> str:
-    """Returns `key` unchanged if it is a clean relative path, else raises InvalidKey."""
-    if not isinstance(key, str) or not key:
-        raise InvalidKey(f"store key must be a non-empty string, got {key!r}")
-    if key.startswith("/"):
-        raise InvalidKey(f"store key {key!r} is absolute; keys are relative paths like 'a/b/c'")
-    if _BAD_KEY_CHARS.search(key):
-        raise InvalidKey(f"store key {key!r} contains a backslash or a control character")
-    for part in key.split("/"):
-        if part in ("", ".", ".."):
-            raise InvalidKey(f"store key {key!r} has an empty, '.' or '..' part")
-    return key
-
-
-def validate_prefix(prefix: str) -> str:
-    """Returns a listing prefix ('' or a clean key, optionally ending in '/')."""
-    if prefix == "":
-        return prefix
-    validate_key(prefix.rstrip("/"))
-    return prefix
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,9 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from shardrun.storage.base import (
-    COPY_BUFFER,
-    Digest,
-    InvalidKey,
-    NotFound,
-    PermissionDenied,
-    QuotaExceeded,
-    Stat,
-    Store,
-    StoreError,
-    Usage,
-    digest_bytes,
-    digest_file,
-    validate_key,
-    validate_prefix,
-)
+from shardrun.storage.base import COPY_BUFFER, Digest, Stat, Store, Usage, digest_bytes, digest_file
+from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceeded, StoreError
+from shardrun.paths import validate_key, validate_prefix
 
 RESERVED_PREFIX = ".shardrun-"
 TMP_DIR = ".shardrun-tmp"

@@ -7,7 +7,8 @@ import threading
 from typing import BinaryIO
 
 from shardrun.clock import Clock, SystemClock
-from shardrun.storage.base import Digest, NotFound, QuotaExceeded, Stat, Store, Usage
+from shardrun.storage.base import Digest, Stat, Store, Usage
+from shardrun.errors import NotFound, QuotaExceeded
 
 _NAMED: dict[str, "MemoryStore"] = {}
 _NAMED_LOCK = threading.Lock()

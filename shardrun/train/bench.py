@@ -3,7 +3,7 @@ figures to compare it with.
 
 A measurement runs the real trainer (input pipeline included) on real photographs (scikit-image's
 sample images, or any ImageSource) for a few warm-up steps, then times `steps` more. The profile
-is TOML of this shape (read back with tomllib by shardrun.platforms.load_profile):
+is TOML of this shape (read back with tomllib by shardrun.config.platforms.load_profile):
 
     [profile]
     name = "..."
@@ -27,7 +27,6 @@ import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +154,3 @@ def write_profile(path: Path | str, text: str) -> Path:
     return path
 
 
-def paper_figures() -> dict[str, Any]:
-    """Returns the source paper's timing tables from configs/paper_figures.toml."""
-    text = resources.files("shardrun.configs").joinpath("paper_figures.toml").read_text("utf-8")
-    return tomllib.loads(text)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from shardrun.journal import Event
-from shardrun.ledger import SCHEMA_VERSION, Ledger
+from shardrun.ledger.schema import SCHEMA_VERSION
+from shardrun.ledger.db import Ledger
 
 assert SCHEMA_VERSION == 2, "run this with shardrun's schema-2 code"
 

@@ -1,0 +1,186 @@
+"""The fold: how each event changes the ledger's derived tables (a pure function of the events
+in (server time, id) order; shardrun.ledger.db decides which events to apply and when to refold)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from shardrun.journal import Event
+from shardrun.ledger.schema import DERIVED_TABLES
+from shardrun.ledger.summaries import Summaries
+
+
+def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
+    """Returns the rows a plan event puts in the derived tables."""
+    p = event.payload
+    rows: dict[str, list[dict]] = {
+        "plan": [{"id": p["plan_id"], "job": p["job"], "fingerprint": p["fingerprint"],
+                  "server_time": event.server_time, "images": p["images"],
+                  "image_bytes": p["image_bytes"], "rejected": len(p.get("rejected", [])),
+                  "manifest_key": p["manifest_key"], "manifest_md5": p["manifest_md5"],
+                  "platform": p["platform"], "profile": p["profile"],
+                  "lease_seconds": p["lease_seconds"],
+                  "payload": json.dumps({k: p[k] for k in ("estimate",) if k in p})}],
+        "accounts": [], "shards": [], "runs": [], "chunks": [], "rejected": [],
+    }
+    for i, a in enumerate(p["accounts"]):
+        rows["accounts"].append({"name": a["name"], "position": i, "store": a["store"],
+                                 "quota_bytes": a["quota_bytes"], "reserve_bytes": a["reserve_bytes"],
+                                 "placed_bytes": 0, "shards": 0})
+    placed = {a["name"]: a for a in rows["accounts"]}
+    for s in p["shards"]:
+        rows["shards"].append({"id": s["id"], "account": s["account"], "key": s["key"],
+                               "size": s["size"], "md5": s["md5"], "images": s["images"]})
+        placed[s["account"]]["placed_bytes"] += s["size"]
+        placed[s["account"]]["shards"] += 1
+    for i, r in enumerate(p["runs"]):
+        rows["runs"].append({"name": r["name"], "position": i, "model": r["model"], "scale": r["scale"],
+                             "channels": r["channels"], "epochs": r["epochs"],
+                             "batch_size": r["batch_size"], "patch_size": r["patch_size"],
+                             "steps_per_epoch": r["steps_per_epoch"], "steps_total": r["steps_total"],
+                             "step_seconds": r["step_seconds"], "config": json.dumps(r["config"], sort_keys=True)})
+        for idx, (start, end) in enumerate(r["chunks"]):
+            rows["chunks"].append({"run": r["name"], "idx": idx, "start_step": start, "end_step": end,
+                                   "state": "ready" if idx == 0 else "waiting", "generation": 0,
+                                   "owner": None, "claim_time": None, "heartbeat_time": None,
+                                   "step_reached": start, "checkpoint_key": None, "checkpoint_md5": None,
+                                   "start_checkpoint_key": None, "start_checkpoint_md5": None,
+                                   "attempts": 0, "last_error": None, "done_time": None})
+    for r in p.get("rejected", []):
+        rows["rejected"].append({"path": r["path"], "reason": r["reason"]})
+    return rows
+
+
+class Fold:
+    """Applies events to the derived tables of one open connection, one event at a time."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.summary = Summaries(conn)
+
+    def apply(self, event: Event) -> None:
+        if event.kind != "plan" and event.worker:
+            self.summary.seen(event)
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _chunk(self, event: Event) -> dict | None:
+        if event.run is None or event.chunk is None:
+            return None
+        cur = self.conn.execute("SELECT * FROM chunks WHERE run = ? AND idx = ?", (event.run, event.chunk))
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def _owned(self, event: Event) -> dict | None:
+        """Returns the chunk if `event` comes from its current owner in its current generation.
+
+        This is the fencing rule: a late or duplicate worker's events are ignored.
+        """
+        chunk = self._chunk(event)
+        if (chunk and chunk["state"] == "running" and chunk["owner"] == event.worker
+                and chunk["generation"] == event.generation):
+            return chunk
+        return None
+
+    def _update(self, chunk: dict, **changes) -> None:
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        self.conn.execute(f"UPDATE chunks SET {sets} WHERE run = ? AND idx = ?",
+                          (*changes.values(), chunk["run"], chunk["idx"]))
+
+    def _on_plan(self, event: Event) -> None:
+        current = self.conn.execute("SELECT id FROM plan").fetchone()
+        if current and current[0] == event.payload.get("plan_id"):
+            return  # the same plan written again (a re-run of `plan`)
+        if current and event.payload.get("replaces") != current[0]:
+            return  # a stale plan that does not knowingly supersede the current one
+        for table in DERIVED_TABLES:
+            self.conn.execute(f"DELETE FROM {table}")
+        self.summary.forget_runs()
+        for table, rows in _plan_tables(event).items():
+            if rows:
+                cols = list(rows[0])
+                self.conn.executemany(
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [tuple(r[c] for c in cols) for r in rows])
+
+    def _on_claim(self, event: Event) -> None:
+        chunk = self._chunk(event)
+        if chunk and chunk["state"] == "ready" and chunk["generation"] == event.generation:
+            self._update(chunk, state="running", owner=event.worker, claim_time=event.server_time,
+                         heartbeat_time=event.server_time, attempts=chunk["attempts"] + 1)
+            self.summary.claimed(event, {**chunk, "generation": event.generation})
+
+    def _on_heartbeat(self, event: Event) -> None:
+        if chunk := self._owned(event):
+            step = max(chunk["step_reached"], int(event.payload.get("step", chunk["step_reached"])))
+            self._update(chunk, heartbeat_time=event.server_time, step_reached=min(step, chunk["end_step"]))
+            reported = event.payload.get("step")
+            if isinstance(reported, int) and chunk["start_step"] <= reported <= chunk["end_step"]:
+                self.summary.progress(event, chunk, reported, checkpoint=False)
+
+    def _on_checkpoint(self, event: Event) -> None:
+        chunk = self._owned(event)
+        step, key = event.payload.get("step"), event.payload.get("key")
+        if chunk and isinstance(step, int) and isinstance(key, str) and chunk["start_step"] <= step <= chunk["end_step"]:
+            self._update(chunk, heartbeat_time=event.server_time, step_reached=max(step, chunk["step_reached"]),
+                         checkpoint_key=key, checkpoint_md5=event.payload.get("md5"))
+            self._record_checkpoint(chunk, event, step)
+            self.summary.progress(event, chunk, step, checkpoint=True)
+
+    def _record_checkpoint(self, chunk: dict, event: Event, step: int) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (run, step, key, md5, chunk, generation, worker, server_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (chunk["run"], step, event.payload["key"], event.payload.get("md5"), chunk["idx"],
+             chunk["generation"], event.worker, event.server_time))
+
+    def _release(self, chunk: dict, event: Event, error: str | None) -> None:
+        """Returns a running chunk to ready at the next generation, resuming from its checkpoint."""
+        self._update(chunk, state="ready", generation=chunk["generation"] + 1, owner=None,
+                     claim_time=None, last_error=error)
+
+    def _on_yield(self, event: Event) -> None:
+        if chunk := self._owned(event):
+            if event.payload.get("key"):
+                self._on_checkpoint(event)
+                chunk = self._chunk(event)
+            self.summary.ended(event, chunk, "yield")
+            self._release(chunk, event, event.payload.get("reason"))
+
+    def _on_fail(self, event: Event) -> None:
+        if chunk := self._owned(event):
+            self.summary.ended(event, chunk, "fail")
+            self._release(chunk, event, str(event.payload.get("reason", "failed")))
+
+    def _on_expire(self, event: Event) -> None:
+        # Any worker may declare a lease expired; it counts only if, in the store's own time, the
+        # owner had been silent for the lease time when the expiry was written.
+        chunk = self._chunk(event)
+        plan = self.conn.execute("SELECT lease_seconds FROM plan").fetchone()
+        if (chunk and plan and chunk["state"] == "running" and chunk["generation"] == event.generation
+                and event.server_time - chunk["heartbeat_time"] >= plan[0]):
+            self.summary.ended(event, chunk, "expired")
+            self._release(chunk, event, f"lease expired (owner {chunk['owner']} silent)")
+
+    def _on_leave(self, event: Event) -> None:
+        self.summary.left(event)
+
+    def _on_done(self, event: Event) -> None:
+        chunk = self._owned(event)
+        if not chunk or not event.payload.get("key"):
+            return
+        self._update(chunk, state="done", step_reached=chunk["end_step"], done_time=event.server_time,
+                     checkpoint_key=event.payload["key"], checkpoint_md5=event.payload.get("md5"))
+        self._record_checkpoint(chunk, event, chunk["end_step"])
+        self.summary.progress(event, chunk, chunk["end_step"], checkpoint=True)
+        self.summary.ended(event, chunk, "done")
+        nxt = self.conn.execute("SELECT idx FROM chunks WHERE run = ? AND idx = ? AND state = 'waiting'",
+                                (chunk["run"], chunk["idx"] + 1)).fetchone()
+        if nxt:
+            self.conn.execute(
+                "UPDATE chunks SET state = 'ready', start_checkpoint_key = ?, start_checkpoint_md5 = ? "
+                "WHERE run = ? AND idx = ?",
+                (event.payload["key"], event.payload.get("md5"), chunk["run"], chunk["idx"] + 1))

@@ -1,0 +1,280 @@
+"""`shardrun plan`: scan the dataset, place and upload shards, and write the plan to the journal.
+
+Order matters for "bad input loses nothing": everything that can fail on the inputs (job file,
+scan, profile, space) is checked before the first write; uploads are idempotent (a shard that is
+already on its account with the right hash is kept); the plan event is written last, so an
+interrupted `plan` leaves no plan, only shards that the next run reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from shardrun import paths
+from shardrun.clock import Clock, SystemClock
+from shardrun.config.job import JobConfig
+from shardrun.plan.dataset import DatasetChange, ScanResult, diff_datasets, scan_dataset
+from shardrun.errors import PlanError
+from shardrun.journal import Journal
+from shardrun.ledger.db import Ledger
+from shardrun.plan.placement import (
+    AccountSpace,
+    Estimate,
+    RunPlan,
+    ShardToPlace,
+    estimate,
+    place_shards,
+    plan_run,
+)
+from shardrun.config.platforms import Platform, Profile, load_platforms, load_profile
+from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
+from shardrun.errors import QuotaExceeded, StoreError
+from shardrun.storage.base import Stat, Store
+from shardrun.storage.registry import absolute_url
+
+PLANNER = "planner"  # the worker name plan events carry
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class AccountReport:
+    name: str
+    store: str
+    quota_bytes: int
+    used_before: int  # bytes on the account before this plan uploaded anything
+    reserve_bytes: int
+    shards: int = 0
+    shard_bytes: int = 0  # this plan's shards on the account, kept or uploaded
+    uploaded_bytes: int = 0  # of which this run of `plan` uploaded (or, dry, would upload)
+
+    @property
+    def free_after(self) -> int:
+        return max(0, self.quota_bytes - self.used_before - self.uploaded_bytes)
+
+
+@dataclass
+class PlanReport:
+    job: JobConfig
+    platform: Platform
+    profile: Profile | None
+    scan: ScanResult
+    shards: list[dict]  # id, account, key, size, md5, images, uploaded (bool)
+    accounts: list[AccountReport]
+    runs: list[RunPlan]
+    estimate: Estimate
+    plan_id: str
+    dry_run: bool
+    written: bool = False  # False: dry run, or the same plan was already in the journal
+    change: DatasetChange | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def open_account_stores(job: JobConfig) -> dict[str, Store]:
+    """Returns each account's store, opened with the account's quota and sign-in settings."""
+    return {a.name: job.open_store(a) for a in job.accounts}
+
+
+def load_job_ledger(job: JobConfig, home: Store, clock: Clock | None = None,
+                    in_memory: bool = False) -> tuple[Ledger, Journal]:
+    """Returns the job's ledger synced with its journal, seeded from the snapshot if new."""
+    journal = Journal(home, job.name, clock)
+    if in_memory:
+        ledger = Ledger.open(None)
+    else:
+        ledger = Ledger.from_snapshot(home, job.name, job.ledger_path)
+    ledger.sync(journal)
+    return ledger, journal
+
+
+def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict]) -> str:
+    body = {
+        "fingerprint": fingerprint,
+        "runs": [{"config": r.run.__dict__, "chunks": r.chunks} for r in runs],
+        "shards": [(s["id"], s["account"]) for s in shards],
+    }
+    return "plan-" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _existing_shards(stores: dict[str, Store], job: str) -> dict[str, tuple[str, Stat]]:
+    """Returns shard id -> (account, Stat) for this job's shards already on any account."""
+    found: dict[str, tuple[str, Stat]] = {}
+    for name, store in stores.items():
+        for stat in store.list(paths.shards_prefix(job)):
+            shard_id = stat.key.rsplit("/", 1)[-1].removesuffix(".tar")
+            found.setdefault(shard_id, (name, stat))
+    return found
+
+
+def _verified_existing(specs: list[ShardSpec], existing: dict[str, tuple[str, Stat]],
+                       stores: dict[str, Store], check_hash: bool) -> tuple[dict[str, tuple[str, Stat]], dict[str, str]]:
+    """Returns (shard id -> (account, Stat) of intact shards, shard id -> account of damaged ones).
+
+    A damaged shard (a partial upload, or bytes changed on the store) is uploaded again onto the
+    same account, replacing it rather than leaving an orphan behind.
+    """
+    intact, damaged = {}, {}
+    for spec in specs:
+        if spec.id not in existing:
+            continue
+        account, stat = existing[spec.id]
+        if stat.size == spec.size:
+            stat = stores[account].stat(stat.key)
+            if not check_hash or stat.md5 == digest_shard(spec).md5:
+                intact[spec.id] = (account, stat)
+                continue
+        damaged[spec.id] = account
+    return intact, damaged
+
+
+def _upload(spec: ShardSpec, account: str, stores: dict[str, Store], job: str, workdir: Path,
+            progress: Progress | None = None) -> BuiltShard:
+    built = write_shard(spec, workdir / f"{spec.id}.tar")
+    # "shard-bytes": how far the current shard's upload has got (long on Drive: 256 MB each).
+    on_bytes = (lambda done, total: progress("shard-bytes", done, total)) if progress else None
+    try:
+        stat = stores[account].put_file(paths.shard_key(job, spec.id), workdir / f"{spec.id}.tar", progress=on_bytes)
+    finally:
+        (workdir / f"{spec.id}.tar").unlink(missing_ok=True)
+    if stat.md5 != built.md5:
+        raise StoreError(f"{stores[account].url}: shard {spec.id} stored with md5 {stat.md5}, "
+                         f"expected {built.md5}")
+    return built
+
+
+def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
+             platforms: dict[str, Platform] | None = None, clock: Clock | None = None,
+             on_progress: Progress | None = None, scan_workers: int | None = None) -> PlanReport:
+    """Plans `job` (see the module docstring); returns what was planned and what it will cost."""
+    clock = clock or SystemClock()
+    progress = on_progress or (lambda phase, done, total: None)
+    platforms = platforms or load_platforms()
+    platform = platforms[job.platform]
+    needs_profile = any(r.patches_per_second is None for r in job.runs)
+    profile = load_profile(job.profile or platform.profile, job.base_dir) if needs_profile else None
+
+    scan = scan_dataset(job.data, job.base_dir, min_side=max(r.patch_size for r in job.runs),
+                        workers=scan_workers, on_progress=lambda d, t: progress("scan", d, t))
+    runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
+    specs = layout_shards(scan.accepted, job.shard_size_bytes)
+
+    stores = open_account_stores(job)
+    home = stores[job.home.name]
+    ledger, journal = load_job_ledger(job, home, clock, in_memory=dry_run)
+    notes: list[str] = []
+    current = ledger.plan()
+    change = None
+    if current and current["fingerprint"] != scan.fingerprint:
+        old = Manifest.from_json_bytes(home.get_bytes(current["manifest_key"], current["manifest_md5"]))
+        change = diff_datasets(old.images, scan)
+        if not replace:
+            raise PlanError(f"the dataset changed since the job was planned: {change.summary()}; "
+                            "run `shardrun plan --replace` to make a new plan (training starts over)")
+        notes.append(f"dataset changed ({change.summary()}); the new plan replaces {current['id']}")
+
+    existing = _existing_shards(stores, job.name)
+    kept, damaged = _verified_existing(specs, existing, stores, check_hash=not dry_run)
+    usages = {name: store.usage() for name, store in stores.items()}
+    spaces = [AccountSpace(a.name, a.quota_bytes, usages[a.name].used_bytes, job.reserve_bytes)
+              for a in job.accounts]
+    placement = place_shards([ShardToPlace(s.id, s.size) for s in specs], spaces,
+                             {**damaged, **{sid: acct for sid, (acct, _) in kept.items()}})
+
+    accounts = {a.name: AccountReport(a.name, a.store, a.quota_bytes, usages[a.name].used_bytes,
+                                      job.reserve_bytes) for a in job.accounts}
+    shards = []
+    with tempfile.TemporaryDirectory(prefix="shardrun-plan-") as tmp:
+        for n, spec in enumerate(specs):
+            account = placement[spec.id]
+            md5 = sha256 = None
+            if spec.id in kept:
+                md5, sha256 = kept[spec.id][1].md5, kept[spec.id][1].sha256
+            elif not dry_run:
+                account, built = _upload_with_fallback(spec, account, stores, spaces, job.name, Path(tmp), notes,
+                                                       progress)
+                md5, sha256 = built.md5, built.sha256
+            report = accounts[account]
+            report.shards += 1
+            report.shard_bytes += spec.size
+            if spec.id not in kept:
+                report.uploaded_bytes += spec.size
+            shards.append({"id": spec.id, "account": account, "key": paths.shard_key(job.name, spec.id),
+                           "size": spec.size, "md5": md5, "sha256": sha256, "images": len(spec.members),
+                           "uploaded": spec.id not in kept})
+            progress("upload", n + 1, len(specs))
+
+    est = estimate(runs, platform, job.parallel_workers)
+    plan_id = _plan_id(scan.fingerprint, runs, shards)
+    report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
+                        plan_id, dry_run, change=change, notes=notes)
+    if dry_run or (current and current["id"] == plan_id):
+        return report
+
+    manifest = _manifest(scan, specs, shards)
+    manifest_stat = home.put_bytes(paths.manifest_key(job.name, plan_id), manifest.to_json_bytes())
+    journal.append("plan", PLANNER, payload=_plan_payload(
+        job, report, manifest_stat, replaces=current["id"] if current else None))
+    ledger.sync(journal)
+    ledger.publish(home, job.name)
+    report.written = True
+    return report
+
+
+def _upload_with_fallback(spec: ShardSpec, account: str, stores: dict[str, Store],
+                          spaces: list[AccountSpace], job: str, workdir: Path,
+                          notes: list[str], progress: Progress | None = None) -> tuple[str, BuiltShard]:
+    """Uploads a shard, moving to the next account with room if its account turns out full."""
+    tried = []
+    candidates = [account] + [s.name for s in spaces if s.name != account]
+    for name in candidates:
+        try:
+            built = _upload(spec, name, stores, job, workdir, progress)
+        except QuotaExceeded as e:
+            tried.append(name)
+            notes.append(f"account {name} is full ({e}); shard {spec.id} placed elsewhere")
+            continue
+        return name, built
+    raise PlanError(f"shard {spec.id} ({spec.size:,} bytes) fits on no account: "
+                    f"{', '.join(tried)} are full. Shards uploaded so far are kept; "
+                    "add an account and run `shardrun plan` again")
+
+
+def _manifest(scan: ScanResult, specs: list[ShardSpec], shards: list[dict]) -> Manifest:
+    by_id = {s["id"]: s for s in shards}
+    built = [BuiltShard(spec.id, spec.size, by_id[spec.id]["md5"], by_id[spec.id]["sha256"] or "", spec.members)
+             for spec in specs]
+    return Manifest.build(scan.fingerprint, built)
+
+
+def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: str | None) -> dict:
+    est = report.estimate
+    return {
+        "plan_id": report.plan_id,
+        "replaces": replaces,
+        "job": job.name,
+        "fingerprint": report.scan.fingerprint,
+        "images": len(report.scan.accepted),
+        "image_bytes": report.scan.total_bytes,
+        "manifest_key": manifest.key,
+        "manifest_md5": manifest.md5,
+        "platform": job.platform,
+        "profile": report.profile.name if report.profile else "",
+        "lease_seconds": job.lease_minutes * 60,
+        # Absolute, so a worker started from the home URL on this machine finds every account.
+        "accounts": [{"name": a.name, "store": absolute_url(a.store, job.base_dir), "quota_bytes": a.quota_bytes,
+                      "reserve_bytes": a.reserve_bytes} for a in report.accounts],
+        "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
+        "runs": [{"name": r.run.name, "model": r.run.model, "scale": r.run.scale, "channels": r.run.channels,
+                  "epochs": r.run.epochs, "batch_size": r.run.batch_size, "patch_size": r.run.patch_size,
+                  "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total,
+                  "step_seconds": r.step_seconds, "config": r.run.__dict__, "chunks": [list(c) for c in r.chunks]}
+                 for r in report.runs],
+        "rejected": [{"path": r.path, "reason": r.reason} for r in report.scan.rejected],
+        "estimate": {"gpu_hours": est.gpu_hours, "sessions": est.sessions,
+                     "calendar_hours": est.calendar_hours, "workers": est.workers},
+    }

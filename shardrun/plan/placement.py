@@ -1,0 +1,172 @@
+"""Pure planning: shard placement on accounts, runs cut into chunks, and what the job will cost.
+
+Nothing here touches a store or the disk; `shardrun.plan.job` gathers the inputs (scan,
+usage, existing shards) and carries the plan out.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+from shardrun.config.job import GB, RunConfig
+from shardrun.errors import PlanError
+from shardrun.config.platforms import Platform, Profile
+from shardrun.train.schedule import steps_per_epoch
+
+
+# -- placement -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountSpace:
+    """What an account can take: its quota, what is on it already and the reserve it keeps."""
+
+    name: str
+    quota_bytes: int
+    used_bytes: int  # everything on the account now, this job's existing shards included
+    reserve_bytes: int  # kept free for checkpoints, the journal and ledger snapshots
+
+    @property
+    def free_for_shards(self) -> int:
+        return max(0, self.quota_bytes - self.reserve_bytes - self.used_bytes)
+
+
+@dataclass(frozen=True)
+class ShardToPlace:
+    id: str
+    size: int
+
+
+def place_shards(shards: list[ShardToPlace], accounts: list[AccountSpace],
+                 existing: dict[str, str] | None = None) -> dict[str, str]:
+    """Returns shard id -> account name, or raises PlanError saying how much space is missing.
+
+    Shards already on an account (`existing`) stay there, so re-running a plan after an
+    interruption uploads only what is missing. Each other shard goes, in order, to the account
+    with the most free space left (ties: the earlier account), which spreads consecutive shards
+    over the team and keeps every account within quota minus reserve.
+    """
+    existing = existing or {}
+    free = {a.name: a.free_for_shards for a in accounts}
+    order = {a.name: i for i, a in enumerate(accounts)}
+    placement = {s.id: existing[s.id] for s in shards if s.id in existing}
+    pending = [s for s in shards if s.id not in placement]
+    for shard in pending:
+        best = min(free, key=lambda name: (-free[name], order[name]))
+        if free[best] < shard.size:
+            raise PlanError(_shortfall_message(pending, free, accounts, shard))
+        placement[shard.id] = best
+        free[best] -= shard.size
+    return placement
+
+
+def _shortfall_message(pending: list[ShardToPlace], free_now: dict[str, int],
+                       accounts: list[AccountSpace], stuck: ShardToPlace) -> str:
+    needed = sum(s.size for s in pending)
+    total_free = sum(a.free_for_shards for a in accounts)
+    missing = max(needed - total_free, stuck.size - max(free_now.values()), 1)
+    typical = max(accounts, key=lambda a: a.quota_bytes)
+    per_account = max(1, typical.quota_bytes - typical.reserve_bytes)
+    more = math.ceil(missing / per_account)
+    return (f"the team's accounts are too small for the dataset: {needed:,} bytes of shards to place, "
+            f"{total_free:,} bytes free after the reserve; {missing:,} more bytes needed "
+            f"(about {more} more account{'s' if more > 1 else ''} of {typical.quota_bytes / GB:g} GB). "
+            "Nothing was written.")
+
+
+# -- runs and chunks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: RunConfig
+    patches_per_second: float
+    throughput_source: str
+    steps_per_epoch: int
+    steps_total: int
+    chunks: tuple[tuple[int, int], ...]  # [start_step, end_step) of each chunk, in chain order
+
+    @property
+    def step_seconds(self) -> float:
+        return self.run.batch_size / self.patches_per_second
+
+    @property
+    def train_seconds(self) -> float:
+        return self.steps_total * self.step_seconds
+
+    def chunk_seconds(self, index: int) -> float:
+        start, end = self.chunks[index]
+        return (end - start) * self.step_seconds
+
+
+def throughput(run: RunConfig, profile: Profile | None) -> tuple[float, str]:
+    """Returns (patches/s, where the figure came from) for a run, or raises PlanError."""
+    if run.patches_per_second:
+        return run.patches_per_second, f"runs.{run.name}.patches_per_second"
+    if profile is None or run.model not in profile.models:
+        known = ", ".join(sorted(profile.models)) if profile else "none"
+        raise PlanError(f"run {run.name!r}: the throughput profile {profile.name if profile else ''!r} "
+                        f"has no figure for model {run.model!r} (it has: {known}); measure one with "
+                        f"`shardrun bench --model {run.model}` or set patches_per_second in the run")
+    return profile.models[run.model].at_patch_size(run.patch_size), f"profile {profile.name}"
+
+
+def cut_chunks(steps_total: int, step_seconds: float, usable_seconds: float | None) -> tuple[tuple[int, int], ...]:
+    """Returns [start, end) step ranges, each trainable within `usable_seconds` (None: one chunk)."""
+    if usable_seconds is None:
+        return ((0, steps_total),)
+    per_chunk = max(1, int(usable_seconds // step_seconds))
+    return tuple((start, min(start + per_chunk, steps_total)) for start in range(0, steps_total, per_chunk))
+
+
+def plan_run(run: RunConfig, num_images: int, profile: Profile | None, platform: Platform) -> RunPlan:
+    """Returns the run cut into chunks that each fit one session of `platform`."""
+    pps, source = throughput(run, profile)
+    per_epoch = steps_per_epoch(num_images, run.patches_per_image, run.batch_size)
+    total = per_epoch * run.epochs
+    chunks = cut_chunks(total, run.batch_size / pps, platform.usable_seconds)
+    return RunPlan(run, pps, source, per_epoch, total, chunks)
+
+
+# -- estimates -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    gpu_hours: float  # training time alone
+    sessions: int  # one per chunk
+    session_hours: float  # training plus each session's start-up
+    calendar_hours: float  # with `workers` sessions running at once
+    workers: int
+    per_run_calendar_hours: dict[str, float] = field(default_factory=dict)
+
+
+def estimate(runs: list[RunPlan], platform: Platform, workers: int) -> Estimate:
+    """Returns GPU-hours, sessions and calendar time with `workers` parallel workers.
+
+    Runs are independent chains; within a run, chunk k+1 starts after chunk k. The calendar time
+    is a list schedule: each free worker takes the next chunk of the run that can start earliest.
+    """
+    startup = platform.startup_minutes * 60
+    gpu = sum(r.train_seconds for r in runs)
+    sessions = sum(len(r.chunks) for r in runs)
+    workers_free = [0.0] * max(1, workers)
+    heapq.heapify(workers_free)
+    run_ready = {r.run.name: 0.0 for r in runs}
+    next_chunk = {r.run.name: 0 for r in runs}
+    finish = {r.run.name: 0.0 for r in runs}
+    by_name = {r.run.name: r for r in runs}
+    for _ in range(sessions):
+        worker_time = heapq.heappop(workers_free)
+        name = min((n for n in by_name if next_chunk[n] < len(by_name[n].chunks)),
+                   key=lambda n: (max(run_ready[n], worker_time), n))
+        start = max(run_ready[name], worker_time)
+        end = start + startup + by_name[name].chunk_seconds(next_chunk[name])
+        next_chunk[name] += 1
+        run_ready[name] = finish[name] = end
+        heapq.heappush(workers_free, end)
+    calendar = max(finish.values(), default=0.0)
+    return Estimate(gpu / 3600, sessions, (gpu + sessions * startup) / 3600, calendar / 3600, workers,
+                    {n: t / 3600 for n, t in finish.items()})

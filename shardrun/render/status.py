@@ -1,0 +1,130 @@
+"""Rich renderings of plan reports and status objects for the terminal (the CLI prints them)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from shardrun.units import compact, human_bytes, human_seconds, short_duration
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _runs_table(status: dict) -> Table:
+    runs = Table(title="Runs", title_justify="left")
+    for col in ("run", "model", "steps done", "%", "epochs", "chunks w/r/run/done", "loss", "best loss (step)",
+                "val PSNR dB (bicubic)", "val SSIM (bicubic)", "ETA"):
+        runs.add_column(col, justify="left" if col in ("run", "model") else "right")
+    for r in status["runs"]:
+        c = r["chunks"]
+        pct = 100 * r["steps_done"] / r["steps_total"] if r["steps_total"] else 0
+        loss, val = r.get("loss") or {}, r.get("validation")
+        runs.add_row(r["name"], f"{r['model']} x{r['scale']}", f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
+                     f"{pct:.1f}", f"{compact(r['epochs_done'])}/{compact(r['epochs'])}",
+                     f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
+                     _num(loss.get("current"), ".4g"),
+                     "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
+                     "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f})",
+                     "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
+                     "done" if r["steps_done"] >= r["steps_total"] else short_duration(r.get("eta_seconds")))
+    return runs
+
+
+def _eta_text(eta: dict) -> Text:
+    if eta["finished"]:
+        return Text("ETA: every run is done.", style="bold green")
+    if eta["seconds"] is None:
+        return Text("ETA: unknown (no throughput measured or planned for some run).", style="yellow")
+    a = eta["allowance"]
+    alive = eta["workers_alive"]
+    workers = (f"{alive} worker{'s' if alive != 1 else ''} alive" if alive
+               else "no worker alive now: assuming 1")
+    lost = (f"{a['expired_attempts']:,} of {a['ended_attempts']:,} chunk attempts ended by lease expiry, losing "
+            f"{short_duration(a['lost_seconds'])} of {short_duration(a['worked_seconds'])} worked"
+            if a["ended_attempts"] else "no chunk attempt has ended yet")
+    return Text(f"ETA: {short_duration(eta['seconds'])} (about {eta['at']}, store time), from recent throughput "
+                f"with {workers}; allowance for lost sessions +{(a['factor'] - 1) * 100:.1f}% ({lost}).", style="bold")
+
+
+def worker_state(w: dict) -> str:
+    """Returns a worker's state for people: with the reason it gave when it left."""
+    return f"{w['state']} ({w['left_reason']})" if w.get("left_reason") else w["state"]
+
+
+def _workers_table(status: dict) -> Table:
+    table = Table(title="Workers (seen in the last day, by store time)", title_justify="left")
+    for col in ("worker", "account", "platform", "device", "run/chunk", "step", "patches/s", "steps/s",
+                "last seen", "silent", "state"):
+        table.add_column(col, justify="right" if col in ("step", "patches/s", "steps/s", "silent") else "left")
+    for w in status["workers"]:
+        state = Text(worker_state(w), style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
+        table.add_row(w["id"], w["account"] or "?", w["platform"] or "?", w["device"] or "unknown",
+                      "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
+                      "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),
+                      _num(w["steps_per_second"], ",.3g"), w["last_seen"] or "–",
+                      human_seconds(w["silent_seconds"]), state)
+    return table
+
+
+def _sessions_text(sessions: dict) -> Text:
+    if not sessions["count"]:
+        return Text("Sessions: none yet.")
+    ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
+    return Text(f"Sessions: {sessions['count']:,} so far ({ends}); length median "
+                f"{human_seconds(sessions['median_seconds'])}, mean {human_seconds(sessions['mean_seconds'])}, "
+                f"longest {human_seconds(sessions['longest_seconds'])}; "
+                f"total {human_seconds(sessions['total_seconds'])} (store time).")
+
+
+def _hardware_table(status: dict) -> Table:
+    table = Table(title="Throughput by hardware (mean of the reports)", title_justify="left")
+    for col in ("device", "platform", "run", "patches/s", "steps/s", "one epoch", "reports"):
+        table.add_column(col, justify="left" if col in ("device", "platform", "run") else "right")
+    for h in status["hardware"]:
+        table.add_row(h["device"], h["platform"], h["run"], f"{h['patches_per_second']:,.1f}",
+                      f"{h['steps_per_second']:,.3g}", human_seconds(h["epoch_seconds"]), f"{h['samples']:,}")
+    return table
+
+
+def status_view(status: dict) -> Group:
+    """Returns the printed form of a status object: runs, ETA, workers, sessions, accounts, notes."""
+    parts = []
+    plan = status["plan"]
+    if plan:
+        parts.append(Text(f"Job {status['job']}: plan {plan['id']} of {plan['planned_at']}, "
+                          f"{plan['images']:,} images, {plan['rejected']:,} rejected", style="bold"))
+    if status.get("as_of"):
+        parts.append(Text(f"As of the journal's latest event: {status['as_of']} (store time); "
+                          f"{status['journal']['events']:,} events."))
+    parts.append(_runs_table(status))
+    if status.get("eta"):
+        parts.append(_eta_text(status["eta"]))
+    if status.get("workers"):
+        parts.append(_workers_table(status))
+    if status.get("sessions"):
+        parts.append(_sessions_text(status["sessions"]))
+    if status.get("hardware"):
+        parts.append(_hardware_table(status))
+    accounts = Table(title="Accounts", title_justify="left")
+    for col in ("account", "used", "quota", "%", "shards", "shard bytes"):
+        accounts.add_column(col, justify="left" if col == "account" else "right")
+    for a in status["accounts"]:
+        used = a["used_bytes"]
+        pct = f"{100 * used / a['quota_bytes']:.1f}" if used is not None and a["quota_bytes"] else "?"
+        accounts.add_row(a["name"], human_bytes(used) if a["reachable"] is not False else "unknown (unreachable)",
+                         human_bytes(a["quota_bytes"]), pct, str(a["shards"]), human_bytes(a["placed_bytes"]))
+    parts.append(accounts)
+    for a in status["accounts"]:
+        if a["reachable"] is False:
+            parts.append(Text(f"Account {a['name']}: usage unknown, the store could not be reached ({a['error']})",
+                              style="yellow"))
+    bad = status["journal"]["unreadable"]
+    if bad:
+        parts.append(Text(f"{len(bad)} journal object(s) could not be read, e.g. {bad[0]['key']}: "
+                          f"{bad[0]['reason']}", style="yellow"))
+    for note in status["notes"]:
+        parts.append(Text(f"Note: {note}", style="yellow"))
+    return Group(*parts)

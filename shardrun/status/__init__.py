@@ -1,0 +1,2 @@
+"""`shardrun status`: the ledger as a JSON-ready report, and the pure figures derived from its rows.
+"""

@@ -1,0 +1,215 @@
+"""The figures `status` derives from the ledger's summaries: each run's losses, validation and
+history; the workers and whether they are stale; the sessions; throughput by hardware; the ETA.
+
+Time here is the store's: a worker is stale when the journal holds an event written a lease or
+more after the worker's last one (the rule the fold applies to expiries), never by comparing this
+machine's clock with another's.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime, timezone
+
+from shardrun.ledger.db import Ledger
+
+RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
+MAX_WORKERS_SHOWN = 100
+RECENT_SESSIONS = 20
+MAX_LOST_SHARE = 0.5  # the allowance never more than doubles the ETA
+SESSION_HOURS_BINS = (1, 2, 4, 6, 8, 10, 12)  # upper edges of the session-length histogram
+
+
+def iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
+    """Returns a run's loss, validation and downsampled history for the status object."""
+    m = metrics or {}
+    validation = None
+    if m.get("psnr") is not None:
+        validation = {"step": m["val_step"], "time": iso(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
+                      "bicubic_psnr": m["bicubic_psnr"], "bicubic_ssim": m["bicubic_ssim"],
+                      "gain_db": m["psnr"] - m["bicubic_psnr"], "images": m["val_images"],
+                      "best_psnr": m["best_psnr"], "best_psnr_step": m["best_psnr_step"]}
+    return {
+        "loss": {"current": m.get("loss"), "current_step": m.get("loss_step"),
+                 "best": m.get("best_loss"), "best_step": m.get("best_loss_step")},
+        "validation": validation,
+        "history": [{"step": h["step_max"], "time": h["time_last"],
+                     "loss": h["loss_sum"] / h["loss_n"] if h["loss_n"] else None, "loss_min": h["loss_min"],
+                     "psnr": h["psnr"], "ssim": h["ssim"], "bicubic_psnr": h["bicubic_psnr"],
+                     "bicubic_ssim": h["bicubic_ssim"]} for h in history],
+    }
+
+
+def _is_silent(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the journal holds an event a lease or more after the worker's last one."""
+    return as_of is not None and as_of - row["last_time"] >= lease
+
+
+def _has_ended(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the worker process is gone: it said so (a leave event), or it went silent."""
+    return bool(row.get("left_reason")) or _is_silent(row, as_of, lease)
+
+
+def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
+    """Returns whether the worker went silent in the middle of its work: not after a clean end
+    (a leave, or its last event a yield or a done), which is how a session is meant to stop."""
+    return (not row.get("left_reason") and _is_silent(row, as_of, lease)
+            and row["last_kind"] not in ("yield", "done"))
+
+
+def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
+    """Returns the workers seen within a day of the latest event, or owning a running chunk."""
+    since = None if as_of is None else as_of - RECENT_WORKERS_S
+    rows = {w["id"]: w for w in ledger.workers(since)}
+    for owner in running_owners - set(rows):
+        if (row := ledger.worker(owner)) is not None:
+            rows[owner] = row
+    out = []
+    for w in sorted(rows.values(), key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
+        if _is_stale(w, as_of, lease):
+            state = "stale"
+        elif _has_ended(w, as_of, lease):
+            state = "ended"
+        else:
+            state = "running" if w["id"] in running_owners else "alive"
+        out.append({
+            "id": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
+            "first_seen": iso(w["first_time"]), "last_seen": iso(w["last_time"]), "last_event": w["last_kind"],
+            "silent_seconds": None if as_of is None else as_of - w["last_time"],
+            "stale": state == "stale", "running": w["id"] in running_owners, "state": state,
+            "left_reason": w.get("left_reason"),
+            "run": w["run"], "chunk": w["chunk"], "step": w["step"], "loss": w["loss"],
+            "patches_per_second": w["patches_per_second"], "steps_per_second": w["steps_per_second"],
+            "events": w["events"], "chunks_done": w["chunks_done"],
+        })
+    return out
+
+
+def _session_end(w: dict, as_of: float | None, lease: float) -> str:
+    if not _has_ended(w, as_of, lease):
+        return "running"
+    if w["last_kind"] == "yield":
+        return "yielded"  # checkpointed and handed on at its deadline (or when asked to stop)
+    if w["last_kind"] == "done":
+        return "finished"  # its last chunk was done: the job ended, or it was told to stop
+    if w.get("left_reason"):
+        return "left"  # stopped cleanly without a chunk to hand on (nothing to claim, or told to stop)
+    return "lost" if w["expired"] else "silent"  # died mid-chunk (its lease was declared expired)
+
+
+def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
+    """Returns the sessions so far (one per worker process) and their lengths in store time."""
+    rows = ledger.sessions()
+    lengths = [w["last_time"] - w["first_time"] for w in rows]
+    ends = {k: 0 for k in ("running", "yielded", "finished", "left", "lost", "silent")}
+    for w in rows:
+        ends[_session_end(w, as_of, lease)] += 1
+    histogram = [0] * (len(SESSION_HOURS_BINS) + 1)
+    for seconds in lengths:
+        histogram[next((i for i, edge in enumerate(SESSION_HOURS_BINS) if seconds < edge * 3600),
+                       len(SESSION_HOURS_BINS))] += 1
+    recent = [{"worker": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
+               "started": iso(w["first_time"]), "last_seen": iso(w["last_time"]),
+               "seconds": w["last_time"] - w["first_time"], "end": _session_end(w, as_of, lease),
+               "chunks_done": w["chunks_done"]} for w in rows[-RECENT_SESSIONS:][::-1]]
+    return {
+        "count": len(rows), "ended": ends, "total_seconds": sum(lengths),
+        "mean_seconds": statistics.fmean(lengths) if lengths else None,
+        "median_seconds": statistics.median(lengths) if lengths else None,
+        "longest_seconds": max(lengths) if lengths else None,
+        "length_histogram": {"upper_hours": list(SESSION_HOURS_BINS), "counts": histogram},
+        "recent": recent,
+    }
+
+
+def hardware_rows(ledger: Ledger, runs: dict[str, dict]) -> list[dict]:
+    """Returns the measured throughput per (device, platform, run), with its epoch time."""
+    out = []
+    for h in ledger.hardware():
+        run = runs.get(h["run"])
+        if run is None:
+            continue
+        config = json.loads(run["config"] or "{}")
+        pps = h["pps_sum"] / h["samples"]
+        per_image = config.get("patches_per_image")
+        out.append({
+            "device": h["device"], "platform": h["platform"], "run": h["run"], "model": run["model"],
+            "samples": h["samples"], "patches_per_second": pps, "patches_per_second_max": h["pps_max"],
+            "steps_per_second": pps / run["batch_size"],
+            "images_per_second": pps / per_image if per_image else None,
+            "epoch_seconds": run["steps_per_epoch"] * run["batch_size"] / pps if pps > 0 else None,
+        })
+    return out
+
+
+def lost_sessions_allowance(totals: dict[str, dict]) -> dict:
+    """Returns the ETA's allowance for lost sessions, from the chunk attempts that ended so far.
+
+    A session that dies mid-chunk costs the training since its last checkpoint plus the lease the
+    chunk waits before another worker may take it: the time from that attempt's last checkpoint
+    (or claim) to the expiry. The share of all attempts' time lost that way is the share of
+    future time expected to be lost too, so the ETA is divided by (1 - share), capped at half.
+    """
+    worked = sum(t["seconds"] or 0.0 for t in totals.values())
+    expired = totals.get("expired", {})
+    lost = expired.get("since_checkpoint") or 0.0
+    share = lost / worked if worked > 0 else 0.0
+    factor = 1.0 / (1.0 - min(share, MAX_LOST_SHARE))
+    attempts = sum(t["attempts"] for t in totals.values())
+    return {
+        "factor": factor, "lost_share": share, "expired_attempts": expired.get("attempts", 0),
+        "ended_attempts": attempts, "lost_seconds": lost, "worked_seconds": worked,
+        "rule": "ETA x 1/(1 - lost share); lost share = time from each expired attempt's last checkpoint "
+                "to its expiry, over the time of all ended chunk attempts (claim to end); capped at 50%",
+    }
+
+
+def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[str, dict],
+                 running: dict[str, dict], alive: int, allowance: dict, as_of: float | None,
+                 now: float) -> dict | None:
+    """Returns the ETA: each run's remaining steps at its recent throughput, spread over the workers.
+
+    A run is a chain of chunks, so one run never goes faster than one worker; with W workers
+    alive the job takes at least its longest run and at least the total work over W.
+    Throughput per run: the worker training it now (if not stale), else the run's latest report,
+    else the plan's estimate. `at` counts from the state described (`as_of`, store time), or from
+    `now` before any event.
+    """
+    if not runs:
+        return None
+    per_run = []
+    for r in runs:
+        remaining = max(0, r["steps_total"] - r["steps_done"])
+        rate, source = None, None
+        worker = running.get(r["name"])
+        if worker is not None and worker["steps_per_second"]:
+            rate, source = worker["steps_per_second"], f"worker {worker['id']}"
+        elif (metrics.get(r["name"]) or {}).get("steps_per_second"):
+            rate, source = metrics[r["name"]]["steps_per_second"], "latest report"
+        elif ledger_runs[r["name"]]["step_seconds"]:
+            rate, source = 1.0 / ledger_runs[r["name"]]["step_seconds"], "plan estimate"
+        seconds = 0.0 if remaining == 0 else _ratio(remaining, rate)
+        per_run.append({"name": r["name"], "remaining_steps": remaining, "steps_per_second": rate,
+                        "source": source, "seconds": seconds})
+        r["eta_seconds"] = None if seconds is None else seconds * allowance["factor"]
+    if any(p["seconds"] is None for p in per_run):
+        return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": max(1, alive),
+                "workers_alive": alive, "allowance": allowance, "training_seconds": None}
+    workers = max(1, alive)
+    training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
+    seconds = training * allowance["factor"]
+    start = as_of if as_of is not None else now
+    return {"seconds": seconds, "at": iso(start + seconds) if training else None, "finished": training == 0,
+            "runs": per_run,
+            "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}

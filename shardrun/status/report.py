@@ -1,0 +1,130 @@
+"""`shardrun status`: the ledger as a JSON-ready object (schema in docs/status-json.md)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from shardrun.clock import Clock, SystemClock
+from shardrun.config.job import JobConfig
+from shardrun.plan.job import load_job_ledger
+from shardrun.ledger.schema import CHUNK_STATES
+from shardrun.ledger.db import Ledger
+from shardrun.status.figures import (
+    estimate_eta,
+    hardware_rows,
+    lost_sessions_allowance,
+    run_figures,
+    sessions_summary,
+    worker_rows,
+)
+from shardrun.errors import StoreError
+from shardrun.storage.base import Usage
+
+STATUS_SCHEMA = "shardrun.status/1"
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True) -> dict:
+    """Returns the job's status: the ledger synced with the journal, plus live account usage."""
+    clock = clock or SystemClock()
+    notes = []
+    # Asking every account for its usage is I/O-bound (a folder walk, an API call): do it while
+    # the ledger syncs.
+    with ThreadPoolExecutor(max(1, len(job.accounts))) as pool:
+        usages = {a.name: pool.submit(_usage, job, a) for a in job.accounts} if live_usage else {}
+        home = job.open_store(job.home)
+        try:
+            ledger, _ = load_job_ledger(job, home, clock)
+        except StoreError as e:
+            notes.append(f"the journal could not be read ({e}); showing the local ledger")
+            ledger = Ledger.open(job.ledger_path)
+        try:
+            return status_from_ledger(job, ledger, clock, {n: f.result() for n, f in usages.items()}, notes)
+        finally:
+            ledger.close()
+
+
+def _usage(job: JobConfig, account) -> Usage | StoreError:
+    try:
+        return job.open_store(account).usage()
+    except StoreError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - an account that cannot be reached shows as unknown, never a crash
+        return StoreError(f"{account.store}: {type(e).__name__}: {e}")
+
+
+def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dict[str, Usage | StoreError],
+                       notes: list[str]) -> dict:
+    plan = ledger.plan()
+    if plan is None:
+        notes.append(f"job {job.name!r} has no plan yet: run `shardrun plan` first")
+    counts = ledger.chunk_counts()
+    now, as_of = clock.now(), ledger.latest_time()
+    lease = plan["lease_seconds"] if plan else 600.0
+    metrics = ledger.run_metrics()
+    ledger_runs = {r["name"]: r for r in ledger.runs()}
+    runs = []
+    for run in ledger_runs.values():
+        chunks = counts.get(run["name"], dict.fromkeys(CHUNK_STATES, 0))
+        runs.append({
+            "name": run["name"], "model": run["model"], "scale": run["scale"], "channels": run["channels"],
+            "epochs": run["epochs"], "steps_per_epoch": run["steps_per_epoch"],
+            "steps_done": run["steps_done"], "steps_total": run["steps_total"],
+            "epochs_done": run["steps_done"] / run["steps_per_epoch"],
+            "chunks": chunks, "chunks_total": sum(chunks.values()),
+            **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
+        })
+    running_chunks = ledger.chunks(state="running")
+    workers = worker_rows(ledger, as_of, lease, {c["owner"] for c in running_chunks})
+    by_id = {w["id"]: w for w in workers}
+    running = {c["run"]: by_id[c["owner"]] for c in running_chunks
+               if c["owner"] in by_id and not by_id[c["owner"]]["stale"]}
+    alive = sum(1 for w in workers if w["state"] in ("running", "alive"))
+    allowance = lost_sessions_allowance(ledger.attempt_totals())
+    eta = estimate_eta(runs, ledger_runs, metrics, running, alive, allowance, as_of, now)
+    if running_chunks and as_of is not None and now - as_of >= lease:
+        notes.append(f"the journal's latest event is {(now - as_of) / 60:.0f} min old by this machine's clock: "
+                     f"its workers may all have stopped (a lease is {lease / 60:g} min)")
+    accounts = []
+    planned = {a["name"]: a for a in ledger.accounts()}
+    for account in job.accounts:
+        row = planned.get(account.name, {})
+        entry = {"name": account.name, "store": account.store, "quota_bytes": account.quota_bytes,
+                 "used_bytes": None, "placed_bytes": row.get("placed_bytes", 0),
+                 "shards": row.get("shards", 0), "reachable": None}
+        usage = usages.get(account.name)
+        if isinstance(usage, StoreError):
+            entry["reachable"], entry["error"] = False, str(usage)
+        elif usage is not None:
+            entry["used_bytes"], entry["reachable"] = usage.used_bytes, True
+            if usage.limit_bytes is not None:
+                entry["quota_bytes"] = usage.limit_bytes
+        accounts.append(entry)
+    return {
+        "schema": STATUS_SCHEMA,
+        "job": job.name,
+        "generated_at": _iso(clock.now()),
+        "plan": None if plan is None else {
+            "id": plan["id"], "planned_at": _iso(plan["server_time"]), "images": plan["images"],
+            "image_bytes": plan["image_bytes"], "rejected": plan["rejected"], "platform": plan["platform"],
+            "profile": plan["profile"], **json.loads(plan["payload"] or "{}"),
+        },
+        "as_of": _iso(as_of),
+        "lease_seconds": lease,
+        "runs": runs,
+        "eta": eta,
+        "workers": workers,
+        "sessions": sessions_summary(ledger, as_of, lease),
+        "hardware": hardware_rows(ledger, ledger_runs),
+        "accounts": accounts,
+        "rejected": ledger.rejected(),
+        "journal": {"events": ledger.event_count(), "unreadable": ledger.bad_events()},
+        "notes": notes,
+    }
