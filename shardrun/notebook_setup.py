@@ -53,19 +53,20 @@ def missing_requirements(requirements: Iterable[str], version_of: Callable[[str]
     return needed
 
 
-def install_missing() -> list[str]:
+def install_missing(say: Callable[[str], None] = lambda line: None) -> list[str]:
     """Installs what the installed shardrun requires and this runtime lacks; returns it.
 
-    Prints one line saying what was installed and which TensorFlow was kept.
+    `say` receives one line before installing and one saying what was installed and which
+    TensorFlow was kept (the notebook passes `print`).
     """
     has_tensorflow = importlib.util.find_spec("tensorflow") is not None
     needed = missing_requirements(importlib.metadata.requires("shardrun") or [], installed_version, has_tensorflow)
     if needed:
-        print("Installing:", ", ".join(needed), flush=True)
+        say("Installing: " + ", ".join(needed))
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *needed], check=True)
     tensorflow = next((f"{name} {installed_version(name)}" for name in TENSORFLOW_DISTRIBUTIONS
                        if installed_version(name)), "none")
-    print(f"shardrun {installed_version('shardrun')}; TensorFlow: {tensorflow} (kept as installed); "
+    say(f"shardrun {installed_version('shardrun')}; TensorFlow: {tensorflow} (kept as installed); "
           f"{len(needed)} other dependencies installed.")
     return needed
 
