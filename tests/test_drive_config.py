@@ -11,7 +11,7 @@ import pytest
 from shardrun.config.job import parse_job
 from shardrun.errors import ConfigError
 from shardrun.storage.drive.auth import DriveAccount, choose_method, describe, write_token_file
-from shardrun.storage.drive.backend import token_env_var
+from shardrun.storage.drive.settings import token_env_var
 
 RUN = """
 [[runs]]
@@ -172,7 +172,7 @@ def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emu
     import json
 
     from shardrun.storage.account import Account
-    from shardrun.storage.drive.backend import DriveSettings
+    from shardrun.storage.drive.settings import DriveSettings
     from shardrun.storage.registry import open_store
     from tests.drive_accounts import new_drive_account
 
@@ -188,3 +188,27 @@ def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emu
                                settings=DriveSettings(auth="oauth", credentials=path, root_url=emu.root_url)))
     assert store.identity().startswith(alice.email)
     assert emu.calls[(None, "oauth.token")] == 2  # the code's exchange, then one refresh
+
+
+def test_the_drive_backend_owns_its_urls_keys_and_checks(monkeypatch):
+    from shardrun.storage.account import Account
+    from shardrun.storage.drive.backend import BACKEND
+    from shardrun.storage.drive.settings import DriveSettings
+
+    assert BACKEND.folder_id("drive://1AbC/") == "1AbC"
+    assert list(BACKEND.account_keys) == ["auth", "token", "credentials", "client_secrets"]
+    assert list(BACKEND.job_keys) == ["drive_root_url", "drive_chunk_mib", "drive_retries", "drive_retry_seconds"]
+    settings = BACKEND.settings({"auth": "oauth", "token": None, "credentials": "~/t.json", "client_secrets": "c.json"},
+                                {"drive_root_url": None, "drive_chunk_mib": 2, "drive_retries": 1,
+                                 "drive_retry_seconds": 9}, Path("/jobs"))
+    assert settings == DriveSettings(auth="oauth", credentials=Path("~/t.json").expanduser(),
+                                     client_secrets=Path("/jobs/c.json"), chunk_mib=2, retries=1, retry_seconds=9.0)
+    assert BACKEND.check(Account("a", "drive://1", settings=settings)) == []
+    secret = Account("a", "drive://1", settings=DriveSettings(token="ya29.SECRET"))
+    assert [p.split(":")[0] for p in BACKEND.check(secret)] == ["token"]
+    assert "SECRET" not in repr(secret) and "SECRET" not in BACKEND.describe(secret)
+    monkeypatch.setenv("SHARDRUN_DRIVE_ROOT_URL", "http://127.0.0.1:9/")
+    assert BACKEND.check(secret) == [] and BACKEND.describe(secret) == "token (job file)"
+    assert BACKEND.sign_in_method(secret) == "token"
+    assert BACKEND.check(Account("b", "drive://1", settings=DriveSettings(auth="service-account"))) == [
+        'auth = "service-account": needs credentials = "path/to/key.json"']

@@ -14,7 +14,7 @@ import pytest
 
 from shardrun.errors import IntegrityError, NotFound, PermissionDenied, QuotaExceeded, TransientError
 from shardrun.storage.account import Account
-from shardrun.storage.drive.backend import DriveSettings
+from shardrun.storage.drive.settings import DriveSettings
 from shardrun.storage.registry import open_store
 from shardrun.storage.drive.store import DriveStore
 from tests.drive_accounts import SMALL_CHUNK, drive_store_for, new_drive_account

@@ -33,7 +33,14 @@ from google.oauth2.credentials import Credentials
 
 from shardrun.errors import PermissionDenied
 from shardrun.storage.account import Account
-from shardrun.storage.drive.backend import METHODS, ROOT_URL_ENV, env_token, root_url_override, settings_of, token_env_var
+from shardrun.storage.drive.settings import (
+    METHODS,
+    ROOT_URL_ENV,
+    env_token,
+    root_url_override,
+    settings_of,
+    token_env_var,
+)
 
 DRIVE_SCOPE = "https://www.googleapis.com/auth/drive"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"

@@ -1,15 +1,12 @@
-"""The Drive backend's declaration: `drive://<folder-id>` URLs, the job-file keys of a Drive
-account (how it signs in) and of the job (`drive_*`), and their checks.
+"""The Drive backend: `drive://<folder-id>` URLs, the job-file keys of a Drive account (how it
+signs in) and of the job (`drive_*`), their checks, and how its stores open and sign in.
 
 Light on purpose: validating a job file imports it, so the Google client libraries are imported
-only when a store is opened or an account signs in (store.py, auth.py).
+only when a store is opened or an account signs in (store.py, api.py, auth.py).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -17,53 +14,19 @@ from typing import Any, Callable, Mapping
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
+from shardrun.storage.drive.settings import (
+    DEFAULT_CHUNK_MIB,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_SECONDS,
+    METHODS,
+    ROOT_URL_ENV,
+    DriveSettings,
+    env_token,
+    root_url_override,
+    settings_of,
+    token_env_var,
+)
 from shardrun.validate import Key, non_negative, one_of, positive
-
-METHODS = ("colab", "oauth", "service-account", "token")
-ROOT_URL_ENV = "SHARDRUN_DRIVE_ROOT_URL"
-TOKEN_ENV_PREFIX = "SHARDRUN_DRIVE_TOKEN"  # SHARDRUN_DRIVE_TOKEN_<ACCOUNT>, or alone for any account
-DEFAULT_CHUNK_MIB = 8
-DEFAULT_RETRIES = 7
-DEFAULT_RETRY_SECONDS = 300.0
-
-
-@dataclass(frozen=True)
-class DriveSettings:
-    """A Drive account's job-file settings: how it signs in, and the job's `drive_*` keys.
-
-    Never a secret in repr or messages: the token is kept out of repr.
-    """
-
-    auth: str | None = None  # one of METHODS; None: chosen from context (auth.choose_method)
-    token: str | None = field(default=None, repr=False)
-    credentials: Path | None = None  # token file (oauth) or service-account key
-    client_secrets: Path | None = None  # the user's OAuth client id, for `accounts login`
-    root_url: str | None = None  # endpoint override (an emulator); else $SHARDRUN_DRIVE_ROOT_URL
-    chunk_mib: int = DEFAULT_CHUNK_MIB
-    retries: int = DEFAULT_RETRIES
-    retry_seconds: float = DEFAULT_RETRY_SECONDS
-
-
-def settings_of(account: Account) -> DriveSettings:
-    """Returns the account's Drive settings; the defaults where it has none (a job URL's home)."""
-    return account.settings if isinstance(account.settings, DriveSettings) else DriveSettings()
-
-
-def root_url_override(configured: str | None = None) -> str | None:
-    """Returns the Drive endpoint override: the job file's `drive_root_url`, else the environment's."""
-    return configured or os.environ.get(ROOT_URL_ENV) or None
-
-
-def token_env_var(account: str | None) -> str:
-    """Returns the environment variable that may hold `account`'s bearer token (emulators only)."""
-    if not account:
-        return TOKEN_ENV_PREFIX
-    return f"{TOKEN_ENV_PREFIX}_{re.sub(r'[^A-Z0-9]', '_', account.upper())}"
-
-
-def env_token(account: str | None) -> str | None:
-    """Returns the bearer token the environment holds for `account`, if any."""
-    return os.environ.get(token_env_var(account)) or os.environ.get(TOKEN_ENV_PREFIX) or None
 
 
 def _http_url(value: str) -> str | None:
