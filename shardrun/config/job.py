@@ -15,6 +15,7 @@ from typing import Any
 from shardrun.errors import ConfigError
 from shardrun.storage import registry
 from shardrun.storage.account import Account
+from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
 from shardrun.validate import Key, check_table, non_negative, one_of, positive, read_toml, unknown_key_problem
 
@@ -209,6 +210,7 @@ class _Keys:
 
 
 def _keys() -> _Keys:
+    """Returns the keys a job file may use, the registered backends' included."""
     job, account, owners = dict(JOB_KEYS), dict(ACCOUNT_KEYS), {}
     for scheme, backend in registry.backends().items():
         job.update(backend.job_keys)
@@ -218,10 +220,11 @@ def _keys() -> _Keys:
     return _Keys(job, account, owners)
 
 
-def _backend_of(account: dict):
-    """Returns the backend of the account's store URL, or None where the URL is not valid."""
+def _backend_of(account: dict) -> Backend | None:
+    """Returns the backend of the account's store URL, or None where its scheme is not registered."""
     url = account.get("store")
-    return registry.backend_for(url) if isinstance(url, str) and valid_store_url(url) is None else None
+    scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
+    return registry.backend(scheme) if scheme in registry.schemes() else None
 
 
 def _check_store_settings(keys: _Keys, account: dict, job: dict, base_dir: Path, where: str,
