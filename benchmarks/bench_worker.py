@@ -77,11 +77,12 @@ def seconds_per_step(job, folder: Path, seconds: float) -> float:
     from shardrun.journal import Journal
     from shardrun.ledger.db import Ledger
     from shardrun.plan.shards import Manifest
+    from shardrun.storage.account import Account
     from shardrun.storage.registry import open_store
     from shardrun.train.data import ShardImageSource
     from shardrun.train.trainer import TrainConfig, Trainer
 
-    home = open_store(job.home.store, None, job.base_dir)
+    home = open_store(Account(job.home.name, job.home.store, base_dir=job.base_dir))
     ledger = Ledger.open(folder / "baseline-ledger.db")
     ledger.sync(Journal(home, job.name))
     plan = ledger.plan()
@@ -146,11 +147,12 @@ def kill_trial(job, folder: Path, n: int, checkpoint_minutes: float, heartbeat_m
     """Kills a `shardrun worker` process at a random point; returns the work lost, measured."""
     from shardrun.journal import Journal
     from shardrun.session import Session
+    from shardrun.storage.account import Account
     from shardrun.storage.registry import open_store
     from shardrun.train.trainer import read_checkpoint
     from shardrun.worker import Worker, WorkerJob, WorkerSettings
 
-    home = open_store(job.home.store, None, job.base_dir)
+    home = open_store(Account(job.home.name, job.home.store, base_dir=job.base_dir))
     journal = Journal(home, job.name)
     log = folder / f"killed-{n}.log"
     with open(log, "w") as out:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from shardrun import paths
 from shardrun.config.job import AccountConfig, JobConfig
 from shardrun.errors import ShardrunError
+from shardrun.storage import registry
 
 
 @dataclass
@@ -34,13 +35,7 @@ class AccountInfo:
 
 def sign_in_method(job: JobConfig, account: AccountConfig) -> str:
     """Returns how the account signs in, for people (no secret in it)."""
-    if account.store.startswith("drive://"):
-        from shardrun.storage.drive.auth import DriveAccount, describe
-
-        return describe(DriveAccount.from_mapping(job.store_account(account)))
-    if account.store.startswith("local://"):
-        return "local folder (this machine's user)"
-    return "in-process memory"
+    return registry.describe_sign_in(job.store_account(account))
 
 
 def _inspect(job: JobConfig, account: AccountConfig, probe: bool) -> AccountInfo:
@@ -80,13 +75,13 @@ def list_accounts(job: JobConfig) -> list[AccountInfo]:
 def check_accounts(job: JobConfig) -> list[AccountInfo]:
     """Returns list_accounts' answer after writing, reading and deleting a probe in each folder.
 
-    Two Drive accounts that sign in as the same person are a problem too: files written for
-    one would count against the other's quota.
+    Two accounts that sign in as the same person (Drive's email; local folders and memory have
+    no identity) are a problem too: files written for one would count against the other's quota.
     """
     infos = _inspect_all(job, probe=True)
     seen: dict[str, str] = {}
     for info in infos:
-        if info.identity and info.store.startswith("drive://"):
+        if info.identity:
             if info.identity in seen and info.ok:
                 info.problem = (f"signs in as {info.identity}, like account {seen[info.identity]}: files written "
                                 f"for {info.name} would count against that person's quota; sign in as its owner")
@@ -100,26 +95,25 @@ def _inspect_all(job: JobConfig, probe: bool) -> list[AccountInfo]:
 
 
 def login_accounts(job: JobConfig, names: list[str] | None, prompt, open_browser: bool = True) -> list[tuple[str, str]]:
-    """Signs in each named Drive account (default: all that use OAuth) with the installed-app flow.
+    """Signs in each named account (default: all that use OAuth) with the installed-app flow.
 
     Returns (account, token file) pairs. `prompt(account, url)` shows the sign-in URL, which the
     account's owner opens to sign in themselves.
     """
-    from shardrun.storage.drive.auth import DriveAccount, choose_method, login
-
     chosen = [job.account(n) for n in names] if names else list(job.accounts)
     done = []
     for account in chosen:
-        if not account.store.startswith("drive://"):
+        store_account = job.store_account(account)
+        method = registry.sign_in_method(store_account)
+        if method is None:
             if names:
                 raise ShardrunError(f"account {account.name!r} uses {account.store}, which needs no sign-in")
             continue
-        settings = DriveAccount.from_mapping(job.store_account(account))
-        if choose_method(settings) != "oauth":
+        if method != "oauth":
             if names:
-                raise ShardrunError(f"account {account.name!r} signs in with {choose_method(settings)!r}, not OAuth; "
+                raise ShardrunError(f"account {account.name!r} signs in with {method!r}, not OAuth; "
                                     "`accounts login` runs the OAuth flow only")
             continue
-        path = login(settings, lambda url, name=account.name: prompt(name, url), open_browser=open_browser)
+        path = registry.login(store_account, lambda url, name=account.name: prompt(name, url), open_browser)
         done.append((account.name, str(path)))
     return done

@@ -139,12 +139,11 @@ def held_out_images() -> list:
 
 def score_runs(job, ledger: Ledger) -> list[RunScore]:
     """Returns each run's PSNR/SSIM against bicubic, from its final checkpoint, on held-out photos."""
-    from shardrun.storage.registry import open_store
     from shardrun.train.metrics import evaluate
     from shardrun.train.models import build_model
     from shardrun.train.trainer import TrainConfig, read_checkpoint
 
-    home = open_store(job.home.store, None, job.base_dir)
+    home = job.open_store(job.home)
     images = held_out_images()
     scores = []
     for run in job.runs:

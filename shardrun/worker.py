@@ -24,7 +24,7 @@ import re
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +42,7 @@ from shardrun.ledger.db import Ledger
 from shardrun.session import Session
 from shardrun.plan.shards import Manifest
 from shardrun.errors import IntegrityError, NotFound, StoreError
+from shardrun.storage.account import Account
 from shardrun.storage.base import Store
 from shardrun.storage.registry import open_store
 from shardrun.storage.base import digest_file
@@ -84,8 +85,7 @@ class WorkerJob:
         """`account`: the person running the worker; an account with no credentials on this
         machine (a Drive token file) is reached with theirs."""
         own = job.store_account(job.account(account)) if account in {a.name for a in job.accounts} else None
-        stores = {a.name: open_store(a.store, a.quota_bytes, job.base_dir, {**job.store_account(a), "fallback": own})
-                  for a in job.accounts}
+        stores = {a.name: job.open_store(a, fallback=own) for a in job.accounts}
         root = job.ledger_path.parent
         return cls(job.name, stores[job.home.name], stores, job.ledger_path, root / "cache")
 
@@ -100,7 +100,7 @@ class WorkerJob:
         if not store_url or "://" not in store_url or not name:
             raise WorkerError(f"{url!r} is neither a job file nor a job URL like local:///srv/alice/JOBNAME")
         root = (cache_root or Path.home() / ".cache" / "shardrun") / name
-        home = open_store(store_url, account={"name": account, "job": name})
+        home = open_store(Account(account, store_url, job=name))
         return cls(name, home, {}, root / "ledger.db", root / "cache")
 
 
@@ -181,10 +181,10 @@ class Worker:
             raise WorkerError(f"--account {account!r} is not an account of job {job.name!r}; it has: "
                               + ", ".join(a["name"] for a in self.ledger.accounts()))
         if not job.stores:
-            own = {"name": account, "job": job.name}  # accounts with no credentials here are reached as ours
-            job.stores.update({a["name"]: open_store(a["store"], a["quota_bytes"],
-                                                     account={"name": a["name"], "job": job.name, "fallback": own})
-                               for a in self.ledger.accounts()})
+            recorded = [Account(a["name"], a["store"], a["quota_bytes"], job.name) for a in self.ledger.accounts()]
+            # Accounts with no credentials here are reached as ours.
+            own = next(a for a in recorded if a.name == account)
+            job.stores.update({a.name: open_store(replace(a, fallback=own)) for a in recorded})
 
     # -- time and the journal --
 

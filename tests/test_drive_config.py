@@ -10,7 +10,8 @@ import pytest
 
 from shardrun.config.job import parse_job
 from shardrun.errors import ConfigError
-from shardrun.storage.drive.auth import DriveAccount, choose_method, describe, token_env_var, write_token_file
+from shardrun.storage.drive.auth import DriveAccount, choose_method, describe, write_token_file
+from shardrun.storage.drive.settings import token_env_var
 
 RUN = """
 [[runs]]
@@ -45,10 +46,12 @@ def test_drive_accounts_and_keys_parse_into_the_job():
                            'drive_root_url = "http://127.0.0.1:9/"\ndrive_chunk_mib = 16\ndrive_retries = 3'),
                        Path("/jobs"), "job.toml")
     account = parsed.account("alice")
-    options = parsed.store_account(account)
-    assert options["credentials"] == "/jobs/tokens/alice.json" and options["client_secrets"] == "/jobs/client.json"
-    assert options["root_url"] == "http://127.0.0.1:9/" and options["chunk_mib"] == 16 and options["retries"] == 3
-    assert (parsed.drive_retry_seconds, account.auth) == (300.0, "oauth")
+    store_account = parsed.store_account(account)
+    settings = store_account.settings
+    assert (store_account.name, store_account.url, store_account.job) == ("alice", "drive://1AbC", "j")
+    assert settings.credentials == Path("/jobs/tokens/alice.json") and settings.client_secrets == Path("/jobs/client.json")
+    assert settings.root_url == "http://127.0.0.1:9/" and settings.chunk_mib == 16 and settings.retries == 3
+    assert (settings.retry_seconds, settings.auth) == (300.0, "oauth")
 
 
 def test_a_fixed_token_needs_an_endpoint_override_and_is_never_echoed():
@@ -61,7 +64,7 @@ def test_the_environment_override_allows_a_fixed_token(monkeypatch):
     monkeypatch.setenv("SHARDRUN_DRIVE_ROOT_URL", "http://127.0.0.1:9/")
     parsed = parse_job(job('[[accounts]]\nname = "alice"\nstore = "drive://1AbC"\ntoken = "ya29.SECRET"\n'),
                        Path("/jobs"))
-    assert "SECRET" not in repr(parsed) and parsed.accounts[0].token == "ya29.SECRET"
+    assert "SECRET" not in repr(parsed) and parsed.accounts[0].settings.token == "ya29.SECRET"
 
 
 def test_bad_sign_in_settings_are_all_reported():
@@ -168,6 +171,8 @@ def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emu
     token has expired."""
     import json
 
+    from shardrun.storage.account import Account
+    from shardrun.storage.drive.settings import DriveSettings
     from shardrun.storage.registry import open_store
     from tests.drive_accounts import new_drive_account
 
@@ -179,7 +184,31 @@ def test_login_writes_a_private_token_file_that_signs_in_and_refreshes(drive_emu
     saved = json.loads(path.read_text())
     assert saved["refresh_token"] and saved["client_id"] == "my-own-client.apps.googleusercontent.com"
     emu.expire_token(saved["token"])
-    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "job": "j", "auth": "oauth",
-                                                           "credentials": str(path), "root_url": emu.root_url})
+    store = open_store(Account("alice", f"drive://{alice.folder}", job="j",
+                               settings=DriveSettings(auth="oauth", credentials=path, root_url=emu.root_url)))
     assert store.identity().startswith(alice.email)
     assert emu.calls[(None, "oauth.token")] == 2  # the code's exchange, then one refresh
+
+
+def test_the_drive_backend_owns_its_urls_keys_and_checks(monkeypatch):
+    from shardrun.storage.account import Account
+    from shardrun.storage.drive.backend import BACKEND
+    from shardrun.storage.drive.settings import DriveSettings
+
+    assert BACKEND.folder_id("drive://1AbC/") == "1AbC"
+    assert list(BACKEND.account_keys) == ["auth", "token", "credentials", "client_secrets"]
+    assert list(BACKEND.job_keys) == ["drive_root_url", "drive_chunk_mib", "drive_retries", "drive_retry_seconds"]
+    settings = BACKEND.settings({"auth": "oauth", "token": None, "credentials": "~/t.json", "client_secrets": "c.json"},
+                                {"drive_root_url": None, "drive_chunk_mib": 2, "drive_retries": 1,
+                                 "drive_retry_seconds": 9}, Path("/jobs"))
+    assert settings == DriveSettings(auth="oauth", credentials=Path("~/t.json").expanduser(),
+                                     client_secrets=Path("/jobs/c.json"), chunk_mib=2, retries=1, retry_seconds=9.0)
+    assert BACKEND.check(Account("a", "drive://1", settings=settings)) == []
+    secret = Account("a", "drive://1", settings=DriveSettings(token="ya29.SECRET"))
+    assert [p.split(":")[0] for p in BACKEND.check(secret)] == ["token"]
+    assert "SECRET" not in repr(secret) and "SECRET" not in BACKEND.describe(secret)
+    monkeypatch.setenv("SHARDRUN_DRIVE_ROOT_URL", "http://127.0.0.1:9/")
+    assert BACKEND.check(secret) == [] and BACKEND.describe(secret) == "token (job file)"
+    assert BACKEND.sign_in_method(secret) == "token"
+    assert BACKEND.check(Account("b", "drive://1", settings=DriveSettings(auth="service-account"))) == [
+        'auth = "service-account": needs credentials = "path/to/key.json"']

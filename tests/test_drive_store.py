@@ -13,6 +13,8 @@ import time
 import pytest
 
 from shardrun.errors import IntegrityError, NotFound, PermissionDenied, QuotaExceeded, TransientError
+from shardrun.storage.account import Account
+from shardrun.storage.drive.settings import DriveSettings
 from shardrun.storage.registry import open_store
 from shardrun.storage.drive.store import DriveStore
 from tests.drive_accounts import SMALL_CHUNK, drive_store_for, new_drive_account
@@ -266,8 +268,8 @@ def write_token_file(path, emu, account, token=None):
 
 def test_an_expired_token_is_refreshed_through_token_uri_and_the_file_rewritten(emu, alice, tmp_path):
     token_file = write_token_file(tmp_path / "alice.json", emu, alice)
-    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "job": "j", "auth": "oauth",
-                                                          "credentials": str(token_file), "root_url": emu.root_url})
+    store = open_store(Account("alice", f"drive://{alice.folder}", job="j",
+                               settings=DriveSettings(auth="oauth", credentials=token_file, root_url=emu.root_url)))
     store.put_bytes("t/1", b"1")
     emu.expire_token(alice.token)
     store.put_bytes("t/2", b"2")
@@ -284,16 +286,16 @@ def test_a_pydrive2_credentials_file_is_read_and_left_as_it_was(emu, alice, tmp_
         "refresh_token": alice.refresh_token, "token_expiry": "2000-01-01T00:00:00Z", "token_uri": emu.token_uri,
         "user_agent": None, "_module": "oauth2client.client", "_class": "OAuth2Credentials"}))
     before = pydrive2_file.read_text()
-    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "credentials": str(pydrive2_file),
-                                                          "root_url": emu.root_url})
+    store = open_store(Account("alice", f"drive://{alice.folder}",
+                               settings=DriveSettings(credentials=pydrive2_file, root_url=emu.root_url)))
     assert store.put_bytes("p", b"1").size == 1
     assert calls(emu, "oauth.token") == 1 and pydrive2_file.read_text() == before
 
 
 def test_a_revoked_sign_in_is_permission_denied_saying_what_to_do(emu, alice, tmp_path):
     token_file = write_token_file(tmp_path / "alice.json", emu, alice)
-    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "credentials": str(token_file),
-                                                          "root_url": emu.root_url})
+    store = open_store(Account("alice", f"drive://{alice.folder}",
+                               settings=DriveSettings(credentials=token_file, root_url=emu.root_url)))
     store.put_bytes("before", b"1")
     emu.revoke(alice.token)
     emu.revoke(alice.refresh_token)
@@ -310,16 +312,16 @@ def test_no_credentials_here_is_a_clear_error_and_a_worker_falls_back_to_its_own
     emu.share(carol.folder, alice.email)
     url = f"drive://{carol.folder}"
     with pytest.raises(PermissionDenied, match="Drive account 'carol' has not signed in.*accounts login"):
-        open_store(url, account={"name": "carol", "job": "j"}).list_keys()
+        open_store(Account("carol", url, job="j")).list_keys()
     monkeypatch.setenv("SHARDRUN_DRIVE_TOKEN_ALICE", alice.token)
-    store = open_store(url, account={"name": "carol", "job": "j", "fallback": {"name": "alice", "job": "j"}})
+    store = open_store(Account("carol", url, job="j", fallback=Account("alice", "drive://alices-folder", job="j")))
     assert store.identity() == alice.email and store.list_keys() == []
 
 
 def test_the_endpoint_override_and_per_account_token_from_the_environment_move_every_call(emu, alice, monkeypatch):
     monkeypatch.setenv("SHARDRUN_DRIVE_ROOT_URL", emu.root_url)
     monkeypatch.setenv("SHARDRUN_DRIVE_TOKEN_ALICE", alice.token)
-    store = open_store(f"drive://{alice.folder}", account={"name": "alice", "chunk_mib": 1})
+    store = open_store(Account("alice", f"drive://{alice.folder}", settings=DriveSettings(chunk_mib=1)))
     data = payload(3 * (1 << 20) // 2)
     store.put_bytes("big", data)  # resumable: the upload URLs, too, lead to the emulator
     store.put_bytes("small", b"s")

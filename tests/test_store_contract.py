@@ -9,6 +9,7 @@ import time
 import pytest
 
 from shardrun.errors import IntegrityError, InvalidKey, NotFound, QuotaExceeded, TransientError
+from shardrun.storage.account import Account
 from shardrun.storage.registry import open_store
 from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore
@@ -210,11 +211,11 @@ def test_put_is_atomic_under_concurrent_readers(store):
 
 
 def test_open_store_by_url(tmp_path):
-    store = open_store(f"local://{tmp_path}/acct", quota_bytes=123)
+    store = open_store(Account("a", f"local://{tmp_path}/acct", quota_bytes=123))
     assert isinstance(store, LocalStore) and store.quota_bytes == 123
-    relative = open_store("local://rel/acct", base_dir=tmp_path)
+    relative = open_store(Account("a", "local://rel/acct", base_dir=tmp_path))
     assert relative.root == tmp_path / "rel" / "acct"
-    assert open_store("memory://same") is open_store("memory://same")
+    assert open_store(Account("a", "memory://same")) is open_store(Account("b", "memory://same"))
 
 
 @pytest.mark.parametrize(
@@ -225,7 +226,7 @@ def test_open_store_rejects_bad_urls(url, message):
     from shardrun.errors import StoreError
 
     with pytest.raises(StoreError, match=message):
-        open_store(url)
+        open_store(Account("a", url))
 
 
 def test_local_store_rehashes_a_file_changed_behind_its_back(tmp_path):

@@ -25,6 +25,7 @@ from shardrun.session import Session
 from shardrun.plan.shards import Manifest
 from shardrun.errors import IntegrityError, NotFound, StoreError
 from shardrun.storage.base import Store
+from shardrun.storage.account import Account
 from shardrun.storage.registry import open_store
 from shardrun.storage.base import digest_file
 from shardrun.storage.local import LocalStore
@@ -52,7 +53,7 @@ def plan_test_job(folder: Path, runs: list[dict], **job_keys):
 
 
 def home_store(job) -> Store:
-    return open_store(job.home.store, None, job.base_dir)
+    return open_store(Account(job.home.name, job.home.store, base_dir=job.base_dir))
 
 
 def fold_journal(job, path: Path) -> Ledger:
@@ -125,7 +126,7 @@ def straight_weights(job, run: str, folder: Path) -> list[np.ndarray]:
     plan = ledger.plan()
     manifest = Manifest.from_json_bytes(home_store(job).get_bytes(plan["manifest_key"], plan["manifest_md5"]))
     for shard in ledger.shards():
-        store = open_store(job.account(shard["account"]).store, None, job.base_dir)
+        store = open_store(Account(shard["account"], job.account(shard["account"]).store, base_dir=job.base_dir))
         store.download(shard["key"], folder / "straight-shards" / f"{shard['id']}.tar", expected_md5=shard["md5"])
     r = next(r for r in job.runs if r.name == run)
     trainer = Trainer(TrainConfig(r.model, r.scale, r.channels, r.options, r.patch_size, r.batch_size,
@@ -198,8 +199,8 @@ def test_lagging_listings_never_let_two_workers_both_complete_a_chunk(tmp_path):
     min_lag, max_lag = 1.0, 2.0  # longer than the settle: neither sees the other's claim in time
     workers = []
     for i, account in enumerate(("alice", "bob")):
-        stores = {a.name: LaggingStore(open_store(a.store, None, job.base_dir), max_lag, min_lag_s=min_lag,
-                                       seed=f"{account}/{a.name}") for a in job.accounts}
+        stores = {a.name: LaggingStore(open_store(Account(a.name, a.store, base_dir=job.base_dir)), max_lag,
+                                       min_lag_s=min_lag, seed=f"{account}/{a.name}") for a in job.accounts}
         own = WorkerJob(job.name, stores[job.home.name], stores, tmp_path / account / "ledger.db",
                         tmp_path / account / "cache")
         workers.append(Worker(own, account, NO_LIMIT, settings=settings))

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from shardrun.errors import ConfigError
+from shardrun.storage import registry
+from shardrun.storage.account import Account
+from shardrun.storage.backend import Backend
+from shardrun.storage.base import Store
 from shardrun.validate import Key, check_table, non_negative, one_of, positive, read_toml, unknown_key_problem
-from shardrun.storage.registry import SCHEMES
 
 GB = 1_000_000_000  # Drive counts quota in decimal gigabytes, and so do we
 MB = 1_000_000
@@ -32,11 +35,9 @@ class AccountConfig:
     name: str
     store: str
     quota_gb: float = 15.0
-    # How a drive:// account signs in (docs/storage.md); never a secret in repr or messages.
-    auth: str | None = None
-    token: str | None = field(default=None, repr=False)
-    credentials: str | None = None
-    client_secrets: str | None = None
+    # The store backend's typed settings, from the account's and the job's keys (for Drive,
+    # how it signs in: docs/storage.md); never a secret in repr or messages.
+    settings: Any = None
 
     @property
     def quota_bytes(self) -> int:
@@ -74,10 +75,6 @@ class JobConfig:
     profile: str | None = None
     ledger: str | None = None
     lease_minutes: float = 10.0
-    drive_root_url: str | None = None  # endpoint override (an emulator); else $SHARDRUN_DRIVE_ROOT_URL
-    drive_chunk_mib: int = 8
-    drive_retries: int = 7
-    drive_retry_seconds: float = 300.0
 
     @property
     def home(self) -> AccountConfig:
@@ -100,21 +97,17 @@ class JobConfig:
         path = Path(self.ledger) if self.ledger else Path(".shardrun") / self.name / "ledger.db"
         return path if path.is_absolute() else self.base_dir / path
 
-    def store_account(self, account: AccountConfig) -> dict[str, Any]:
-        """Returns what open_store needs to sign in as `account` (paths made absolute)."""
-        def absolute(path: str | None) -> str | None:
-            return None if path is None else str(self.base_dir / Path(path).expanduser())
+    def store_account(self, account: AccountConfig, fallback: Account | None = None) -> Account:
+        """Returns the job's account as its store opens it: URL, quota and sign-in settings.
 
-        return {"name": account.name, "job": self.name, "auth": account.auth, "token": account.token,
-                "credentials": absolute(account.credentials), "client_secrets": absolute(account.client_secrets),
-                "root_url": self.drive_root_url, "chunk_mib": self.drive_chunk_mib,
-                "retries": self.drive_retries, "retry_seconds": self.drive_retry_seconds}
+        `fallback`: signed in as instead where this machine has no credentials of the account's own.
+        """
+        return Account(account.name, account.store, account.quota_bytes, self.name, self.base_dir,
+                       account.settings, fallback)
 
-    def open_store(self, account: AccountConfig):
+    def open_store(self, account: AccountConfig, fallback: Account | None = None) -> Store:
         """Returns the account's store, opened with its quota and sign-in settings."""
-        from shardrun.storage.registry import open_store
-
-        return open_store(account.store, account.quota_bytes, self.base_dir, self.store_account(account))
+        return registry.open_store(self.store_account(account, fallback))
 
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
@@ -133,9 +126,9 @@ def valid_name(value) -> str | None:
 
 def valid_store_url(value) -> str | None:
     scheme, sep, rest = value.partition("://")
-    if sep and scheme in SCHEMES and rest:
+    if sep and scheme in registry.schemes() and rest:
         return None
-    return "a store URL: " + " or ".join(f"{s}://..." for s in SCHEMES)
+    return "a store URL: " + " or ".join(f"{s}://..." for s in registry.schemes())
 
 
 JOB_KEYS = {
@@ -148,21 +141,12 @@ JOB_KEYS = {
     "profile": Key(str),
     "ledger": Key(str),
     "lease_minutes": Key((int, float), default=10, check=positive),
-    "drive_root_url": Key(str, check=lambda v: None if v.startswith(("http://", "https://")) else "an http(s):// URL"),
-    "drive_chunk_mib": Key(int, default=8, check=positive),
-    "drive_retries": Key(int, default=7, check=non_negative),
-    "drive_retry_seconds": Key((int, float), default=300, check=positive),
 }
 ACCOUNT_KEYS = {
     "name": Key(str, required=True, check=valid_name),
     "store": Key(str, required=True, check=valid_store_url),
     "quota_gb": Key((int, float), default=15.0, check=positive),
-    "auth": Key(str, check=one_of("colab", "oauth", "service-account", "token")),
-    "token": Key(str),
-    "credentials": Key(str),
-    "client_secrets": Key(str),
 }
-DRIVE_ONLY_KEYS = ("auth", "token", "credentials", "client_secrets")
 RUN_KEYS = {
     "name": Key(str, required=True, check=valid_name),
     "model": Key(str, required=True, check=one_of(*MODEL_NAMES)),
@@ -216,19 +200,50 @@ def _check_run(run: dict, where: str, problems: list[str]) -> None:
                             "(a low-resolution patch of 4x4 pixels)")
 
 
-def _check_sign_in(account: dict, root_url: str | None, where: str, problems: list[str]) -> None:
-    """Appends problems with a Drive account's sign-in keys (and such keys on other stores)."""
-    given = [key for key in DRIVE_ONLY_KEYS if account.get(key) is not None]
-    if not isinstance(account.get("store"), str) or not given:
-        return
-    if not account["store"].startswith("drive://"):
-        problems.append(f"{where}{given[0]}: only drive:// stores sign in; remove it for {account['store']!r}")
-        return
-    from shardrun.storage.drive.auth import DriveAccount, check_settings
+@dataclass(frozen=True)
+class _Keys:
+    """The keys a job file may use: the generic ones plus each store backend's own."""
 
-    settings = DriveAccount.from_mapping({**account, "root_url": root_url})
-    # The token itself is never shown: a problem names the key, not its value.
-    problems.extend(f"{where}{problem}" for problem in check_settings(settings))
+    job: dict[str, Key]
+    account: dict[str, Key]
+    owners: dict[str, tuple[str, ...]]  # a backend's account key -> the schemes that read it
+
+
+def _keys() -> _Keys:
+    """Returns the keys a job file may use, the registered backends' included."""
+    job, account, owners = dict(JOB_KEYS), dict(ACCOUNT_KEYS), {}
+    for scheme, backend in registry.backends().items():
+        job.update(backend.job_keys)
+        account.update(backend.account_keys)
+        for key in backend.account_keys:
+            owners[key] = owners.get(key, ()) + (scheme,)
+    return _Keys(job, account, owners)
+
+
+def _backend_of(account: dict) -> Backend | None:
+    """Returns the backend of the account's store URL, or None where its scheme is not registered."""
+    url = account.get("store")
+    scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
+    return registry.backend(scheme) if scheme in registry.schemes() else None
+
+
+def _check_store_settings(keys: _Keys, account: dict, job: dict, base_dir: Path, where: str,
+                          problems: list[str]) -> None:
+    """Appends problems with the account's backend keys: another backend's keys, and its own
+    backend's checks of their values."""
+    if not isinstance(account.get("store"), str):
+        return
+    backend = _backend_of(account)
+    own = backend.account_keys if backend else {}
+    foreign = [key for key in keys.owners if key not in own and account.get(key) is not None]
+    if foreign:
+        schemes = " or ".join(f"{scheme}://" for scheme in keys.owners[foreign[0]])
+        problems.append(f"{where}{foreign[0]}: only {schemes} stores sign in; remove it for {account['store']!r}")
+        return
+    if backend is not None:
+        settings = backend.settings(account, job, base_dir)
+        problems.extend(f"{where}{problem}" for problem in
+                        backend.check(Account(account.get("name"), account["store"], settings=settings)))
 
 
 def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict | None = None) -> JobConfig:
@@ -240,8 +255,9 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
             problems.append(unknown_key_problem("", key, TOP_KEYS))
     if "job" not in doc:
         problems.append("job: missing; add a [job] table with at least name and data")
-    job = check_table(doc.get("job", {}), "job.", JOB_KEYS, problems)
-    accounts = _check_list(doc, "accounts", ACCOUNT_KEYS, problems)
+    keys = _keys()
+    job = check_table(doc.get("job", {}), "job.", keys.job, problems)
+    accounts = _check_list(doc, "accounts", keys.account, problems)
     runs = _check_list(doc, "runs", RUN_KEYS, problems)
     _check_unique(accounts, "accounts", "name", problems)
     _check_unique(accounts, "accounts", "store", problems)
@@ -249,7 +265,7 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
     for i, run in enumerate(runs):
         _check_run(run, f"runs[{i}].", problems)
     for i, account in enumerate(accounts):
-        _check_sign_in(account, job.get("drive_root_url"), f"accounts[{i}].", problems)
+        _check_store_settings(keys, account, job, base_dir, f"accounts[{i}].", problems)
     if platforms is not None and isinstance(job.get("platform"), str) and job["platform"] not in platforms:
         problems.append(f"job.platform = {job['platform']!r}: must be one of "
                         + ", ".join(map(repr, sorted(platforms))) + " (from configs/platforms.toml)")
@@ -259,8 +275,8 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         name=job["name"],
         data=job["data"],
         platform=job["platform"],
-        accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"]), a["auth"], a["token"],
-                                     a["credentials"], a["client_secrets"]) for a in accounts),
+        accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"]),
+                                     _backend_of(a).settings(a, job, base_dir)) for a in accounts),
         runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second") and v is not None else v)
                                 for k, v in run.items()}) for run in runs),
         base_dir=base_dir,
@@ -271,10 +287,6 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         profile=job["profile"],
         ledger=job["ledger"],
         lease_minutes=float(job["lease_minutes"]),
-        drive_root_url=job["drive_root_url"],
-        drive_chunk_mib=job["drive_chunk_mib"],
-        drive_retries=job["drive_retries"],
-        drive_retry_seconds=float(job["drive_retry_seconds"]),
     )
 
 

@@ -1,3 +1,3 @@
-"""Stores: the contract (base), the backends (local, memory, drive) and the registry that opens a
-store from its URL.
+"""Stores: the contract (base), the backends (local, memory, drive), the typed account a store
+is opened for (account), and the registry that finds a URL's backend and opens its store.
 """

@@ -16,7 +16,10 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote
 
+from shardrun.storage.account import Account
+from shardrun.storage.backend import Backend
 from shardrun.storage.base import COPY_BUFFER, Digest, Stat, Store, Usage, digest_bytes, digest_file
 from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceeded, StoreError
 from shardrun.paths import validate_key, validate_prefix
@@ -249,3 +252,28 @@ def _remove_quietly(path: str | os.PathLike) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class LocalBackend(Backend):
+    """`local:///abs/path` or `local://rel/path`: a folder, relative ones to the job file's folder."""
+
+    scheme = "local"
+
+    def root(self, url: str, base_dir: Path | None) -> Path:
+        """Returns the folder the URL names; a relative one is relative to `base_dir` (else the cwd)."""
+        path = Path(unquote(self.location(url))).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return path
+
+    def absolute_url(self, url: str, base_dir: Path | None) -> str:
+        return f"local://{self.root(url, base_dir)}"
+
+    def open(self, account: Account) -> LocalStore:
+        return LocalStore(self.root(account.url, account.base_dir), account.quota_bytes, url=account.url)
+
+    def describe(self, account: Account) -> str:
+        return "local folder (this machine's user)"
+
+
+BACKEND = LocalBackend()

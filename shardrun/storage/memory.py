@@ -7,6 +7,8 @@ import threading
 from typing import BinaryIO
 
 from shardrun.clock import Clock, SystemClock
+from shardrun.storage.account import Account
+from shardrun.storage.backend import Backend
 from shardrun.storage.base import Digest, Stat, Store, Usage
 from shardrun.errors import NotFound, QuotaExceeded
 
@@ -78,3 +80,18 @@ class MemoryStore(Store):
         with self._lock:
             _, stat = self._get(key)
             self._objects[key] = (data, stat)
+
+
+class MemoryBackend(Backend):
+    """`memory://NAME`: the process-wide in-memory store of that name."""
+
+    scheme = "memory"
+
+    def open(self, account: Account) -> MemoryStore:
+        return MemoryStore.named(self.location(account.url), account.quota_bytes)
+
+    def describe(self, account: Account) -> str:
+        return "in-process memory"
+
+
+BACKEND = MemoryBackend()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -28,18 +27,23 @@ import webbrowser
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from google.oauth2.credentials import Credentials
 
 from shardrun.errors import PermissionDenied
+from shardrun.storage.account import Account
+from shardrun.storage.drive.settings import (
+    METHODS,
+    ROOT_URL_ENV,
+    env_token,
+    root_url_override,
+    settings_of,
+    token_env_var,
+)
 
 DRIVE_SCOPE = "https://www.googleapis.com/auth/drive"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
-METHODS = ("colab", "oauth", "service-account", "token")
-
-ROOT_URL_ENV = "SHARDRUN_DRIVE_ROOT_URL"
-TOKEN_ENV_PREFIX = "SHARDRUN_DRIVE_TOKEN"  # SHARDRUN_DRIVE_TOKEN_<ACCOUNT>, or alone for any account
 TOKEN_DIR_ENV = "SHARDRUN_TOKEN_DIR"
 
 _FILE_LOCK = threading.Lock()
@@ -69,15 +73,13 @@ class DriveAccount:
     fallback: "DriveAccount | None" = None
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> "DriveAccount":
-        """Returns the settings in an account mapping (job-file keys; unknown keys are ignored)."""
-        mapping = mapping or {}
-        path = lambda key: Path(mapping[key]).expanduser() if mapping.get(key) else None  # noqa: E731
-        fallback = mapping.get("fallback")
-        return cls(name=mapping.get("name"), job=mapping.get("job"), auth=mapping.get("auth"),
-                   token=mapping.get("token"), credentials=path("credentials"),
-                   client_secrets=path("client_secrets"), root_url=mapping.get("root_url"),
-                   fallback=cls.from_mapping(fallback) if fallback else None)
+    def of(cls, account: Account) -> "DriveAccount":
+        """Returns how the account (and its fallback) signs in, from its Drive settings."""
+        settings = settings_of(account)
+        path = lambda value: Path(value).expanduser() if value else None  # noqa: E731
+        return cls(name=account.name, job=account.job, auth=settings.auth, token=settings.token,
+                   credentials=path(settings.credentials), client_secrets=path(settings.client_secrets),
+                   root_url=settings.root_url, fallback=cls.of(account.fallback) if account.fallback else None)
 
     @property
     def label(self) -> str:
@@ -86,18 +88,6 @@ class DriveAccount:
     @property
     def effective_root_url(self) -> str | None:
         return root_url_override(self.root_url)
-
-
-def root_url_override(configured: str | None = None) -> str | None:
-    """Returns the Drive endpoint override: the job file's `drive_root_url`, else the environment's."""
-    return configured or os.environ.get(ROOT_URL_ENV) or None
-
-
-def token_env_var(account: str | None) -> str:
-    """Returns the environment variable that may hold `account`'s bearer token (emulators only)."""
-    if not account:
-        return TOKEN_ENV_PREFIX
-    return f"{TOKEN_ENV_PREFIX}_{re.sub(r'[^A-Z0-9]', '_', account.upper())}"
 
 
 def token_dir() -> Path:
@@ -119,10 +109,6 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
-def _env_token(account: DriveAccount) -> str | None:
-    return os.environ.get(token_env_var(account.name)) or os.environ.get(TOKEN_ENV_PREFIX) or None
-
-
 def _looks_like_service_account(path: Path) -> bool:
     try:
         return json.loads(path.read_text()).get("type") == "service_account"
@@ -137,7 +123,7 @@ def choose_method(account: DriveAccount) -> str:
     (service account), and finally `oauth` (which needs `shardrun accounts login`)."""
     if account.auth:
         return account.auth
-    if account.token or _env_token(account):
+    if account.token or env_token(account.name):
         return "token"
     if account.credentials:
         return "service-account" if _looks_like_service_account(account.credentials) else "oauth"
@@ -200,7 +186,7 @@ def _token_credentials(account: DriveAccount):
     if not account.effective_root_url:
         raise AuthError(f"{account.label}: a fixed bearer token is only accepted with an endpoint override "
                         f"(drive_root_url or ${ROOT_URL_ENV}); sign in with auth = \"oauth\" instead")
-    token = account.token or _env_token(account)
+    token = account.token or env_token(account.name)
     if not token:
         raise NotSignedIn(f"{account.label}: auth = \"token\" but no token is set: add token = \"...\" to the "
                         f"account or set ${token_env_var(account.name)}")
@@ -367,17 +353,3 @@ def login(account: DriveAccount, prompt: Callable[[str], None], *, open_browser:
     path = token_path(account)
     write_token_file(path, credentials)
     return path
-
-
-def check_settings(account: DriveAccount) -> list[str]:
-    """Returns problems with the account's settings that need no network (config.py checks the
-    keys' types and allowed values itself)."""
-    problems = []
-    if account.token and not account.effective_root_url:
-        problems.append(f"token: a fixed bearer token is only allowed with drive_root_url (or ${ROOT_URL_ENV}) "
-                        "pointing at an emulator; real Drive accounts sign in with auth = \"oauth\" or \"colab\"")
-    if account.auth == "token" and not account.token and not _env_token(account):
-        problems.append(f"auth = \"token\": needs token = \"...\" or ${token_env_var(account.name)}")
-    if account.auth == "service-account" and not account.credentials:
-        problems.append("auth = \"service-account\": needs credentials = \"path/to/key.json\"")
-    return problems

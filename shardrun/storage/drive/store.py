@@ -455,17 +455,3 @@ class DriveStore(Store):
             if self._used is not None:
                 self._used += delta
                 self._writes_since_count += 1
-
-
-def open_drive_store(url: str, folder_id: str, quota_bytes: int | None, account=None) -> DriveStore:
-    """Returns the DriveStore `drive://<folder_id>` names, signed in as `account` describes
-    (see open_store); credentials are loaded on first use, so opening never blocks or fails early."""
-    from shardrun.storage.drive.auth import DriveAccount, load_credentials
-
-    options = dict(account or {})
-    settings = DriveAccount.from_mapping(options)
-    retry = RetryPolicy(attempts=int(options.get("retries", 7)) + 1,
-                        total_seconds=float(options.get("retry_seconds", 300.0)))
-    return DriveStore(folder_id.rstrip("/"), lambda: load_credentials(settings), root_url=settings.effective_root_url,
-                      quota_bytes=quota_bytes, url=url, account_name=settings.name,
-                      chunk_bytes=int(options.get("chunk_mib", DEFAULT_CHUNK // MIB) * MIB), retry=retry)
