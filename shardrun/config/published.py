@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from shardrun.errors import ConfigError
 
@@ -23,7 +24,11 @@ class PublishedFigure:
 
 def load_published(text: str | None = None) -> list[PublishedFigure]:
     """Returns the shipped published figures (or those in `text`)."""
-    text = text if text is not None else resources.files("shardrun.configs").joinpath("published.toml").read_text("utf-8")
+    if text is None:
+        try:
+            text = resources.files("shardrun.configs").joinpath("published.toml").read_text("utf-8")
+        except FileNotFoundError:  # a source checkout whose editable install maps configs/ elsewhere
+            text = (Path(__file__).resolve().parents[2] / "configs" / "published.toml").read_text("utf-8")
     try:
         rows = tomllib.loads(text).get("figures", [])
         return [PublishedFigure(str(r["model"]), str(r["dataset"]), int(r["scale"]), float(r["psnr"]),

@@ -104,7 +104,15 @@ def _write_tflite(model, path: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         _write_savedmodel(model, Path(scratch) / "saved")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "saved"))
-        path.write_bytes(converter.convert())
+        try:
+            path.write_bytes(converter.convert())
+        except Exception:  # noqa: BLE001 - ConverterError: some op needs TensorFlow's own kernels
+            # DECUSR's concatenation after UpSampling2D loses its static channel count, which the
+            # builtin Conv2D needs: fall back to TF Select ops, which the `tensorflow` package's
+            # interpreter runs (a mobile runtime needs the Flex delegate; docs/models-out.md).
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "saved"))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+            path.write_bytes(converter.convert())
 
 
 def _write_onnx(model, path: Path) -> None:
