@@ -40,6 +40,7 @@ WINGS = {
     "shardrun.status": "status",
     "shardrun.worker": "worker",
     "shardrun.accounts": "accounts",
+    "shardrun.product": "product",
     "shardrun.demo": "demo",
     "shardrun.notebook_setup": "notebook",
     "shardrun.render": "render",
@@ -61,9 +62,11 @@ ALLOWED = {
     "advice": {GROUND, "storage", "config", "plan"},
     "worker": {GROUND, "storage", "config", "train", "journal", "ledger", "session", "plan"},
     "accounts": {GROUND, "storage", "config"},
-    "demo": _LIBRARY_FLOORS | {"plan", "status", "worker"},
+    # a run's product (export, upscale, evaluate): reads the ledger, fetches from the store, runs train/
+    "product": {GROUND, "storage", "config", "train", "journal", "ledger", "plan"},
+    "demo": _LIBRARY_FLOORS | {"plan", "status", "worker", "product"},
     "notebook": set(),  # runs before shardrun's own dependencies are installed
-    "render": _LIBRARY_FLOORS | {"plan", "status", "advice", "accounts"},
+    "render": _LIBRARY_FLOORS | {"plan", "status", "advice", "accounts", "product"},
     "cli": set(),  # filled below: the command line may import every wing
 }
 ALLOWED["cli"] = set(ALLOWED) - {"cli"}

@@ -14,6 +14,7 @@ from shardrun.cli.advise import advise
 from shardrun.cli.demo import demo
 from shardrun.cli.errors import ShardrunGroup
 from shardrun.cli.plan import plan
+from shardrun.cli.product import evaluate, export, upscale
 from shardrun.cli.status import status
 from shardrun.cli.train import bench, models
 from shardrun.cli.worker import worker
@@ -29,5 +30,5 @@ def main():
     """
 
 
-for command in (plan, worker, status, accounts, advise, models, bench, demo):
+for command in (plan, worker, status, accounts, advise, models, bench, export, upscale, evaluate, demo):
     main.add_command(command)

@@ -1,0 +1,1 @@
+"""A run's product: the trained network exported, used and measured."""
