@@ -74,3 +74,19 @@ def validate_prefix(prefix: str) -> str:
         return prefix
     validate_key(prefix.rstrip("/"))
     return prefix
+
+
+# -- local files of `status --tensorboard DIR` (a folder on the machine running status) --
+
+TENSORBOARD_STATE = "shardrun-tensorboard.json"  # what was written, per run and tag
+
+
+def tensorboard_run_folder(run: str) -> str:
+    """Returns the subfolder of DIR that holds one run's event files (one TensorBoard run)."""
+    return validate_key(run)
+
+
+def tensorboard_event_file(sequence: int) -> str:
+    """Returns the name of the event file a call writes: `tfevents` lets TensorBoard find it, and
+    the zero-padded call number makes name order call order (TensorBoard reads files in name order)."""
+    return f"events.out.tfevents.{sequence:010d}.shardrun"

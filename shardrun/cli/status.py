@@ -19,7 +19,10 @@ from shardrun.cli.options import jobfile_argument, json_option, load_job, make_c
               help="With --watch: stop after this many refreshes instead of waiting for Ctrl-C.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
               help="Also write the status as one self-contained web page with plots to this file.")
-def status(jobfile, as_json, watch, interval, refreshes, html_file):
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also write the runs' curves as TensorBoard event files under DIR (one folder per run); "
+                   "a later call adds only what is new. Needs `pip install 'shardrun[tensorboard]'`.")
+def status(jobfile, as_json, watch, interval, refreshes, html_file, tensorboard_dir):
     """Show the job's progress: per run steps, losses, validation PSNR/SSIM and ETA; workers,
     sessions, throughput by hardware and storage per account.
 
@@ -32,14 +35,24 @@ def status(jobfile, as_json, watch, interval, refreshes, html_file):
     from shardrun.status.report import job_status
 
     job = load_job(jobfile)
+    exported = []
+    export = None
+    if tensorboard_dir:
+        from shardrun.status.tensorboard import export_tensorboard, require_tensorboard
+
+        require_tensorboard()  # before the sync: a missing package is known at once
+
+        def export(ledger):
+            exported.append(export_tensorboard(ledger, tensorboard_dir, job.name))
     if watch:
         if as_json or html_file:
             raise click.UsageError("--watch shows the table; it cannot be combined with --json or --html")
         from shardrun.cli.watch import watch as watch_view
 
-        watch_view(make_console(), lambda: status_view(job_status(job)), interval, refreshes)
+        # With --tensorboard each refresh also adds the new points, so TensorBoard follows the job.
+        watch_view(make_console(), lambda: status_view(job_status(job, with_ledger=export)), interval, refreshes)
         return
-    result = job_status(job)
+    result = job_status(job, with_ledger=export)
     if html_file:
         from pathlib import Path
 
@@ -55,3 +68,7 @@ def status(jobfile, as_json, watch, interval, refreshes, html_file):
         make_console().print(status_view(result))
         if html_file:
             click.echo(f"Wrote {html_file}")
+    for done in exported:
+        # On stderr, so that --json's standard output stays one JSON document.
+        click.echo(f"TensorBoard: {done.total} new point{'s' * (done.total != 1)} in {done.logdir} "
+                   f"({', '.join(f'{run}: {n}' for run, n in done.points.items()) or 'nothing new'})", err=True)

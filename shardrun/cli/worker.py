@@ -25,8 +25,9 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
 
     JOB is the job file, or (in a notebook that has only the store) the job's home URL,
     e.g. local:///srv/shardrun/alice/ultrasound-x2. The session's end comes from the platform
-    (Colab, Kaggle: about 12 h from the machine's start; local: none) or --budget. SIGTERM or
-    Ctrl-C checkpoints, yields the chunk and exits 0; a second one exits at once.
+    (Colab, Kaggle: about 12 h from the machine's start; SLURM: the job's end time; local,
+    SkyPilot: none) or --budget. SIGTERM (a spot VM's shutdown, SLURM's --signal) or Ctrl-C
+    checkpoints, yields the chunk and exits 0; a second one exits at once. See docs/scaling.md.
     """
     import logging
     import os

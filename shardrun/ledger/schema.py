@@ -99,8 +99,18 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db["workers"].add_column("left_reason", str)
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    # Throughput per history bucket and the validation's own time, so status can draw (and
+    # `status --tensorboard` export) patches/s along the steps, each point at its event's store
+    # time. Derived: a refold fills them from the stored events.
+    db["run_history"].add_column("pps_sum", float)
+    db["run_history"].add_column("pps_n", int)
+    db["run_history"].add_column("val_time", float)
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
-                                                               _migration_4]
+                                                               _migration_4, _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

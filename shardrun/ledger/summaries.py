@@ -152,7 +152,8 @@ class Summaries:
             v = val or {}
             self.conn.execute(
                 "INSERT INTO run_history (run, bucket, step_min, step_max, time_first, time_last, loss_sum, loss_n, "
-                " loss_min, psnr, ssim, bicubic_psnr, bicubic_ssim, val_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                " loss_min, psnr, ssim, bicubic_psnr, bicubic_ssim, val_step, pps_sum, pps_n, val_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(run, bucket) DO UPDATE SET step_min = MIN(step_min, excluded.step_min), "
                 " step_max = MAX(step_max, excluded.step_max), time_last = excluded.time_last, "
                 " loss_sum = loss_sum + excluded.loss_sum, loss_n = loss_n + excluded.loss_n, "
@@ -160,10 +161,13 @@ class Summaries:
                 "                 ELSE MIN(loss_min, excluded.loss_min) END, "
                 " psnr = COALESCE(excluded.psnr, psnr), ssim = COALESCE(excluded.ssim, ssim), "
                 " bicubic_psnr = COALESCE(excluded.bicubic_psnr, bicubic_psnr), "
-                " bicubic_ssim = COALESCE(excluded.bicubic_ssim, bicubic_ssim), val_step = COALESCE(excluded.val_step, val_step)",
+                " bicubic_ssim = COALESCE(excluded.bicubic_ssim, bicubic_ssim), val_step = COALESCE(excluded.val_step, val_step), "
+                " pps_sum = COALESCE(pps_sum, 0) + excluded.pps_sum, pps_n = COALESCE(pps_n, 0) + excluded.pps_n, "
+                " val_time = COALESCE(excluded.val_time, val_time)",
                 (run, step // layout[0], step, step, t, t, loss or 0.0, 0 if loss is None else 1, loss,
                  v.get("psnr"), v.get("ssim"), v.get("bicubic_psnr"), v.get("bicubic_ssim"),
-                 step if val is not None else None))
+                 step if val is not None else None, pps or 0.0, 0 if pps is None else 1,
+                 t if val is not None else None))
         if pps is not None:
             self.conn.execute(
                 "INSERT INTO hardware (device, platform, run, samples, pps_sum, pps_max, pps_last, time_last) "

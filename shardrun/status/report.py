@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from typing import Callable
 
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
@@ -31,8 +32,13 @@ def _iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True) -> dict:
-    """Returns the job's status: the ledger synced with the journal, plus live account usage."""
+def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True,
+               with_ledger: Callable[[Ledger], object] | None = None) -> dict:
+    """Returns the job's status: the ledger synced with the journal, plus live account usage.
+
+    `with_ledger` is called with the synced ledger before it closes (`status --tensorboard`
+    exports from it), so a second view of the job costs no second sync.
+    """
     clock = clock or SystemClock()
     notes = []
     # Asking every account for its usage is I/O-bound (a folder walk, an API call): do it while
@@ -46,7 +52,10 @@ def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = Tr
             notes.append(f"the journal could not be read ({e}); showing the local ledger")
             ledger = Ledger.open(job.ledger_path)
         try:
-            return status_from_ledger(job, ledger, clock, {n: f.result() for n, f in usages.items()}, notes)
+            result = status_from_ledger(job, ledger, clock, {n: f.result() for n, f in usages.items()}, notes)
+            if with_ledger is not None:
+                with_ledger(ledger)
+            return result
         finally:
             ledger.close()
 
