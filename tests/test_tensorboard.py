@@ -18,9 +18,8 @@ from shardrun.status.scalars import history_scalars
 from shardrun.status.tensorboard import export_tensorboard
 from test_report import T0, VAL_1, ev, job, known_events, plan_event  # noqa: F401 (job is a fixture)
 
-pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
 
 LATER = [ev(1200, "heartbeat", "w1", "r1", 1, step=160, loss=0.044, patches_per_second=150.0),
          ev(1210, "checkpoint", "w1", "r1", 1, step=170, key="k/r1-170", md5="d", loss=0.043, validation=VAL_1)]
