@@ -16,7 +16,7 @@ import io
 import re
 from datetime import datetime, timezone
 
-from shardrun.units import human_bytes, human_seconds
+from shardrun.units import human_bytes, human_duration
 from shardrun.render.status import worker_state
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
@@ -242,7 +242,7 @@ def _cards(status: dict) -> str:
         cards.append(("Steps done", f"{done:,} of {total:,} ({100 * done / total:.1f}%)"))
     eta = status.get("eta")
     if eta:
-        cards.append(("ETA", "done" if eta["finished"] else human_seconds(eta["seconds"])))
+        cards.append(("ETA", "done" if eta["finished"] else human_duration(eta["seconds"])))
     if len(status["runs"]) <= MAX_RUN_CARDS:
         for run in status["runs"]:
             if run["loss"]["best"] is not None:
@@ -277,7 +277,7 @@ def _runs_html(status: dict) -> str:
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
             "–" if v is None else f"{v['ssim']:.4f} ({v['bicubic_ssim']:.4f})",
-            "done" if r["steps_done"] >= r["steps_total"] else _e(human_seconds(r.get("eta_seconds")))])
+            "done" if r["steps_done"] >= r["steps_total"] else _e(human_duration(r.get("eta_seconds")))])
     return _table(["run", "model", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
                    "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=2)
 
@@ -288,11 +288,11 @@ def _eta_html(eta: dict | None) -> str:
     if eta["finished"]:
         return "<p>Every run is done.</p>"
     a = eta["allowance"]
-    return (f"<p>ETA <b>{_e(human_seconds(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
+    return (f"<p>ETA <b>{_e(human_duration(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
             f"recent throughput of each run's worker with {eta['workers_alive']} worker(s) alive; allowance for "
             f"lost sessions <b>+{(a['factor'] - 1) * 100:.1f}%</b>: {a['expired_attempts']} of {a['ended_attempts']} "
-            f"chunk attempts ended by lease expiry, losing {_e(human_seconds(a['lost_seconds']))} of "
-            f"{_e(human_seconds(a['worked_seconds']))} worked ({_e(a['rule'])}).</p>")
+            f"chunk attempts ended by lease expiry, losing {_e(human_duration(a['lost_seconds']))} of "
+            f"{_e(human_duration(a['worked_seconds']))} worked ({_e(a['rule'])}).</p>")
 
 
 def _workers_html(status: dict) -> str:
@@ -303,7 +303,7 @@ def _workers_html(status: dict) -> str:
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
                      "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),
-                     _e(w["last_seen"]), _e(human_seconds(w["silent_seconds"])), state])
+                     _e(w["last_seen"]), _e(human_duration(w["silent_seconds"])), state])
     return _table(["worker", "account", "platform", "device", "run/chunk", "step", "patches/s", "steps/s",
                    "last seen", "silent", "state"], rows, left=5)
 
@@ -313,11 +313,11 @@ def _sessions_html(sessions: dict) -> str:
         return "<p>No session yet.</p>"
     ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
     summary = (f"<p>{sessions['count']:,} session{'s' if sessions['count'] != 1 else ''} so far ({_e(ends)}); length median "
-               f"{_e(human_seconds(sessions['median_seconds']))}, mean {_e(human_seconds(sessions['mean_seconds']))}, "
-               f"longest {_e(human_seconds(sessions['longest_seconds']))}; total "
-               f"{_e(human_seconds(sessions['total_seconds']))}.</p>")
+               f"{_e(human_duration(sessions['median_seconds']))}, mean {_e(human_duration(sessions['mean_seconds']))}, "
+               f"longest {_e(human_duration(sessions['longest_seconds']))}; total "
+               f"{_e(human_duration(sessions['total_seconds']))}.</p>")
     rows = [[_e(s["worker"]), _e(s["account"] or "?"), _e(s["device"] or "unknown"), _e(s["started"]),
-             _e(human_seconds(s["seconds"])), _e(s["end"]), str(s["chunks_done"])] for s in sessions["recent"]]
+             _e(human_duration(s["seconds"])), _e(s["end"]), str(s["chunks_done"])] for s in sessions["recent"]]
     return summary + _table(["worker", "account", "device", "started", "length", "end", "chunks done"], rows, left=4)
 
 
@@ -335,7 +335,7 @@ def _accounts_html(status: dict) -> str:
 def _hardware_html(status: dict) -> str:
     rows = [[_e(h["device"]), _e(h["platform"]), _e(h["run"]), f"{h['patches_per_second']:,.1f}",
              f"{h['steps_per_second']:,.3g}", _fmt(h["images_per_second"], ",.3g"),
-             _e(human_seconds(h["epoch_seconds"])), f"{h['samples']:,}"] for h in status["hardware"]]
+             _e(human_duration(h["epoch_seconds"])), f"{h['samples']:,}"] for h in status["hardware"]]
     return _table(["device", "platform", "run", "patches/s", "steps/s", "images/s", "one epoch", "reports"],
                   rows, left=3)
 

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import json
 import statistics
-from datetime import datetime, timezone
 
 from shardrun.ledger.db import Ledger
+from shardrun.units import iso_time
 
 RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
 MAX_WORKERS_SHOWN = 100
 RECENT_SESSIONS = 20
 MAX_LOST_SHARE = 0.5  # the allowance never more than doubles the ETA
 SESSION_HOURS_BINS = (1, 2, 4, 6, 8, 10, 12)  # upper edges of the session-length histogram
-
-
-def iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -36,7 +30,7 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
     m = metrics or {}
     validation = None
     if m.get("psnr") is not None:
-        validation = {"step": m["val_step"], "time": iso(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
+        validation = {"step": m["val_step"], "time": iso_time(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
                       "bicubic_psnr": m["bicubic_psnr"], "bicubic_ssim": m["bicubic_ssim"],
                       "gain_db": m["psnr"] - m["bicubic_psnr"], "images": m["val_images"],
                       "best_psnr": m["best_psnr"], "best_psnr_step": m["best_psnr_step"]}
@@ -85,7 +79,7 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
             state = "running" if w["id"] in running_owners else "alive"
         out.append({
             "id": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
-            "first_seen": iso(w["first_time"]), "last_seen": iso(w["last_time"]), "last_event": w["last_kind"],
+            "first_seen": iso_time(w["first_time"]), "last_seen": iso_time(w["last_time"]), "last_event": w["last_kind"],
             "silent_seconds": None if as_of is None else as_of - w["last_time"],
             "stale": state == "stale", "running": w["id"] in running_owners, "state": state,
             "left_reason": w.get("left_reason"),
@@ -120,7 +114,7 @@ def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
         histogram[next((i for i, edge in enumerate(SESSION_HOURS_BINS) if seconds < edge * 3600),
                        len(SESSION_HOURS_BINS))] += 1
     recent = [{"worker": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
-               "started": iso(w["first_time"]), "last_seen": iso(w["last_time"]),
+               "started": iso_time(w["first_time"]), "last_seen": iso_time(w["last_time"]),
                "seconds": w["last_time"] - w["first_time"], "end": _session_end(w, as_of, lease),
                "chunks_done": w["chunks_done"]} for w in rows[-RECENT_SESSIONS:][::-1]]
     return {
@@ -210,6 +204,6 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
     seconds = training * allowance["factor"]
     start = as_of if as_of is not None else now
-    return {"seconds": seconds, "at": iso(start + seconds) if training else None, "finished": training == 0,
+    return {"seconds": seconds, "at": iso_time(start + seconds) if training else None, "finished": training == 0,
             "runs": per_run,
             "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}

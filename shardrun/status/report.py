@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
@@ -21,14 +20,9 @@ from shardrun.status.figures import (
 )
 from shardrun.errors import StoreError
 from shardrun.storage.base import Usage
+from shardrun.units import iso_time
 
 STATUS_SCHEMA = "shardrun.status/1"
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True) -> dict:
@@ -110,13 +104,13 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     return {
         "schema": STATUS_SCHEMA,
         "job": job.name,
-        "generated_at": _iso(clock.now()),
+        "generated_at": iso_time(clock.now()),
         "plan": None if plan is None else {
-            "id": plan["id"], "planned_at": _iso(plan["server_time"]), "images": plan["images"],
+            "id": plan["id"], "planned_at": iso_time(plan["server_time"]), "images": plan["images"],
             "image_bytes": plan["image_bytes"], "rejected": plan["rejected"], "platform": plan["platform"],
             "profile": plan["profile"], **json.loads(plan["payload"] or "{}"),
         },
-        "as_of": _iso(as_of),
+        "as_of": iso_time(as_of),
         "lease_seconds": lease,
         "runs": runs,
         "eta": eta,
