@@ -1,6 +1,8 @@
 """The figures `status` derives from the ledger's summaries: each run's losses, validation and
 history; the workers and whether they are stale; the sessions; throughput by hardware; the ETA.
 
+Pure: rows in (as the ledger's queries return them, gathered by status/report.py), numbers out.
+
 Time here is the store's: a worker is stale when the journal holds an event written a lease or
 more after the worker's last one (the rule the fold applies to expiries), never by comparing this
 machine's clock with another's.
@@ -11,10 +13,8 @@ from __future__ import annotations
 import json
 import statistics
 
-from shardrun.ledger.db import Ledger
 from shardrun.units import iso_time
 
-RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
 MAX_WORKERS_SHOWN = 100
 RECENT_SESSIONS = 20
 MAX_LOST_SHARE = 0.5  # the allowance never more than doubles the ETA
@@ -62,15 +62,10 @@ def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
             and row["last_kind"] not in ("yield", "done"))
 
 
-def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
-    """Returns the workers seen within a day of the latest event, or owning a running chunk."""
-    since = None if as_of is None else as_of - RECENT_WORKERS_S
-    rows = {w["id"]: w for w in ledger.workers(since)}
-    for owner in running_owners - set(rows):
-        if (row := ledger.worker(owner)) is not None:
-            rows[owner] = row
+def worker_rows(rows: list[dict], as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
+    """Returns the workers of `rows` (the ledger's worker rows), latest first, each with its state."""
     out = []
-    for w in sorted(rows.values(), key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
+    for w in sorted(rows, key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
         if _is_stale(w, as_of, lease):
             state = "stale"
         elif _has_ended(w, as_of, lease):
@@ -102,9 +97,9 @@ def _session_end(w: dict, as_of: float | None, lease: float) -> str:
     return "lost" if w["expired"] else "silent"  # died mid-chunk (its lease was declared expired)
 
 
-def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
-    """Returns the sessions so far (one per worker process) and their lengths in store time."""
-    rows = ledger.sessions()
+def sessions_summary(rows: list[dict], as_of: float | None, lease: float) -> dict:
+    """Returns the sessions so far and their lengths in store time, from the ledger's session rows
+    (one per worker process, in start order)."""
     lengths = [w["last_time"] - w["first_time"] for w in rows]
     ends = {k: 0 for k in ("running", "yielded", "finished", "left", "lost", "silent")}
     for w in rows:
@@ -127,10 +122,11 @@ def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
     }
 
 
-def hardware_rows(ledger: Ledger, runs: dict[str, dict]) -> list[dict]:
-    """Returns the measured throughput per (device, platform, run), with its epoch time."""
+def hardware_rows(rows: list[dict], runs: dict[str, dict]) -> list[dict]:
+    """Returns the measured throughput per (device, platform, run), with its epoch time, from the
+    ledger's hardware rows and its runs by name."""
     out = []
-    for h in ledger.hardware():
+    for h in rows:
         run = runs.get(h["run"])
         if run is None:
             continue

@@ -23,6 +23,7 @@ from shardrun.storage.base import Usage
 from shardrun.units import iso_time
 
 STATUS_SCHEMA = "shardrun.status/1"
+RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
 
 
 def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True) -> dict:
@@ -76,7 +77,8 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
         })
     running_chunks = ledger.chunks(state="running")
-    workers = worker_rows(ledger, as_of, lease, {c["owner"] for c in running_chunks})
+    owners = {c["owner"] for c in running_chunks}
+    workers = worker_rows(_recent_workers(ledger, as_of, owners), as_of, lease, owners)
     by_id = {w["id"]: w for w in workers}
     running = {c["run"]: by_id[c["owner"]] for c in running_chunks
                if c["owner"] in by_id and not by_id[c["owner"]]["stale"]}
@@ -115,10 +117,21 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
         "runs": runs,
         "eta": eta,
         "workers": workers,
-        "sessions": sessions_summary(ledger, as_of, lease),
-        "hardware": hardware_rows(ledger, ledger_runs),
+        "sessions": sessions_summary(ledger.sessions(), as_of, lease),
+        "hardware": hardware_rows(ledger.hardware(), ledger_runs),
         "accounts": accounts,
         "rejected": ledger.rejected(),
         "journal": {"events": ledger.event_count(), "unreadable": ledger.bad_events()},
         "notes": notes,
     }
+
+
+def _recent_workers(ledger: Ledger, as_of: float | None, running_owners: set[str]) -> list[dict]:
+    """Returns the ledger's rows of the workers seen within a day of the latest event, or owning a
+    running chunk (a worker silent for longer still holds its chunk until someone expires it)."""
+    since = None if as_of is None else as_of - RECENT_WORKERS_S
+    rows = {w["id"]: w for w in ledger.workers(since)}
+    for owner in running_owners - set(rows):
+        if (row := ledger.worker(owner)) is not None:
+            rows[owner] = row
+    return list(rows.values())
