@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 
 from shardrun.units import human_bytes, human_duration
-from shardrun.render.status import worker_state
+from shardrun.render.status import run_eta, training_left, worker_state
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -242,7 +242,8 @@ def _cards(status: dict) -> str:
         cards.append(("Steps done", f"{done:,} of {total:,} ({100 * done / total:.1f}%)"))
     eta = status.get("eta")
     if eta:
-        cards.append(("ETA", "done" if eta["finished"] else human_duration(eta["seconds"])))
+        cards.append(("ETA", "done" if eta["finished"] else "no worker running" if not eta["workers_alive"]
+                      else human_duration(eta["seconds"])))
     if len(status["runs"]) <= MAX_RUN_CARDS:
         for run in status["runs"]:
             if run["loss"]["best"] is not None:
@@ -277,7 +278,7 @@ def _runs_html(status: dict) -> str:
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
             "–" if v is None else f"{v['ssim']:.4f} ({v['bicubic_ssim']:.4f})",
-            "done" if r["steps_done"] >= r["steps_total"] else _e(human_duration(r.get("eta_seconds")))])
+            _e(run_eta(status, r))])
     return _table(["run", "model", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
                    "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=2)
 
@@ -287,6 +288,8 @@ def _eta_html(eta: dict | None) -> str:
         return ""
     if eta["finished"]:
         return "<p>Every run is done.</p>"
+    if not eta["workers_alive"]:
+        return f"<p>No ETA while no worker is running ({_e(training_left(eta))}).</p>"
     a = eta["allowance"]
     return (f"<p>ETA <b>{_e(human_duration(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
             f"recent throughput of each run's worker with {eta['workers_alive']} worker(s) alive; allowance for "

@@ -29,19 +29,34 @@ def _runs_table(status: dict) -> Table:
                      "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
                      "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f})",
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
-                     "done" if r["steps_done"] >= r["steps_total"] else human_duration(r.get("eta_seconds")))
+                     run_eta(status, r))
     return runs
+
+
+def training_left(eta: dict) -> str:
+    """Returns the training left for one worker, as the ETA line says it while no worker runs."""
+    if eta["training_seconds"] is None:
+        return "throughput unknown for some run"
+    return f"{human_duration(eta['training_seconds'])} of training left for one worker"
+
+
+def run_eta(status: dict, run: dict) -> str:
+    """Returns a run's cell in the ETA column: done, none while no worker runs, or its time left."""
+    if run["steps_done"] >= run["steps_total"]:
+        return "done"
+    return "no worker" if not status["eta"]["workers_alive"] else human_duration(run.get("eta_seconds"))
 
 
 def _eta_text(eta: dict) -> Text:
     if eta["finished"]:
         return Text("ETA: every run is done.", style="bold green")
+    if not eta["workers_alive"]:
+        return Text(f"ETA: none while no worker is running ({training_left(eta)}).", style="yellow")
     if eta["seconds"] is None:
         return Text("ETA: unknown (no throughput measured or planned for some run).", style="yellow")
     a = eta["allowance"]
     alive = eta["workers_alive"]
-    workers = (f"{alive} worker{'s' if alive != 1 else ''} alive" if alive
-               else "no worker alive now: assuming 1")
+    workers = f"{alive} worker{'s' if alive != 1 else ''} alive"
     lost = (f"{a['expired_attempts']:,} of {a['ended_attempts']:,} chunk attempts ended by lease expiry, losing "
             f"{human_duration(a['lost_seconds'])} of {human_duration(a['worked_seconds'])} worked"
             if a["ended_attempts"] else "no chunk attempt has ended yet")

@@ -174,7 +174,9 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     alive the job takes at least its longest run and at least the total work over W.
     Throughput per run: the worker training it now (if not stale), else the run's latest report,
     else the plan's estimate. `at` counts from the state described (`as_of`, store time), or from
-    `now` before any event.
+    `now` before any event. While no worker is alive and work remains there is no ETA (`seconds`,
+    `at` and each run's `eta_seconds` are None): nothing moves until someone starts a session, and
+    `training_seconds` still tells the training left for one worker.
     """
     if not runs:
         return None
@@ -199,6 +201,11 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     workers = max(1, alive)
     training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
     seconds = training * allowance["factor"]
+    if alive == 0 and training:
+        for r in runs:
+            r["eta_seconds"] = None
+        return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": workers,
+                "workers_alive": 0, "training_seconds": training, "allowance": allowance}
     start = as_of if as_of is not None else now
     return {"seconds": seconds, "at": iso_time(start + seconds) if training else None, "finished": training == 0,
             "runs": per_run,
