@@ -30,7 +30,7 @@ from shardrun.ledger.schema import SCHEMA_VERSION
 from shardrun.ledger.db import Ledger
 from shardrun.render.status import status_view
 from shardrun.status.report import job_status, status_from_ledger
-from shardrun.render.html import status_html
+from shardrun.render.html import progress_figure, status_html
 from shardrun.storage.base import Usage
 from shardrun.storage.local import LocalStore
 from shardrun.ledger.summaries import HISTORY_POINTS
@@ -213,6 +213,20 @@ def test_there_is_no_eta_while_no_worker_is_running(job):
     assert "no worker" in text.split("ETA: none")[0]  # the runs table's ETA column
     page = status_html(status)
     assert "No ETA while no worker is running" in page and "no worker running" in page
+
+
+
+def test_progress_reported_at_one_moment_gets_an_hour_either_side(job):
+    import matplotlib.dates as mdates
+
+    ledger = Ledger.open(None)
+    ledger.add_events([plan_event(), ev(10, "claim", "w1", "r1", 0),
+                       ev(130, "heartbeat", "w1", "r1", 0, step=20, loss=0.09, patches_per_second=80.0)])
+    status = status_from_ledger(job, ledger, FakeClock(T0 + 140), {}, [])
+    assert [len(r["history"]) for r in status["runs"]] == [1, 0]
+    lo, hi = mdates.num2date(progress_figure(status).axes[0].get_xlim())
+    point = datetime.fromtimestamp(T0 + 130, timezone.utc)
+    assert (point - lo).total_seconds() == pytest.approx(3600) and (hi - point).total_seconds() == pytest.approx(3600)
 
 
 def test_a_journal_silent_for_a_lease_is_noted(job):

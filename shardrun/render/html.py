@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import io
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from shardrun.units import human_bytes, human_duration
 from shardrun.render.status import run_eta, training_left, worker_state
@@ -119,20 +119,30 @@ def _psnr_plot(status: dict) -> str:
     return _svg(fig)
 
 
-def _progress_plot(status: dict) -> str:
+SINGLE_TIME_WINDOW_S = 3600  # either side of progress reported at one moment only
+
+
+def progress_figure(status: dict):
+    """Returns the matplotlib figure of each run's progress over store time."""
     fig, ax = _figure("Progress over time (store time, UTC)")
-    drawn = False
+    times = []
     for i, run in enumerate(status["runs"]):
         points, reached = [], 0
         for h in sorted(run["history"], key=lambda h: h["time"]):
             reached = max(reached, h["step"])
             points.append((datetime.fromtimestamp(h["time"], timezone.utc), 100 * reached / run["steps_total"]))
         if points:
-            ax.step(*zip(*points), where="post", color=PALETTE[i % len(PALETTE)], label=run["name"])
-            drawn = True
-    if drawn:
+            # A step line through one point has no length: mark it so that it shows.
+            ax.step(*zip(*points), where="post", color=PALETTE[i % len(PALETTE)], label=run["name"],
+                    marker="o" if len(points) == 1 else None)
+            times += [t for t, _ in points]
+    if times:
         import matplotlib.dates as mdates
 
+        if min(times) == max(times):
+            # A time axis of zero width would be widened by matplotlib to years around the point.
+            pad = timedelta(seconds=SINGLE_TIME_WINDOW_S)
+            ax.set_xlim(times[0] - pad, times[0] + pad)
         ax.set_ylim(0, 105)
         ax.set_ylabel("% of the run's steps")
         locator = mdates.AutoDateLocator()
@@ -141,7 +151,7 @@ def _progress_plot(status: dict) -> str:
         ax.legend(fontsize=9)
     else:
         _empty(ax, "no progress reported yet")
-    return _svg(fig)
+    return fig
 
 
 def paper_reference() -> list[tuple[str, float]]:
@@ -349,7 +359,7 @@ def status_html(status: dict) -> str:
 
     matplotlib.use("Agg")
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "shardrun", "font.size": 9}):
-        plots = [("Loss", _loss_plot(status)), ("PSNR", _psnr_plot(status)), ("Progress", _progress_plot(status)),
+        plots = [("Loss", _loss_plot(status)), ("PSNR", _psnr_plot(status)), ("Progress", _svg(progress_figure(status))),
                  ("Throughput", _hardware_plot(status)), ("Storage", _storage_plot(status)),
                  ("Sessions", _sessions_plot(status))]
     plan = status["plan"]
