@@ -7,4 +7,10 @@ import os
 # Set here, before any of shardrun's TensorFlow imports; a value the user set wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# absl writes what TensorFlow logs before absl is initialised (its own notice, oneDNN's INFO line)
+# whatever that level says: the first `import tensorflow` holds those lines to it too.
+from shardrun.tf_log import quiet_tensorflow_start  # noqa: E402 - after the level is set
+
+quiet_tensorflow_start()
+
 __version__ = "0.1.0"

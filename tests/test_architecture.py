@@ -29,6 +29,7 @@ WINGS = {
     "shardrun.units": GROUND,
     "shardrun.paths": GROUND,
     "shardrun.validate": GROUND,
+    "shardrun.tf_log": GROUND,  # imported by __init__: TensorFlow's start-up lines held to the level
     "shardrun.storage": "storage",
     "shardrun.config": "config",
     "shardrun.train": "train",

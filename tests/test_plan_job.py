@@ -104,6 +104,15 @@ def test_too_little_space_fails_before_writing_anything(job_dir, write_job):
     assert files_under(job_dir / "stores") == []
 
 
+
+def test_a_reserve_larger_than_the_quota_is_named_with_what_to_change(job_dir, write_job):
+    job = load_job(write_job(accounts=[("alice", 0.05), ("bob", 0.05)], reserve_mb=512))
+    with pytest.raises(PlanError, match=r"reserve \(reserve_mb = 512\) is as large as the quota of accounts "
+                                        r"alice, bob .* Lower reserve_mb below 50 or raise quota_gb above 0.512"):
+        plan_job(job, scan_workers=1)
+    assert files_under(job_dir / "stores") == []
+
+
 def test_changed_dataset_is_detected_and_reported(many_images_job):
     plan_job(many_images_job, scan_workers=1)
     images = many_images_job.base_dir / "images"

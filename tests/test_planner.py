@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardrun.config.job import GB, RunConfig
+from shardrun.config.job import GB, MB, RunConfig
 from shardrun.errors import PlanError
 from shardrun.plan.placement import AccountSpace, ShardToPlace, cut_chunks, estimate, place_shards, plan_run
 from shardrun.config.platforms import ModelThroughput, Profile, load_platforms
@@ -59,6 +59,50 @@ def test_too_little_space_says_how_many_bytes_and_accounts_are_missing():
 def test_a_quota_smaller_than_one_shard_is_refused():
     with pytest.raises(PlanError, match="more bytes needed"):
         place_shards([ShardToPlace("s", 5000)], [AccountSpace("tiny", 1000, 0, 0)])
+
+
+
+def shortfall(shards: list[ShardToPlace], accounts: list[AccountSpace]) -> str:
+    with pytest.raises(PlanError) as info:
+        place_shards(shards, accounts)
+    return str(info.value)
+
+
+def test_a_reserve_as_large_as_the_quota_says_it_leaves_nothing_for_shards():
+    # 512 MB kept back on 0.05 GB accounts: not "about 419840 more accounts of 0.05 GB".
+    message = shortfall([ShardToPlace("s0", 100 * MB)],
+                        [AccountSpace("alice", 50 * MB, 0, 512 * MB), AccountSpace("bob", 50 * MB, 0, 512 * MB)])
+    assert "reserve (reserve_mb = 512) is as large as the quota of accounts alice, bob" in message
+    assert "leaves nothing there for shards" in message
+    assert "Lower reserve_mb below 50 or raise quota_gb above 0.512" in message
+    assert "more account" not in message and "Nothing was written" in message
+
+
+def test_an_account_the_reserve_fills_is_named_and_left_out_of_the_estimate():
+    accounts = [AccountSpace("a", 15 * GB, 0, 0), AccountSpace("b", 15 * GB, 0, 0),
+                AccountSpace("tiny", 1 * GB, 0, 2 * GB)]
+    message = shortfall([ShardToPlace(f"s{i}", 4 * GB) for i in range(9)], accounts)
+    assert "about 1 more account of 15 GB" in message
+    assert "quota of account tiny" in message and "leaves nothing there for shards" in message
+
+
+def test_shards_larger_than_every_account_s_free_space_say_which_shard_size_fits():
+    # 200 MB free on each of three accounts: room for 512 MB in all, but not for one 256 MB shard.
+    accounts = [AccountSpace(name, GB, 300 * MB, 500 * MB) for name in ("a", "b", "c")]
+    message = shortfall([ShardToPlace(f"s{i}", 256 * MB) for i in range(2)], accounts)
+    assert "The team has 600.00 MB free for 512.00 MB of shards" in message
+    assert "fits in no account: the most any account has free is 200.00 MB (account a)" in message
+    assert "Set shard_size_mb = 200 (or less)" in message
+    assert "more bytes needed" not in message and "Nothing was written" in message
+
+
+def test_free_space_left_in_pieces_smaller_than_a_shard_asks_for_smaller_shards():
+    # 400 MB free on each of two accounts: one 256 MB shard each, then 144 MB left on each.
+    accounts = [AccountSpace(name, GB, 600 * MB, 0) for name in ("a", "b")]
+    message = shortfall([ShardToPlace(f"s{i}", 256 * MB) for i in range(3)], accounts)
+    assert "fits in no account once the others are placed: at most 144.00 MB is left" in message
+    assert "Set a smaller shard_size_mb (below 256)" in message
+    assert "more bytes needed" not in message
 
 
 @settings(max_examples=200, deadline=None)

@@ -30,7 +30,7 @@ from shardrun.ledger.schema import SCHEMA_VERSION
 from shardrun.ledger.db import Ledger
 from shardrun.render.status import status_view
 from shardrun.status.report import job_status, status_from_ledger
-from shardrun.render.html import status_html
+from shardrun.render.html import progress_figure, status_html
 from shardrun.storage.base import Usage
 from shardrun.storage.local import LocalStore
 from shardrun.ledger.summaries import HISTORY_POINTS
@@ -193,6 +193,42 @@ def test_a_worker_that_ended_cleanly_is_not_stale(job):
         timespec="seconds")
 
 
+
+def test_there_is_no_eta_while_no_worker_is_running(job):
+    ledger = Ledger.open(None)
+    ledger.add_events([plan_event(), ev(10, "claim", "w1", "r1", 0),
+                       ev(100, "heartbeat", "w1", "r1", 0, step=50, loss=0.1, patches_per_second=80.0),
+                       ev(110, "yield", "w1", "r1", 0, step=50, key="k/1", md5="m", loss=0.1),
+                       ev(120, "leave", "w1", reason="deadline")])
+    status = status_from_ledger(job, ledger, FakeClock(T0 + 130), {}, [])
+    eta = status["eta"]
+    assert (eta["workers_alive"], eta["seconds"], eta["at"], eta["finished"]) == (0, None, None, False)
+    # one worker's work: r1's 250 steps left at its latest 10 steps/s, r2's 300 at the plan's 0.5 s a step
+    assert eta["training_seconds"] == pytest.approx(250 / (80.0 / BATCH) + 300 * 0.5)
+    assert [r["eta_seconds"] for r in status["runs"]] == [None, None]
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(status_view(status))
+    text = console.export_text()
+    assert "ETA: none while no worker is running (3 min of training left for one worker)" in text
+    assert "no worker" in text.split("ETA: none")[0]  # the runs table's ETA column
+    page = status_html(status)
+    assert "No ETA while no worker is running" in page and "no worker running" in page
+
+
+
+def test_progress_reported_at_one_moment_gets_an_hour_either_side(job):
+    import matplotlib.dates as mdates
+
+    ledger = Ledger.open(None)
+    ledger.add_events([plan_event(), ev(10, "claim", "w1", "r1", 0),
+                       ev(130, "heartbeat", "w1", "r1", 0, step=20, loss=0.09, patches_per_second=80.0)])
+    status = status_from_ledger(job, ledger, FakeClock(T0 + 140), {}, [])
+    assert [len(r["history"]) for r in status["runs"]] == [1, 0]
+    lo, hi = mdates.num2date(progress_figure(status).axes[0].get_xlim())
+    point = datetime.fromtimestamp(T0 + 130, timezone.utc)
+    assert (point - lo).total_seconds() == pytest.approx(3600) and (hi - point).total_seconds() == pytest.approx(3600)
+
+
 def test_a_journal_silent_for_a_lease_is_noted(job):
     ledger = Ledger.open(None)
     ledger.add_events(known_events())
@@ -232,7 +268,7 @@ def test_a_job_with_no_events_yet(job):
     assert after_plan["eta"]["runs"][0]["source"] == "plan estimate" and after_plan["eta"]["workers_alive"] == 0
     result = CliRunner().invoke(main, ["status", str(job.base_dir / "job.toml")])
     assert result.exit_code == 0, result.output
-    assert "no worker alive now: assuming 1" in result.output and "Sessions: none yet" in result.output
+    assert "ETA: none while no worker is running" in result.output and "Sessions: none yet" in result.output
     nowhere = CliRunner().invoke(main, ["status", str(job.base_dir / "job.toml"), "--html",
                                         str(job.base_dir / "missing" / "s.html")])
     assert nowhere.exit_code == 1 and nowhere.output.strip().count("\n") == 0

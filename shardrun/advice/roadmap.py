@@ -21,6 +21,7 @@ from shardrun.errors import PlanError
 from shardrun.plan.placement import RunPlan, estimate, plan_run
 from shardrun.config.platforms import Platform, Profile
 from shardrun.config.prices import Gpu, Prices, family_of
+from shardrun.units import human_duration
 
 SCHEMA = "shardrun.advice/1"
 
@@ -314,10 +315,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _days(hours: float) -> str:
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
-
-
 def _recommend(inp: AdviceInput, free: FreeOption, rent: list[RentOption], buy: list[BuyOption]) -> Recommendation:
     deadline = inp.deadline_hours
     if free.fits and free.meets_deadline:
@@ -325,7 +322,8 @@ def _recommend(inp: AdviceInput, free: FreeOption, rent: list[RentOption], buy: 
             "free", f"free sessions on {free.platform}", 0.0, free.calendar_hours,
             f"the job fits in 12-hour pieces and 15 GB per account (the roadmap of {PAPER}): "
             f"{_count(free.sessions, 'session')} on {free.platform} and {free.accounts_needed} of the team's "
-            f"{free.team_accounts} accounts, {_days(free.calendar_hours)} with {_count(free.workers, 'worker')}, "
+            f"{free.team_accounts} accounts, {human_duration(free.calendar_hours * 3600)} with "
+            f"{_count(free.workers, 'worker')}, "
             "each member in their own sessions")
     why = []
     if not free.pieces_fit:
@@ -335,18 +333,20 @@ def _recommend(inp: AdviceInput, free: FreeOption, rent: list[RentOption], buy: 
         why.append(f"its data needs {free.accounts_needed if free.accounts_needed else 'more'} accounts of "
                    f"{free.quota_gb:g} GB, the team has {free.team_accounts}")
     if free.fits and not free.meets_deadline:
-        why.append(f"free sessions need {_days(free.calendar_hours)}, past the deadline of {_days(deadline)}")
+        why.append(f"free sessions need {human_duration(free.calendar_hours * 3600)}, "
+                   f"past the deadline of {human_duration(deadline * 3600)}")
     options: list[RentOption | BuyOption] = [*rent, *buy]
     meeting = [o for o in options if o.meets_deadline]
     if not meeting:
         fastest = min(options, key=lambda o: (o.calendar_hours, o.cost_usd))
         return Recommendation("none", "", None, None,
-                              "; ".join(why) + f"; and no rental or purchase meets the deadline of {_days(deadline)}: "
-                              f"the fastest, {fastest.label}, takes {_days(fastest.calendar_hours)} "
+                              "; ".join(why) + "; and no rental or purchase meets the deadline of "
+                              f"{human_duration(deadline * 3600)}: "
+                              f"the fastest, {fastest.label}, takes {human_duration(fastest.calendar_hours * 3600)} "
                               f"(${fastest.cost_usd:,.2f}). Move the deadline, add workers or shorten the job")
     best = min(meeting, key=lambda o: (o.cost_usd, o.calendar_hours))
     kind = "rent" if isinstance(best, RentOption) else "buy"
-    within = f" within the deadline of {_days(deadline)}" if deadline is not None else ""
+    within = f" within the deadline of {human_duration(deadline * 3600)}" if deadline is not None else ""
     return Recommendation(kind, best.label, best.cost_usd, best.calendar_hours,
                           "; ".join(why) + f"; the cheapest option{within} is to {best.label}: "
-                          f"${best.cost_usd:,.2f}, done in {_days(best.calendar_hours)}")
+                          f"${best.cost_usd:,.2f}, done in {human_duration(best.calendar_hours * 3600)}")

@@ -11,6 +11,7 @@ import json
 import click
 
 from shardrun.cli.options import json_option
+from shardrun.units import human_duration
 
 
 
@@ -26,14 +27,6 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, int]:
             raise click.BadParameter(f"{pair!r} is not KEY=INTEGER (e.g. blocks=3)",
                                      param_hint="--option")
     return options
-
-
-def _hours(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.2f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
 
 
 @click.command("models")
@@ -152,12 +145,12 @@ def bench(model_names, option_pairs, scale, channels, patch_size, batch_size, st
     for r in results:
         click.echo(f"{r.model:<10} {r.parameters:>10,} {r.patches_per_second:>10.1f} "
                    f"{1000 * r.seconds / r.steps:>8.1f}  "
-                   f"{_hours(r.seconds_per_epoch(images, patches_per_image))}")
+                   f"{human_duration(r.seconds_per_epoch(images, patches_per_image))}")
     for table in figures["tables"].values():
         click.echo("")
         click.echo(f"{figures['paper']['short']}, {table['caption']}:")
         for row in table["rows"]:
-            click.echo(f"  {row['device']:<28} {_hours(row['seconds'])}")
+            click.echo(f"  {row['device']:<28} {row['published']}")
     click.echo("")
     click.echo("The paper's patch layout differs from this one: compare orders of magnitude.")
     click.echo(f"Wrote the throughput profile to {path}")

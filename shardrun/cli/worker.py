@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from shardrun.cli.options import load_job
+from shardrun.units import human_duration
 
 
 @click.command()
@@ -49,7 +50,7 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
 
     def on_outcome(outcome):
         click.echo(f"{outcome.run} chunk {outcome.chunk}: {outcome.result} at step {outcome.step} "
-                   f"(from {outcome.start_step}, {outcome.train_seconds:.0f} s of training)")
+                   f"(from {outcome.start_step}, {human_duration(outcome.train_seconds)} of training)")
         for notice in outcome.notices:
             click.echo(f"  note: {notice}")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 
 from shardrun.errors import DatasetError
+from shardrun.units import human_bytes
 
 # What TensorFlow's decoders read (tf.io.decode_png / decode_jpeg / decode_bmp).
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP")
@@ -92,7 +93,7 @@ class ScanResult:
 
     def summary(self) -> str:
         """Returns one line: images accepted, their size, and rejections by kind."""
-        line = f"{len(self.accepted)} images ({_human_bytes(self.total_bytes)}) accepted"
+        line = f"{len(self.accepted)} images ({human_bytes(self.total_bytes)}) accepted"
         if self.rejected:
             line += f", {len(self.rejected)} rejected ({_counts(self.reasons)})"
         return line
@@ -517,12 +518,3 @@ def _counts(counter: Counter) -> str:
     ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{n} {kind}" for kind, n in ordered)
 
-
-def _human_bytes(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 1000 or unit == "TB":
-            break
-    return f"{n:.1f} {unit}"

@@ -10,10 +10,11 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from shardrun.config.job import GB, RunConfig
+from shardrun.config.job import GB, MB, RunConfig
 from shardrun.errors import PlanError
 from shardrun.config.platforms import Platform, Profile
 from shardrun.train.schedule import steps_per_epoch
+from shardrun.units import human_bytes
 
 
 # -- placement -----------------------------------------------------------------------------------
@@ -64,16 +65,58 @@ def place_shards(shards: list[ShardToPlace], accounts: list[AccountSpace],
 
 def _shortfall_message(pending: list[ShardToPlace], free_now: dict[str, int],
                        accounts: list[AccountSpace], stuck: ShardToPlace) -> str:
+    """Returns why the shards do not fit and what to change in the job file.
+
+    Three causes are told apart, because each has its own remedy: the reserve leaves an account
+    nothing (`reserve_mb` at least its `quota_gb`); the team has room in total but not for whole
+    shards of `shard_size_mb`; or the team needs more space. In the second case the plan does not
+    cut shards to fit: the layout is the job file's, the same on every re-plan, so the message
+    says which `shard_size_mb` would fit instead of changing it behind the user's back.
+    """
     needed = sum(s.size for s in pending)
     total_free = sum(a.free_for_shards for a in accounts)
+    no_room = [a for a in accounts if a.reserve_bytes >= a.quota_bytes]
+    reserve_note = ""
+    if no_room:
+        names = ", ".join(a.name for a in no_room)
+        reserve = max(a.reserve_bytes for a in no_room)
+        reserve_note = (f"the reserve (reserve_mb = {reserve // MB}) is as large as the quota of account"
+                        f"{'s' if len(no_room) > 1 else ''} {names} "
+                        f"(quota_gb = {min(a.quota_bytes for a in no_room) / GB:g}), so it leaves nothing there "
+                        "for shards")
+    if len(no_room) == len(accounts):
+        return (f"{reserve_note[0].upper()}{reserve_note[1:]}. Lower reserve_mb below "
+                f"{min(a.quota_bytes for a in accounts) // MB} or raise quota_gb above {reserve / GB:g}. "
+                "Nothing was written.")
+    if total_free >= needed:
+        return _unfit_shard_message(accounts, free_now, stuck, needed, total_free)
     missing = max(needed - total_free, stuck.size - max(free_now.values()), 1)
-    typical = max(accounts, key=lambda a: a.quota_bytes)
-    per_account = max(1, typical.quota_bytes - typical.reserve_bytes)
-    more = math.ceil(missing / per_account)
+    typical = max((a for a in accounts if a not in no_room), key=lambda a: a.quota_bytes - a.reserve_bytes)
+    more = math.ceil(missing / (typical.quota_bytes - typical.reserve_bytes))
     return (f"the team's accounts are too small for the dataset: {needed:,} bytes of shards to place, "
             f"{total_free:,} bytes free after the reserve; {missing:,} more bytes needed "
             f"(about {more} more account{'s' if more > 1 else ''} of {typical.quota_bytes / GB:g} GB). "
-            "Nothing was written.")
+            + (f"Note: {reserve_note}. " if reserve_note else "") + "Nothing was written.")
+
+
+def _unfit_shard_message(accounts: list[AccountSpace], free_now: dict[str, int], stuck: ShardToPlace,
+                         needed: int, total_free: int) -> str:
+    """Returns the message for a team with room in total but no account with room for the next shard."""
+    largest = max(accounts, key=lambda a: a.free_for_shards)
+    room = (f"the team has {human_bytes(total_free)} free for {human_bytes(needed)} of shards, but a shard of "
+            f"{human_bytes(stuck.size)} ({stuck.id}) fits in no account")
+    if stuck.size > largest.free_for_shards:
+        room += f": the most any account has free is {human_bytes(largest.free_for_shards)} (account {largest.name})"
+        size = largest.free_for_shards // MB
+        fix = (f"Set shard_size_mb = {size} (or less) in the job file so that shards fit, or make room on the "
+               "accounts" if size >= 1 else "Make room on the accounts (none has 1 MB free)")
+    else:
+        # Each account took some shards, and what is left on each is smaller than one: smaller
+        # shards would fill those remainders.
+        room += f" once the others are placed: at most {human_bytes(max(free_now.values()))} is left on any account"
+        fix = (f"Set a smaller shard_size_mb (below {math.ceil(stuck.size / MB)}) in the job file, so that shards "
+               "fill what is left, or make room on the accounts")
+    return f"{room[0].upper()}{room[1:]}. {fix}. Nothing was written."
 
 
 # -- runs and chunks -----------------------------------------------------------------------------

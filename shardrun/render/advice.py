@@ -8,12 +8,13 @@ from rich.text import Text
 
 from shardrun.config.paper import PAPER
 from shardrun.advice.roadmap import Advice
-from shardrun.units import human_bytes, human_hours
+from shardrun.units import human_bytes, human_duration
 
 COMPACT_RENTALS = 3  # rentals shown in plan's advice section; `shardrun advise` shows them all
 
 
-def _hours(hours: float) -> str:
+def _gpu_hours(hours: float) -> str:
+    """Returns a number of GPU-hours for a column of numbers: three decimals below one, none from 100."""
     return f"{hours:,.3f}" if hours < 1 else f"{hours:,.2f}" if hours < 100 else f"{hours:,.0f}"
 
 
@@ -28,7 +29,7 @@ def _free_line(advice: Advice) -> Text:
                "does not fit in 12-hour pieces and 15 GB per account")
     line = Text(f"Free sessions on {free.platform} ({free.gpu}): {free.sessions} session"
                 f"{'s' if free.sessions != 1 else ''} of at most {free.session_hours:g} h, {needed} of the team's "
-                f"{free.team_accounts} accounts of {free.quota_gb:g} GB, {human_hours(free.calendar_hours)} with "
+                f"{free.team_accounts} accounts of {free.quota_gb:g} GB, {human_duration(free.calendar_hours * 3600)} with "
                 f"{free.workers} worker{'s' if free.workers != 1 else ''}: {verdict}.")
     if advice.deadline_hours is not None and free.fits and not free.meets_deadline:
         line.append(" Misses the deadline.", style="yellow")
@@ -50,7 +51,7 @@ def _rent_table(advice: Advice, compact: bool) -> Table:
         table.add_column(col, justify="left" if col in ("provider", "GPU", "price date") else "right")
     for r in rentals:
         row = [r.provider, r.gpu, f"{r.usd_per_hour:.3f}", f"{r.date} (paper)" if r.historical else r.date,
-               _hours(r.hours), f"${r.cost_usd:,.2f}", human_hours(r.calendar_hours)]
+               _gpu_hours(r.hours), f"${r.cost_usd:,.2f}", human_duration(r.calendar_hours * 3600)]
         if advice.deadline_hours is not None:
             row.append(_yes(r.meets_deadline))
         table.add_row(*row, style="dim" if r.historical else None)
@@ -65,7 +66,7 @@ def _buy_table(advice: Advice) -> Table:
     for col in columns:
         table.add_column(col, justify="left" if col in ("item", "GPU", "price date") else "right")
     for b in advice.buy:
-        row = [b.item, b.gpu, f"${b.usd:,.0f}", b.date, _hours(b.hours), human_hours(b.calendar_hours),
+        row = [b.item, b.gpu, f"${b.usd:,.0f}", b.date, _gpu_hours(b.hours), human_duration(b.calendar_hours * 3600),
                f"{b.break_even_hours:,.0f} h" if b.break_even_hours is not None else "-",
                _yes(b.cheaper_than_renting)]
         if advice.deadline_hours is not None:
@@ -81,14 +82,14 @@ def advice_view(advice: Advice, compact: bool = False) -> Group:
     """
     work = advice.work
     parts = [Text(f"Advice (the roadmap of {PAPER}; prices from {advice.prices})", style="bold"),
-             Text(f"Work: {_hours(work.gpu_hours)} GPU-hours of training on {work.gpu} (profile {work.profile}); "
+             Text(f"Work: {_gpu_hours(work.gpu_hours)} GPU-hours of training on {work.gpu} (profile {work.profile}); "
                   f"{work.images:,} images, {human_bytes(work.dataset_bytes)}.")]
     if advice.deadline_hours is not None:
-        parts.append(Text(f"Deadline: {human_hours(advice.deadline_hours)}."))
+        parts.append(Text(f"Deadline: {human_duration(advice.deadline_hours * 3600)}."))
     parts.append(_free_line(advice))
     if not compact:
         for run in advice.free.runs:
-            parts.append(Text(f"  {run.name}: one epoch takes {human_hours(run.epoch_hours)} on {advice.free.gpu}; "
+            parts.append(Text(f"  {run.name}: one epoch takes {human_duration(run.epoch_hours * 3600)} on {advice.free.gpu}; "
                               f"{run.epochs_per_session:.1f} epochs per {advice.free.session_hours:g}-hour session "
                               f"({run.epochs_per_usable_session:.1f} in its usable training time); "
                               f"{run.chunks} chunk{'s' if run.chunks != 1 else ''}."))

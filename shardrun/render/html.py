@@ -14,10 +14,10 @@ from __future__ import annotations
 import html
 import io
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from shardrun.units import human_bytes, human_seconds
-from shardrun.render.status import worker_state
+from shardrun.units import human_bytes, human_duration
+from shardrun.render.status import run_eta, training_left, worker_state
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -119,20 +119,30 @@ def _psnr_plot(status: dict) -> str:
     return _svg(fig)
 
 
-def _progress_plot(status: dict) -> str:
+SINGLE_TIME_WINDOW_S = 3600  # either side of progress reported at one moment only
+
+
+def progress_figure(status: dict):
+    """Returns the matplotlib figure of each run's progress over store time."""
     fig, ax = _figure("Progress over time (store time, UTC)")
-    drawn = False
+    times = []
     for i, run in enumerate(status["runs"]):
         points, reached = [], 0
         for h in sorted(run["history"], key=lambda h: h["time"]):
             reached = max(reached, h["step"])
             points.append((datetime.fromtimestamp(h["time"], timezone.utc), 100 * reached / run["steps_total"]))
         if points:
-            ax.step(*zip(*points), where="post", color=PALETTE[i % len(PALETTE)], label=run["name"])
-            drawn = True
-    if drawn:
+            # A step line through one point has no length: mark it so that it shows.
+            ax.step(*zip(*points), where="post", color=PALETTE[i % len(PALETTE)], label=run["name"],
+                    marker="o" if len(points) == 1 else None)
+            times += [t for t, _ in points]
+    if times:
         import matplotlib.dates as mdates
 
+        if min(times) == max(times):
+            # A time axis of zero width would be widened by matplotlib to years around the point.
+            pad = timedelta(seconds=SINGLE_TIME_WINDOW_S)
+            ax.set_xlim(times[0] - pad, times[0] + pad)
         ax.set_ylim(0, 105)
         ax.set_ylabel("% of the run's steps")
         locator = mdates.AutoDateLocator()
@@ -141,7 +151,7 @@ def _progress_plot(status: dict) -> str:
         ax.legend(fontsize=9)
     else:
         _empty(ax, "no progress reported yet")
-    return _svg(fig)
+    return fig
 
 
 def paper_reference() -> list[tuple[str, float]]:
@@ -242,7 +252,8 @@ def _cards(status: dict) -> str:
         cards.append(("Steps done", f"{done:,} of {total:,} ({100 * done / total:.1f}%)"))
     eta = status.get("eta")
     if eta:
-        cards.append(("ETA", "done" if eta["finished"] else human_seconds(eta["seconds"])))
+        cards.append(("ETA", "done" if eta["finished"] else "no worker running" if not eta["workers_alive"]
+                      else human_duration(eta["seconds"])))
     if len(status["runs"]) <= MAX_RUN_CARDS:
         for run in status["runs"]:
             if run["loss"]["best"] is not None:
@@ -277,7 +288,7 @@ def _runs_html(status: dict) -> str:
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
             "–" if v is None else f"{v['ssim']:.4f} ({v['bicubic_ssim']:.4f})",
-            "done" if r["steps_done"] >= r["steps_total"] else _e(human_seconds(r.get("eta_seconds")))])
+            _e(run_eta(status, r))])
     return _table(["run", "model", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
                    "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=2)
 
@@ -287,12 +298,14 @@ def _eta_html(eta: dict | None) -> str:
         return ""
     if eta["finished"]:
         return "<p>Every run is done.</p>"
+    if not eta["workers_alive"]:
+        return f"<p>No ETA while no worker is running ({_e(training_left(eta))}).</p>"
     a = eta["allowance"]
-    return (f"<p>ETA <b>{_e(human_seconds(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
+    return (f"<p>ETA <b>{_e(human_duration(eta['seconds']))}</b> (about {_e(eta['at'] or 'unknown')}, store time), from the "
             f"recent throughput of each run's worker with {eta['workers_alive']} worker(s) alive; allowance for "
             f"lost sessions <b>+{(a['factor'] - 1) * 100:.1f}%</b>: {a['expired_attempts']} of {a['ended_attempts']} "
-            f"chunk attempts ended by lease expiry, losing {_e(human_seconds(a['lost_seconds']))} of "
-            f"{_e(human_seconds(a['worked_seconds']))} worked ({_e(a['rule'])}).</p>")
+            f"chunk attempts ended by lease expiry, losing {_e(human_duration(a['lost_seconds']))} of "
+            f"{_e(human_duration(a['worked_seconds']))} worked ({_e(a['rule'])}).</p>")
 
 
 def _workers_html(status: dict) -> str:
@@ -303,7 +316,7 @@ def _workers_html(status: dict) -> str:
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
                      "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),
-                     _e(w["last_seen"]), _e(human_seconds(w["silent_seconds"])), state])
+                     _e(w["last_seen"]), _e(human_duration(w["silent_seconds"])), state])
     return _table(["worker", "account", "platform", "device", "run/chunk", "step", "patches/s", "steps/s",
                    "last seen", "silent", "state"], rows, left=5)
 
@@ -313,11 +326,11 @@ def _sessions_html(sessions: dict) -> str:
         return "<p>No session yet.</p>"
     ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
     summary = (f"<p>{sessions['count']:,} session{'s' if sessions['count'] != 1 else ''} so far ({_e(ends)}); length median "
-               f"{_e(human_seconds(sessions['median_seconds']))}, mean {_e(human_seconds(sessions['mean_seconds']))}, "
-               f"longest {_e(human_seconds(sessions['longest_seconds']))}; total "
-               f"{_e(human_seconds(sessions['total_seconds']))}.</p>")
+               f"{_e(human_duration(sessions['median_seconds']))}, mean {_e(human_duration(sessions['mean_seconds']))}, "
+               f"longest {_e(human_duration(sessions['longest_seconds']))}; total "
+               f"{_e(human_duration(sessions['total_seconds']))}.</p>")
     rows = [[_e(s["worker"]), _e(s["account"] or "?"), _e(s["device"] or "unknown"), _e(s["started"]),
-             _e(human_seconds(s["seconds"])), _e(s["end"]), str(s["chunks_done"])] for s in sessions["recent"]]
+             _e(human_duration(s["seconds"])), _e(s["end"]), str(s["chunks_done"])] for s in sessions["recent"]]
     return summary + _table(["worker", "account", "device", "started", "length", "end", "chunks done"], rows, left=4)
 
 
@@ -335,7 +348,7 @@ def _accounts_html(status: dict) -> str:
 def _hardware_html(status: dict) -> str:
     rows = [[_e(h["device"]), _e(h["platform"]), _e(h["run"]), f"{h['patches_per_second']:,.1f}",
              f"{h['steps_per_second']:,.3g}", _fmt(h["images_per_second"], ",.3g"),
-             _e(human_seconds(h["epoch_seconds"])), f"{h['samples']:,}"] for h in status["hardware"]]
+             _e(human_duration(h["epoch_seconds"])), f"{h['samples']:,}"] for h in status["hardware"]]
     return _table(["device", "platform", "run", "patches/s", "steps/s", "images/s", "one epoch", "reports"],
                   rows, left=3)
 
@@ -346,7 +359,7 @@ def status_html(status: dict) -> str:
 
     matplotlib.use("Agg")
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "shardrun", "font.size": 9}):
-        plots = [("Loss", _loss_plot(status)), ("PSNR", _psnr_plot(status)), ("Progress", _progress_plot(status)),
+        plots = [("Loss", _loss_plot(status)), ("PSNR", _psnr_plot(status)), ("Progress", _svg(progress_figure(status))),
                  ("Throughput", _hardware_plot(status)), ("Storage", _storage_plot(status)),
                  ("Sessions", _sessions_plot(status))]
     plan = status["plan"]

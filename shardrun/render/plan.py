@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shardrun.plan.job import PlanReport
-from shardrun.units import human_bytes, human_hours
+from shardrun.units import human_bytes, human_duration
 
 
 MAX_REJECTED_SHOWN = 50
@@ -46,13 +46,13 @@ def plan_view(report: PlanReport) -> Group:
     for r in report.runs:
         runs.add_row(r.run.name, f"{r.run.model} x{r.run.scale}", f"{r.steps_per_epoch:,}", f"{r.steps_total:,}",
                      str(len(r.chunks)), f"{r.patches_per_second:,.4g}", r.throughput_source,
-                     human_hours(r.train_seconds / 3600))
+                     human_duration(r.train_seconds))
     parts.append(runs)
 
     est = report.estimate
     parts.append(Text(
         f"Estimate: {est.gpu_hours:,.1f} GPU-hours of training, {est.sessions} sessions "
-        f"({est.session_hours:,.1f} h with start-up), {human_hours(est.calendar_hours)} of calendar time "
+        f"({human_duration(est.session_hours * 3600)} with start-up), {human_duration(est.calendar_hours * 3600)} of calendar time "
         f"with {est.workers} worker{'s' if est.workers > 1 else ''} in parallel."))
     for note in report.notes:
         parts.append(Text(f"Note: {note}", style="yellow"))

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from shardrun.units import compact, human_bytes, human_seconds, short_duration
+from shardrun.units import compact, human_bytes, human_duration
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -29,23 +29,38 @@ def _runs_table(status: dict) -> Table:
                      "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
                      "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f})",
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
-                     "done" if r["steps_done"] >= r["steps_total"] else short_duration(r.get("eta_seconds")))
+                     run_eta(status, r))
     return runs
+
+
+def training_left(eta: dict) -> str:
+    """Returns the training left for one worker, as the ETA line says it while no worker runs."""
+    if eta["training_seconds"] is None:
+        return "throughput unknown for some run"
+    return f"{human_duration(eta['training_seconds'])} of training left for one worker"
+
+
+def run_eta(status: dict, run: dict) -> str:
+    """Returns a run's cell in the ETA column: done, none while no worker runs, or its time left."""
+    if run["steps_done"] >= run["steps_total"]:
+        return "done"
+    return "no worker" if not status["eta"]["workers_alive"] else human_duration(run.get("eta_seconds"))
 
 
 def _eta_text(eta: dict) -> Text:
     if eta["finished"]:
         return Text("ETA: every run is done.", style="bold green")
+    if not eta["workers_alive"]:
+        return Text(f"ETA: none while no worker is running ({training_left(eta)}).", style="yellow")
     if eta["seconds"] is None:
         return Text("ETA: unknown (no throughput measured or planned for some run).", style="yellow")
     a = eta["allowance"]
     alive = eta["workers_alive"]
-    workers = (f"{alive} worker{'s' if alive != 1 else ''} alive" if alive
-               else "no worker alive now: assuming 1")
+    workers = f"{alive} worker{'s' if alive != 1 else ''} alive"
     lost = (f"{a['expired_attempts']:,} of {a['ended_attempts']:,} chunk attempts ended by lease expiry, losing "
-            f"{short_duration(a['lost_seconds'])} of {short_duration(a['worked_seconds'])} worked"
+            f"{human_duration(a['lost_seconds'])} of {human_duration(a['worked_seconds'])} worked"
             if a["ended_attempts"] else "no chunk attempt has ended yet")
-    return Text(f"ETA: {short_duration(eta['seconds'])} (about {eta['at']}, store time), from recent throughput "
+    return Text(f"ETA: {human_duration(eta['seconds'])} (about {eta['at']}, store time), from recent throughput "
                 f"with {workers}; allowance for lost sessions +{(a['factor'] - 1) * 100:.1f}% ({lost}).", style="bold")
 
 
@@ -65,7 +80,7 @@ def _workers_table(status: dict) -> Table:
                       "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
                       "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),
                       _num(w["steps_per_second"], ",.3g"), w["last_seen"] or "–",
-                      human_seconds(w["silent_seconds"]), state)
+                      human_duration(w["silent_seconds"]), state)
     return table
 
 
@@ -74,9 +89,9 @@ def _sessions_text(sessions: dict) -> Text:
         return Text("Sessions: none yet.")
     ends = ", ".join(f"{n} {k}" for k, n in sessions["ended"].items() if n)
     return Text(f"Sessions: {sessions['count']:,} so far ({ends}); length median "
-                f"{human_seconds(sessions['median_seconds'])}, mean {human_seconds(sessions['mean_seconds'])}, "
-                f"longest {human_seconds(sessions['longest_seconds'])}; "
-                f"total {human_seconds(sessions['total_seconds'])} (store time).")
+                f"{human_duration(sessions['median_seconds'])}, mean {human_duration(sessions['mean_seconds'])}, "
+                f"longest {human_duration(sessions['longest_seconds'])}; "
+                f"total {human_duration(sessions['total_seconds'])} (store time).")
 
 
 def _hardware_table(status: dict) -> Table:
@@ -85,7 +100,7 @@ def _hardware_table(status: dict) -> Table:
         table.add_column(col, justify="left" if col in ("device", "platform", "run") else "right")
     for h in status["hardware"]:
         table.add_row(h["device"], h["platform"], h["run"], f"{h['patches_per_second']:,.1f}",
-                      f"{h['steps_per_second']:,.3g}", human_seconds(h["epoch_seconds"]), f"{h['samples']:,}")
+                      f"{h['steps_per_second']:,.3g}", human_duration(h["epoch_seconds"]), f"{h['samples']:,}")
     return table
 
 

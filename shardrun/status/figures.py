@@ -1,6 +1,8 @@
 """The figures `status` derives from the ledger's summaries: each run's losses, validation and
 history; the workers and whether they are stale; the sessions; throughput by hardware; the ETA.
 
+Pure: rows in (as the ledger's queries return them, gathered by status/report.py), numbers out.
+
 Time here is the store's: a worker is stale when the journal holds an event written a lease or
 more after the worker's last one (the rule the fold applies to expiries), never by comparing this
 machine's clock with another's.
@@ -10,21 +12,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from datetime import datetime, timezone
 
-from shardrun.ledger.db import Ledger
+from shardrun.units import iso_time
 
-RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
 MAX_WORKERS_SHOWN = 100
 RECENT_SESSIONS = 20
 MAX_LOST_SHARE = 0.5  # the allowance never more than doubles the ETA
 SESSION_HOURS_BINS = (1, 2, 4, 6, 8, 10, 12)  # upper edges of the session-length histogram
-
-
-def iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -36,7 +30,7 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
     m = metrics or {}
     validation = None
     if m.get("psnr") is not None:
-        validation = {"step": m["val_step"], "time": iso(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
+        validation = {"step": m["val_step"], "time": iso_time(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
                       "bicubic_psnr": m["bicubic_psnr"], "bicubic_ssim": m["bicubic_ssim"],
                       "gain_db": m["psnr"] - m["bicubic_psnr"], "images": m["val_images"],
                       "best_psnr": m["best_psnr"], "best_psnr_step": m["best_psnr_step"]}
@@ -68,15 +62,10 @@ def _is_stale(row: dict, as_of: float | None, lease: float) -> bool:
             and row["last_kind"] not in ("yield", "done"))
 
 
-def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
-    """Returns the workers seen within a day of the latest event, or owning a running chunk."""
-    since = None if as_of is None else as_of - RECENT_WORKERS_S
-    rows = {w["id"]: w for w in ledger.workers(since)}
-    for owner in running_owners - set(rows):
-        if (row := ledger.worker(owner)) is not None:
-            rows[owner] = row
+def worker_rows(rows: list[dict], as_of: float | None, lease: float, running_owners: set[str]) -> list[dict]:
+    """Returns the workers of `rows` (the ledger's worker rows), latest first, each with its state."""
     out = []
-    for w in sorted(rows.values(), key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
+    for w in sorted(rows, key=lambda w: (-w["last_time"], w["id"]))[:MAX_WORKERS_SHOWN]:
         if _is_stale(w, as_of, lease):
             state = "stale"
         elif _has_ended(w, as_of, lease):
@@ -85,7 +74,7 @@ def worker_rows(ledger: Ledger, as_of: float | None, lease: float, running_owner
             state = "running" if w["id"] in running_owners else "alive"
         out.append({
             "id": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
-            "first_seen": iso(w["first_time"]), "last_seen": iso(w["last_time"]), "last_event": w["last_kind"],
+            "first_seen": iso_time(w["first_time"]), "last_seen": iso_time(w["last_time"]), "last_event": w["last_kind"],
             "silent_seconds": None if as_of is None else as_of - w["last_time"],
             "stale": state == "stale", "running": w["id"] in running_owners, "state": state,
             "left_reason": w.get("left_reason"),
@@ -108,9 +97,9 @@ def _session_end(w: dict, as_of: float | None, lease: float) -> str:
     return "lost" if w["expired"] else "silent"  # died mid-chunk (its lease was declared expired)
 
 
-def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
-    """Returns the sessions so far (one per worker process) and their lengths in store time."""
-    rows = ledger.sessions()
+def sessions_summary(rows: list[dict], as_of: float | None, lease: float) -> dict:
+    """Returns the sessions so far and their lengths in store time, from the ledger's session rows
+    (one per worker process, in start order)."""
     lengths = [w["last_time"] - w["first_time"] for w in rows]
     ends = {k: 0 for k in ("running", "yielded", "finished", "left", "lost", "silent")}
     for w in rows:
@@ -120,7 +109,7 @@ def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
         histogram[next((i for i, edge in enumerate(SESSION_HOURS_BINS) if seconds < edge * 3600),
                        len(SESSION_HOURS_BINS))] += 1
     recent = [{"worker": w["id"], "account": w["account"], "platform": w["platform"], "device": w["device"],
-               "started": iso(w["first_time"]), "last_seen": iso(w["last_time"]),
+               "started": iso_time(w["first_time"]), "last_seen": iso_time(w["last_time"]),
                "seconds": w["last_time"] - w["first_time"], "end": _session_end(w, as_of, lease),
                "chunks_done": w["chunks_done"]} for w in rows[-RECENT_SESSIONS:][::-1]]
     return {
@@ -133,10 +122,11 @@ def sessions_summary(ledger: Ledger, as_of: float | None, lease: float) -> dict:
     }
 
 
-def hardware_rows(ledger: Ledger, runs: dict[str, dict]) -> list[dict]:
-    """Returns the measured throughput per (device, platform, run), with its epoch time."""
+def hardware_rows(rows: list[dict], runs: dict[str, dict]) -> list[dict]:
+    """Returns the measured throughput per (device, platform, run), with its epoch time, from the
+    ledger's hardware rows and its runs by name."""
     out = []
-    for h in ledger.hardware():
+    for h in rows:
         run = runs.get(h["run"])
         if run is None:
             continue
@@ -184,7 +174,9 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     alive the job takes at least its longest run and at least the total work over W.
     Throughput per run: the worker training it now (if not stale), else the run's latest report,
     else the plan's estimate. `at` counts from the state described (`as_of`, store time), or from
-    `now` before any event.
+    `now` before any event. While no worker is alive and work remains there is no ETA (`seconds`,
+    `at` and each run's `eta_seconds` are None): nothing moves until someone starts a session, and
+    `training_seconds` still tells the training left for one worker.
     """
     if not runs:
         return None
@@ -209,7 +201,12 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     workers = max(1, alive)
     training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
     seconds = training * allowance["factor"]
+    if alive == 0 and training:
+        for r in runs:
+            r["eta_seconds"] = None
+        return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": workers,
+                "workers_alive": 0, "training_seconds": training, "allowance": allowance}
     start = as_of if as_of is not None else now
-    return {"seconds": seconds, "at": iso(start + seconds) if training else None, "finished": training == 0,
+    return {"seconds": seconds, "at": iso_time(start + seconds) if training else None, "finished": training == 0,
             "runs": per_run,
             "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Callable
 
 from shardrun.clock import Clock, SystemClock
@@ -22,14 +21,10 @@ from shardrun.status.figures import (
 )
 from shardrun.errors import StoreError
 from shardrun.storage.base import Usage
+from shardrun.units import iso_time
 
 STATUS_SCHEMA = "shardrun.status/1"
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest event, or running
 
 
 def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True,
@@ -91,7 +86,8 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
         })
     running_chunks = ledger.chunks(state="running")
-    workers = worker_rows(ledger, as_of, lease, {c["owner"] for c in running_chunks})
+    owners = {c["owner"] for c in running_chunks}
+    workers = worker_rows(_recent_workers(ledger, as_of, owners), as_of, lease, owners)
     by_id = {w["id"]: w for w in workers}
     running = {c["run"]: by_id[c["owner"]] for c in running_chunks
                if c["owner"] in by_id and not by_id[c["owner"]]["stale"]}
@@ -119,21 +115,32 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     return {
         "schema": STATUS_SCHEMA,
         "job": job.name,
-        "generated_at": _iso(clock.now()),
+        "generated_at": iso_time(clock.now()),
         "plan": None if plan is None else {
-            "id": plan["id"], "planned_at": _iso(plan["server_time"]), "images": plan["images"],
+            "id": plan["id"], "planned_at": iso_time(plan["server_time"]), "images": plan["images"],
             "image_bytes": plan["image_bytes"], "rejected": plan["rejected"], "platform": plan["platform"],
             "profile": plan["profile"], **json.loads(plan["payload"] or "{}"),
         },
-        "as_of": _iso(as_of),
+        "as_of": iso_time(as_of),
         "lease_seconds": lease,
         "runs": runs,
         "eta": eta,
         "workers": workers,
-        "sessions": sessions_summary(ledger, as_of, lease),
-        "hardware": hardware_rows(ledger, ledger_runs),
+        "sessions": sessions_summary(ledger.sessions(), as_of, lease),
+        "hardware": hardware_rows(ledger.hardware(), ledger_runs),
         "accounts": accounts,
         "rejected": ledger.rejected(),
         "journal": {"events": ledger.event_count(), "unreadable": ledger.bad_events()},
         "notes": notes,
     }
+
+
+def _recent_workers(ledger: Ledger, as_of: float | None, running_owners: set[str]) -> list[dict]:
+    """Returns the ledger's rows of the workers seen within a day of the latest event, or owning a
+    running chunk (a worker silent for longer still holds its chunk until someone expires it)."""
+    since = None if as_of is None else as_of - RECENT_WORKERS_S
+    rows = {w["id"]: w for w in ledger.workers(since)}
+    for owner in running_owners - set(rows):
+        if (row := ledger.worker(owner)) is not None:
+            rows[owner] = row
+    return list(rows.values())
