@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -28,23 +29,59 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), see
     return paths
 
 
-def job_text(name: str = "test-job", data: str = "images/", accounts=None, runs=None, **job_keys) -> str:
-    """Returns a job file: `accounts` is a list of (name, quota_gb), `runs` a list of dicts."""
+SMALL_RUN = dict(name="r", model="espcn", scale=2, channels=1, epochs=1, batch_size=4, patch_size=16)
+"""A run small enough for tests that only plan it or sign in (one epoch of a small ESPCN)."""
+
+
+def toml_value(value) -> str:
+    """Returns `value` written as a TOML value: a string, number, boolean, list or inline table."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return str(value)
+
+
+def job_text(name: str = "test-job", data: str = "images/", accounts=None, runs=None, job_lines: str = "",
+             **job_keys) -> str:
+    """Returns a job file.
+
+    `accounts`: a list of (name, quota_gb) for local stores under stores/, or of dicts with an
+    account's keys (a Drive account: name, store, token, auth, credentials, quota_gb), or TOML text
+    of [[accounts]] tables, used as it is. `runs`: a list of dicts. `job_keys`: more [job] keys
+    (platform is colab-free unless given; None leaves a key out); `job_lines`: TOML lines added to
+    [job] as they are.
+    """
     accounts = accounts if accounts is not None else [("alice", 15), ("bob", 15)]
     runs = runs if runs is not None else [dict(name="decusr-x2", model="decusr", scale=2, channels=1,
                                                epochs=4, batch_size=16, patch_size=32, seed=1,
                                                patches_per_second=100.0)]
     lines = ["[job]", f'name = "{name}"', f'data = "{data}"']
     job_keys.setdefault("platform", "colab-free")
-    for key, value in job_keys.items():
-        lines.append(f"{key} = {value!r}".replace("'", '"'))
-    for account, quota in accounts:
-        lines += ["[[accounts]]", f'name = "{account}"', f'store = "local://stores/{account}"', f"quota_gb = {quota}"]
-    for run in runs:
-        lines.append("[[runs]]")
-        for key, value in run.items():
-            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    lines += [f"{key} = {toml_value(value)}" for key, value in job_keys.items() if value is not None]
+    if job_lines:
+        lines.append(job_lines.strip("\n"))
+    if isinstance(accounts, str):
+        lines.append(accounts.strip("\n"))
+    else:
+        accounts = [dict(name=account[0], store=f"local://stores/{account[0]}", quota_gb=account[1])
+                    if isinstance(account, tuple) else account for account in accounts]
+        lines += tables("accounts", accounts)
+    lines += tables("runs", runs)
     return "\n".join(lines) + "\n"
+
+
+def tables(name: str, rows) -> list[str]:
+    """Returns the lines of an array of TOML tables `[[name]]`, one a dict of `rows`."""
+    lines = []
+    for row in rows:
+        lines.append(f"[[{name}]]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in row.items()]
+    return lines
 
 
 @pytest.fixture

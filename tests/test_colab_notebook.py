@@ -25,7 +25,7 @@ from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell
 from packaging.requirements import Requirement
 
-from conftest import job_text, write_images
+from tests.conftest import job_text, write_images
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job
 from shardrun.ledger.db import Ledger

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import job_text, write_images
+from tests.conftest import job_text, write_images
 from shardrun.clock import SystemClock
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job

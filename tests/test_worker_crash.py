@@ -19,7 +19,7 @@ import pytest
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.train.trainer import read_checkpoint
-from test_worker_faults import (
+from tests.test_worker_faults import (
     RUN,
     check_finished,
     final_weights,

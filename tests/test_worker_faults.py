@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import job_text, write_images
-from lagging_store import LaggingStore
+from tests.conftest import job_text, write_images
+from tests.lagging_store import LaggingStore
 from shardrun.clock import FakeClock
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job
@@ -28,7 +28,6 @@ from shardrun.storage.base import Store
 from shardrun.storage.account import Account
 from shardrun.storage.registry import open_store
 from shardrun.storage.base import digest_file
-from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
 

@@ -23,7 +23,7 @@ GB = 1_000_000_000  # Drive counts quota in decimal gigabytes, and so do we
 MB = 1_000_000
 
 # Names of the model factories in shardrun.train.models, listed here so validating a job file
-# never imports TensorFlow; tests/test_config.py checks the two lists agree.
+# never imports TensorFlow; tests/config/test_job.py checks the two lists agree.
 MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

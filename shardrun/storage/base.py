@@ -4,7 +4,7 @@ A store holds objects under relative keys (`a/b/c`) for one account. Backends im
 primitives (`_write`, `_read`, `_stat`, `_list`, `_delete`, plus `usage`); everything else
 (key validation, hashing, verification, resumable downloads, `exists`, ...) is written here.
 
-Guarantees every backend gives (and tests/test_store_contract.py checks):
+Guarantees every backend gives (and tests/storage/test_contract.py checks):
 - `put` is atomic: a reader sees the old object or the new one, never a torn one.
 - `put` returns a `Stat` whose `mtime` is the store's own time of the write (server time).
 - A write that would exceed the account's quota raises `QuotaExceeded` and leaves nothing behind.

@@ -5,7 +5,7 @@ receptive radius. Each tile is cut with `margin` extra input pixels on every sid
 image's edges, where the whole-image run sees zero padding too), enlarged, and only its centre is
 kept: with `margin` at least the radius, every kept pixel is computed from the same input values
 as in a whole-image run — and, because every operation here sums its taps in a fixed order, to
-the same bits (tests/test_upscale.py checks exact equality).
+the same bits (tests/product/test_product.py checks exact equality).
 
 `enlarge_rgb` is the SR papers' pipeline for one tile: an RGB network enlarges RGB; a one-channel
 network enlarges BT.601 Y while Cb and Cr are enlarged by MATLAB-style bicubic; an "upsampled"

@@ -1,5 +1,5 @@
 """The data pipeline: decoding every stored mode, the keyed sample order, exact resume of the
-stream, patch geometry, and shard reading."""
+stream, patch geometry, shard reading, and the contract both ImageSource implementations meet."""
 
 from __future__ import annotations
 
@@ -329,3 +329,77 @@ def test_shard_source_refuses_truncated_or_altered_shards(tmp_path):
         ShardImageSource(entries, tmp_path).read(1)
     with pytest.raises(DataError, match="cannot read img0 from shard"):
         ShardImageSource(entries, tmp_path / "missing").read(0)
+
+
+# --- the ImageSource contract: every implementation ---------------------------------------------
+
+
+@pytest.fixture(params=["memory", "shard"])
+def make_source(request, tmp_path):
+    """Returns a factory of one ImageSource implementation: make_source(blobs, names, corrupt=None).
+
+    `corrupt` is the index of an image to damage as that source can be damaged: bytes that are no
+    image in memory, a member whose bytes no longer match the manifest in a shard.
+    """
+
+    def make(blobs, names, corrupt=None):
+        if request.param == "memory":
+            if corrupt is not None:
+                blobs = [b"not an image" if i == corrupt else blob for i, blob in enumerate(blobs)]
+            return MemoryImageSource(blobs, names)
+        path = tmp_path / "shard-contract.tar"
+        entries = _write_shard(path, blobs)
+        for entry, name in zip(entries, names):
+            entry["path"] = name
+        if corrupt is not None:
+            raw = bytearray(path.read_bytes())
+            raw[entries[corrupt]["offset"] + 20] ^= 0xFF
+            path.write_bytes(bytes(raw))
+        return ShardImageSource(entries, tmp_path)
+
+    return make
+
+
+def _contract_images():
+    pixels = [random_rgb(21), random_rgb(22, 40, 30), random_rgb(23, 33, 47)]
+    blobs = [encode(pixels[0], "PNG"), encode(pixels[1], "JPEG"), encode(pixels[2][..., 0], "BMP")]
+    return pixels, blobs, ["a.png", "b.jpg", "c.bmp"]
+
+
+def test_every_source_gives_back_its_images_names_sizes_and_pixels(make_source):
+    pixels, blobs, names = _contract_images()
+    source = make_source(blobs, names)
+    assert len(source) == 3
+    assert [source.name(i) for i in range(3)] == names
+    assert [source.size(i) for i in range(3)] == [(p.shape[1], p.shape[0]) for p in pixels]
+    assert [source.read(i) for i in range(3)] == blobs
+    assert source.reads == 3
+    np.testing.assert_array_equal(decode_rgb(source.read(0), source.name(0)), pixels[0] / np.float32(255))
+    for i in range(3):
+        np.testing.assert_array_equal(decode_rgb(source.read(i), source.name(i)), decode_rgb(blobs[i]))
+
+
+def test_the_pipeline_makes_the_same_patches_from_every_source(make_source):
+    _, blobs, names = _contract_images()
+    spec = PatchSpec(scale=2, channels=1, patch_size=8, input_kind="low")
+    reference = MemoryImageSource(blobs, names)
+    expected = next(iter(make_dataset(reference, SampleOrder(3, 2, 6, 1), spec, with_ids=True)))
+    got = next(iter(make_dataset(make_source(blobs, names), SampleOrder(3, 2, 6, 1), spec, with_ids=True)))
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_an_index_past_the_end_is_an_index_error(make_source):
+    _, blobs, names = _contract_images()
+    source = make_source(blobs, names)
+    for operation in (source.read, source.name, source.size):
+        with pytest.raises(IndexError):
+            operation(3)
+
+
+def test_a_damaged_image_is_a_data_error_naming_it_by_the_time_it_is_read(make_source):
+    _, blobs, names = _contract_images()
+    with pytest.raises(DataError, match="b.jpg"):
+        source = make_source(blobs, names, corrupt=1)
+        source.read(0)
+        source.read(1)

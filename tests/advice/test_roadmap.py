@@ -18,9 +18,9 @@ from shardrun.errors import ConfigError
 from shardrun.config.platforms import ModelThroughput, Platform, Profile, load_platforms, load_profile
 from shardrun.config.prices import load_prices, parse_prices
 
-from price_files import MINIMAL
+from tests.price_files import MINIMAL
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER = tomllib.loads((CONFIGS / "paper_figures.toml").read_text())
 PRICE_TEXT = (CONFIGS / "prices.toml").read_text()
 PRICE_DOC = tomllib.loads(PRICE_TEXT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import job_text, write_images
+from tests.conftest import job_text, write_images
 
 # 12 images, 4 patches each, batches of 16: 3 steps per epoch, 6 steps per run, chunks of 2
 # steps; a checkpoint (with validation) at every step.

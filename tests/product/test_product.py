@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from product_job import train_job
+from tests.product.trained_job import train_job
 from shardrun.cli.main import main
 
 _TRAINED: dict[str, Path] = {}

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 from rich.console import Console
 
-from conftest import job_text, write_images
+from tests.conftest import job_text, write_images
 from shardrun import paths
 from shardrun.cli.main import main
 from shardrun.clock import FakeClock
@@ -34,13 +34,13 @@ from shardrun.render.html import progress_figure, status_html
 from shardrun.storage.base import Usage
 from shardrun.storage.local import LocalStore
 from shardrun.ledger.summaries import HISTORY_POINTS
-from test_worker import final_weights, new_worker, planned, straight_weights  # noqa: F401 (a fixture)
+from tests.test_worker import final_weights, new_worker, planned, straight_weights  # noqa: F401 (a fixture)
 
 T0 = 1_800_000_000.0
 LEASE = 600.0
 BATCH = 8
 STEPS = 100  # per chunk; 3 chunks per run
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def plan_event() -> Event:

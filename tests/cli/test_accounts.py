@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import textwrap
-
 from click.testing import CliRunner
 
 from shardrun.cli.main import main
+from tests.conftest import SMALL_RUN, job_text
 from tests.drive_accounts import new_drive_account
 
 MB = 1_000_000
 
 
-def drive_job(tmp_path, emu, accounts, extra_job: str = "") -> str:
+def drive_job(tmp_path, emu, accounts) -> str:
     """Writes a job whose accounts are (name, folder, token) on the emulator plus a local one."""
-    lines = ["[job]", 'name = "acct-job"', 'data = "images/"', f'drive_root_url = "{emu.root_url}"',
-             "drive_retries = 2", "drive_retry_seconds = 5", extra_job]
-    for name, folder, token in accounts:
-        lines += ["[[accounts]]", f'name = "{name}"', f'store = "drive://{folder}"', f'token = "{token}"', "quota_gb = 1"]
-    lines += ["[[accounts]]", 'name = "lab"', 'store = "local://stores/lab"', "quota_gb = 2"]
-    lines += ["[[runs]]", 'name = "r"', 'model = "espcn"', "scale = 2", "channels = 1", "epochs = 1",
-              "batch_size = 4", "patch_size = 16"]
+    drive = [dict(name=name, store=f"drive://{folder}", token=token, quota_gb=1) for name, folder, token in accounts]
     path = tmp_path / "job.toml"
-    path.write_text(textwrap.dedent("\n".join(lines)) + "\n")
+    path.write_text(job_text("acct-job", accounts=[*drive, ("lab", 2)], runs=[SMALL_RUN], platform=None,
+                             drive_root_url=emu.root_url, drive_retries=2, drive_retry_seconds=5))
     return str(path)
 
 
@@ -87,23 +81,8 @@ def test_login_needs_the_users_own_client_id(drive_emulator, tmp_path):
     emu = drive_emulator
     alice = new_drive_account(emu, name="alice")
     job = tmp_path / "job.toml"
-    job.write_text(textwrap.dedent(f"""\
-        [job]
-        name = "j"
-        data = "images/"
-        [[accounts]]
-        name = "alice"
-        store = "drive://{alice.folder}"
-        auth = "oauth"
-        [[runs]]
-        name = "r"
-        model = "espcn"
-        scale = 2
-        channels = 1
-        epochs = 1
-        batch_size = 4
-        patch_size = 16
-        """))
+    job.write_text(job_text("j", accounts=[dict(name="alice", store=f"drive://{alice.folder}", auth="oauth")],
+                            runs=[SMALL_RUN], platform=None))
     result = CliRunner().invoke(main, ["accounts", "login", str(job), "--no-browser"])
     assert result.exit_code == 1
     assert result.output.startswith("Error: Drive account 'alice': signing in needs your OAuth client id")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import job_text
 from shardrun.config.job import parse_job
 from shardrun.errors import ConfigError, StoreError
 from shardrun.storage import registry
@@ -19,8 +18,9 @@ from shardrun.storage.backend import Backend
 from shardrun.storage.local import BACKEND as LOCAL, LocalStore
 from shardrun.storage.memory import BACKEND as MEMORY, MemoryStore
 from shardrun.validate import Key
+from tests.conftest import job_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeBackend(Backend):
@@ -198,3 +198,20 @@ def test_the_memory_backend_opens_one_store_per_name():
     assert MEMORY.location("memory://registry-one") == "registry-one"
     assert MEMORY.describe(Account("a", "memory://x")) == "in-process memory"
     assert MEMORY.sign_in_method(Account("a", "memory://x")) is None
+
+
+def test_open_store_by_url(tmp_path):
+    store = registry.open_store(Account("a", f"local://{tmp_path}/acct", quota_bytes=123))
+    assert isinstance(store, LocalStore) and store.quota_bytes == 123
+    relative = registry.open_store(Account("a", "local://rel/acct", base_dir=tmp_path))
+    assert relative.root == tmp_path / "rel" / "acct"
+    assert registry.open_store(Account("a", "memory://same")) is registry.open_store(Account("b", "memory://same"))
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("s3://bucket", "unknown scheme 's3'"), ("no-scheme", "has no scheme"), ("local://", "names no location")],
+)
+def test_open_store_rejects_bad_urls(url, message):
+    with pytest.raises(StoreError, match=message):
+        registry.open_store(Account("a", url))

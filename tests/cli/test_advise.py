@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from shardrun.cli.main import main
 
-from price_files import MINIMAL
+from tests.price_files import MINIMAL
 from shardrun.config.platforms import load_platforms
 
 USABLE = load_platforms()["colab-free"].usable_seconds

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import textwrap
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 from shardrun.cli.main import main
 from shardrun.config.job import load_job
 from shardrun.errors import ShardrunError
-from tests.conftest import write_images
+from tests.conftest import SMALL_RUN, job_text, write_images
 
 
 def messages_of(error: BaseException) -> list[str]:
@@ -44,34 +43,12 @@ def test_planted_credentials_appear_nowhere(drive_emulator, tmp_path, caplog):
                                       "client_secret": "PLANTED-client-secret", "token_uri": emu.token_uri}))
     write_images(tmp_path / "images", 6)
     job_file = tmp_path / "job.toml"
-    job_file.write_text(textwrap.dedent(f"""\
-        [job]
-        name = "leak-test"
-        data = "images/"
-        reserve_mb = 0
-        shard_size_mb = 1
-        drive_root_url = "{emu.root_url}"
-        drive_retries = 1
-        drive_retry_seconds = 5
-        [[accounts]]
-        name = "alice"
-        store = "drive://{home}"
-        token = "{planted['alice']}"
-        [[accounts]]
-        name = "bob"
-        store = "drive://{bob_folder}"
-        auth = "oauth"
-        credentials = "{token_file}"
-        [[runs]]
-        name = "r"
-        model = "espcn"
-        scale = 2
-        channels = 1
-        epochs = 1
-        batch_size = 4
-        patch_size = 16
-        patches_per_second = 100.0
-        """))
+    job_file.write_text(job_text(
+        "leak-test", reserve_mb=0, shard_size_mb=1, drive_root_url=emu.root_url, drive_retries=1,
+        drive_retry_seconds=5, platform=None,
+        accounts=[dict(name="alice", store=f"drive://{home}", token=planted["alice"]),
+                  dict(name="bob", store=f"drive://{bob_folder}", auth="oauth", credentials=str(token_file))],
+        runs=[dict(SMALL_RUN, patches_per_second=100.0)]))
     secrets_planted = [*planted.values(), refresh, "PLANTED-client-secret"]
     outputs: list[str] = []
     runner = CliRunner()

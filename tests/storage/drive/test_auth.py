@@ -12,21 +12,11 @@ from shardrun.config.job import parse_job
 from shardrun.errors import ConfigError
 from shardrun.storage.drive.auth import DriveAccount, choose_method, describe, write_token_file
 from shardrun.storage.drive.settings import token_env_var
-
-RUN = """
-[[runs]]
-name = "r"
-model = "espcn"
-scale = 2
-channels = 1
-epochs = 1
-batch_size = 4
-patch_size = 16
-"""
+from tests.conftest import SMALL_RUN, job_text
 
 
 def job(accounts: str, job_keys: str = "") -> str:
-    return f'[job]\nname = "j"\ndata = "images/"\n{job_keys}\n{accounts}\n{RUN}'
+    return job_text("j", accounts=accounts, runs=[SMALL_RUN], job_lines=job_keys, platform=None)
 
 
 def problems_of(text: str) -> list[str]:

@@ -16,7 +16,7 @@ from shardrun.ledger.db import Ledger
 from shardrun.status import scalars
 from shardrun.status.scalars import history_scalars
 from shardrun.status.tensorboard import export_tensorboard
-from test_report import T0, VAL_1, ev, job, known_events, plan_event  # noqa: F401 (job is a fixture)
+from tests.status.test_report import T0, VAL_1, ev, job, known_events, plan_event  # noqa: F401 (job is a fixture)
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import signal
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from shardrun.status.report import job_status
 from shardrun.session import detect_session
 from shardrun.plan.shards import Manifest
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
-from tests.conftest import write_images
+from tests.conftest import job_text, write_images
 from tests.drive_accounts import new_drive_account
 
 # 16 random 800x800 photos (~1.9 MB each, PNG cannot shrink noise): ~31 MB in 8 shards of 2.
@@ -44,48 +43,20 @@ QUOTA_BYTES, RESERVE_MB = 24 * MB, 12
 # ESPCN widened so a checkpoint (weights + Adam state) passes 1 MiB, the job's upload chunk, and
 # goes up in a resumable session of two chunks; 16 images x 4 patches / 16 = 4 steps an epoch,
 # 3 epochs = 12 steps; on colab-free 8000 s a step (patches_per_second 0.002) cuts 4-step chunks.
-RUN_TOML = """\
-    [[runs]]
-    name = "x2"
-    model = "espcn"
-    scale = 2
-    channels = 1
-    epochs = 3
-    batch_size = 16
-    patch_size = 16
-    patches_per_image = 4
-    patches_per_second = 0.002
-    seed = 5
-    options = { n1 = 128, n2 = 96 }
-    """
+RUN = dict(name="x2", model="espcn", scale=2, channels=1, epochs=3, batch_size=16, patch_size=16,
+           patches_per_image=4, patches_per_second=0.002, seed=5, options={"n1": 128, "n2": 96})
 ACCOUNTS = ("alice", "bob", "carol")  # alice is the home: journal, manifest and checkpoints
 
 
 def write_job_file(folder: Path, emu, accounts: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [textwrap.dedent(f"""\
-        [job]
-        name = "e2e"
-        data = "images/"
-        platform = "colab-free"
-        shard_size_mb = {SHARD_MB}
-        reserve_mb = {RESERVE_MB}
-        lease_minutes = 0.03
-        drive_root_url = "{emu.root_url}"
-        drive_chunk_mib = 1
-        """)]
-    for name in ACCOUNTS:
-        account = accounts[name]
-        lines.append(textwrap.dedent(f"""\
-            [[accounts]]
-            name = "{name}"
-            store = "drive://{account.folder}"
-            token = "{account.token}"
-            quota_gb = {QUOTA_BYTES / 1e9}
-            """))
-    lines.append(textwrap.dedent(RUN_TOML))
     path = folder / "job.toml"
-    path.write_text("\n".join(lines))
+    path.write_text(job_text(
+        "e2e", platform="colab-free", shard_size_mb=SHARD_MB, reserve_mb=RESERVE_MB, lease_minutes=0.03,
+        drive_root_url=emu.root_url, drive_chunk_mib=1,
+        accounts=[dict(name=name, store=f"drive://{accounts[name].folder}", token=accounts[name].token,
+                       quota_gb=QUOTA_BYTES / 1e9) for name in ACCOUNTS],
+        runs=[RUN]))
     return path
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import textwrap
-
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job
-from tests.conftest import write_images
+from tests.conftest import SMALL_RUN, job_text, write_images
 from tests.drive_accounts import new_drive_account
 
 
@@ -16,34 +14,11 @@ def test_plan_moves_shards_off_a_drive_that_turns_out_full(drive_emulator, tmp_p
     bob = new_drive_account(emu, quota_bytes=100_000_000, name="bob")
     write_images(tmp_path / "images", 6, size=(400, 400))  # random pixels: ~480 kB each, three 1 MB shards
     job_file = tmp_path / "job.toml"
-    job_file.write_text(textwrap.dedent(f"""\
-        [job]
-        name = "full"
-        data = "images/"
-        reserve_mb = 0
-        shard_size_mb = 1
-        drive_root_url = "{emu.root_url}"
-        drive_chunk_mib = 1
-        [[accounts]]
-        name = "alice"
-        store = "drive://{alice.folder}"
-        token = "{alice.token}"
-        quota_gb = 1
-        [[accounts]]
-        name = "bob"
-        store = "drive://{bob.folder}"
-        token = "{bob.token}"
-        quota_gb = 1
-        [[runs]]
-        name = "r"
-        model = "espcn"
-        scale = 2
-        channels = 1
-        epochs = 1
-        batch_size = 4
-        patch_size = 16
-        patches_per_second = 100.0
-        """))
+    job_file.write_text(job_text(
+        "full", reserve_mb=0, shard_size_mb=1, drive_root_url=emu.root_url, drive_chunk_mib=1, platform=None,
+        accounts=[dict(name=name, store=f"drive://{account.folder}", token=account.token, quota_gb=1)
+                  for name, account in (("alice", alice), ("bob", bob))],
+        runs=[dict(SMALL_RUN, patches_per_second=100.0)]))
     job = load_job(job_file)
     phases = []
     report = plan_job(job, scan_workers=1, on_progress=lambda phase, done, total: phases.append((phase, done, total)))

@@ -1,4 +1,5 @@
-"""The store contract (DESIGN §4), run against every backend through the `make_store` fixture."""
+"""The store contract (DESIGN §4), run against every backend through the `make_store` fixture; what
+only one backend does is tested in test_local.py, test_memory.py and drive/test_store.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import time
 import pytest
 
 from shardrun.errors import IntegrityError, InvalidKey, NotFound, QuotaExceeded, TransientError
-from shardrun.storage.account import Account
-from shardrun.storage.registry import open_store
 from shardrun.storage.local import LocalStore
 from shardrun.storage.memory import MemoryStore
 
@@ -144,16 +143,6 @@ def test_stat_carries_the_store_time_of_the_write(store):
     assert {s.key: s.mtime for s in store.list()} == {"t1": first.mtime, "t2": second.mtime}
 
 
-def test_memory_store_time_comes_from_its_clock():
-    from shardrun.clock import FakeClock
-
-    clock = FakeClock(start=5000.0)
-    store = MemoryStore(clock=clock)
-    assert store.put_bytes("a", b"1").mtime == 5000.0
-    clock.advance(7)
-    assert store.put_bytes("b", b"2").mtime == 5007.0
-
-
 def test_quota_exceeded_raises_and_leaves_nothing_partial(make_store):
     store = make_store(quota_bytes=1000)
     store.put_bytes("keep", b"k" * 600)
@@ -208,42 +197,6 @@ def test_put_is_atomic_under_concurrent_readers(store):
     assert problems == []
     assert reads[0] > 0
     assert store.get_bytes("hot") == bytes([39]) * size
-
-
-def test_open_store_by_url(tmp_path):
-    store = open_store(Account("a", f"local://{tmp_path}/acct", quota_bytes=123))
-    assert isinstance(store, LocalStore) and store.quota_bytes == 123
-    relative = open_store(Account("a", "local://rel/acct", base_dir=tmp_path))
-    assert relative.root == tmp_path / "rel" / "acct"
-    assert open_store(Account("a", "memory://same")) is open_store(Account("b", "memory://same"))
-
-
-@pytest.mark.parametrize(
-    "url, message",
-    [("s3://bucket", "unknown scheme 's3'"), ("no-scheme", "has no scheme"), ("local://", "names no location")],
-)
-def test_open_store_rejects_bad_urls(url, message):
-    from shardrun.errors import StoreError
-
-    with pytest.raises(StoreError, match=message):
-        open_store(Account("a", url))
-
-
-def test_local_store_rehashes_a_file_changed_behind_its_back(tmp_path):
-    store = LocalStore(tmp_path / "acct")
-    store.put_bytes("f", b"original")
-    time.sleep(0.01)
-    (tmp_path / "acct" / "f").write_bytes(b"tampered!")
-    assert store.stat("f").md5 == hashlib.md5(b"tampered!").hexdigest()
-
-
-def test_local_store_refuses_reserved_keys_and_hides_its_folders(tmp_path):
-    store = LocalStore(tmp_path / "acct")
-    store.put_bytes("visible", b"1")
-    with pytest.raises(InvalidKey, match="reserved"):
-        store.put_bytes(".shardrun-tmp/x", b"1")
-    assert [s.key for s in store.list()] == ["visible"]
-    assert store.usage().used_bytes == 1
 
 
 def test_list_keys_names_the_same_objects_as_list(store):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import job_text, write_images
+from tests.conftest import write_images
 from shardrun import paths
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job

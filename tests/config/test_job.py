@@ -157,7 +157,7 @@ def test_model_names_match_the_training_registry():
 
 
 def test_shipped_example_jobs_are_valid():
-    folder = Path(__file__).resolve().parents[1] / "configs" / "examples"
+    folder = Path(__file__).resolve().parents[2] / "configs" / "examples"
     examples = sorted(folder.glob("*.toml"))
     assert examples
     for path in examples:
