@@ -106,8 +106,7 @@ def _existing_shards(stores: dict[str, Store], job: str) -> dict[str, tuple[str,
     found: dict[str, tuple[str, Stat]] = {}
     for name, store in stores.items():
         for stat in store.list(paths.shards_prefix(job)):
-            shard_id = stat.key.rsplit("/", 1)[-1].removesuffix(".tar")
-            found.setdefault(shard_id, (name, stat))
+            found.setdefault(paths.shard_id_of(stat.key), (name, stat))
     return found
 
 
