@@ -66,9 +66,7 @@ def straight_weights(job, run, tmp_path):
         LocalStore(job.base_dir / "stores" / shard["account"]).download(
             shard["key"], tmp_path / "straight" / f"{shard['id']}.tar")
     config = next(r for r in job.runs if r.name == run)
-    trainer = Trainer(TrainConfig(config.model, config.scale, config.channels, config.options, config.patch_size,
-                                  config.batch_size, config.patches_per_image, config.epochs, config.seed,
-                                  config.learning_rate),
+    trainer = Trainer(TrainConfig.from_run(config.to_payload()),
                       ShardImageSource(manifest.images, tmp_path / "straight"), tmp_path / "straight-ckpt")
     trainer.train()
     return [w.numpy() for w in trainer.model.weights]

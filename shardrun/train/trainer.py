@@ -62,7 +62,7 @@ class CheckpointMismatchError(CheckpointError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run's training, independent of the job file."""
+    """Everything that defines a run's training, independent of the job file (see `from_run`)."""
 
     model: str
     scale: int
@@ -76,6 +76,28 @@ class TrainConfig:
     learning_rate: float = 1e-3
     beta_1: float = 0.9
     images_per_window: int = 16
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
+        """Returns the training settings among a run's settings, given as plain values: the job
+        file's `[[runs]]` table as the plan records it (`RunConfig.to_payload`, the ledger's
+        `runs.config`).
+
+        Keys that are not settings of training (the run's name, its planned throughput) belong
+        to planning and are left out; keys a run does not give keep their defaults here. Values
+        are checked by `resolve`, not here.
+        """
+        # Plain values, not a config object: train/ stands on the ground floor alone, and a
+        # mapping reads the same from a job file, a journal event or a ledger row.
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in run
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise TrainingError(f"the run's settings lack {', '.join(missing)}; got {sorted(run)}")
+        values = {f.name: run[f.name] for f in fields if f.name in run}
+        if "options" in values:
+            values["options"] = dict(values["options"] or {})
+        return cls(**values)
 
     def resolve(self) -> ModelConfig:
         """Returns the model description; raises ModelError naming every problem at once."""
