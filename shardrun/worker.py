@@ -409,6 +409,7 @@ class Worker:
                 "bicubic_ssim": result.bicubic_ssim, "images": len(images)}
 
     def _train_config(self, run: str):
+        """Returns the run's training settings, read from what the plan recorded in the ledger."""
         from shardrun.train.trainer import TrainConfig
 
         return TrainConfig.from_run(json.loads(self.ledger.run(run)["config"]))
