@@ -150,13 +150,12 @@ def score_runs(job, ledger: Ledger) -> list[RunScore]:
         last = max(ledger.chunks(run.name), key=lambda c: c["idx"])
         path = job.base_dir / "final" / f"{run.name}.ckpt.npz"
         home.download(last["checkpoint_key"], path, expected_md5=last["checkpoint_md5"])
-        config = TrainConfig(run.model, run.scale, run.channels, run.options, run.patch_size, run.batch_size,
-                             run.patches_per_image, run.epochs, run.seed, run.learning_rate)
+        config = TrainConfig.from_run(run.to_payload())
         model_config = config.resolve()
         model = build_model(model_config)
         for variable, value in zip(model.weights, read_checkpoint(path)[1]):
             variable.assign(value)
-        result = evaluate(model, run.scale, run.channels, model_config.input_kind, images, list(HELD_OUT))
+        result = evaluate(model, config.scale, config.channels, model_config.input_kind, images, list(HELD_OUT))
         scores.append(RunScore(run.name, result.psnr, result.bicubic_psnr, result.ssim, result.bicubic_ssim))
     return scores
 

@@ -33,6 +33,11 @@ def shard_key(job: str, shard_id: str) -> str:
     return validate_key(f"{job}/shards/{shard_id}.tar")
 
 
+def shard_id_of(key: str) -> str:
+    """Returns the shard id a shard key holds (the inverse of shard_key)."""
+    return key[key.rfind("/") + 1:].removesuffix(".tar")
+
+
 def manifest_key(job: str, plan_id: str) -> str:
     return validate_key(f"{job}/plans/{plan_id}/manifest.json")
 

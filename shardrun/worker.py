@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import socket
-import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -347,7 +346,7 @@ class Worker:
 
         if self._stop:
             trainer.request_stop()
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             result = trainer.train(
                 until_step=chunk["end_step"], deadline=self._deadline(), reserve_s=self._upload_margin(),
@@ -357,7 +356,7 @@ class Worker:
                 on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat)
         finally:
             self._trainer = None
-        train_seconds = time.monotonic() - started
+        train_seconds = self.clock.monotonic() - started
         self.sync()
         if lost or not self._owns(chunk):
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
@@ -410,13 +409,10 @@ class Worker:
                 "bicubic_ssim": result.bicubic_ssim, "images": len(images)}
 
     def _train_config(self, run: str):
+        """Returns the run's training settings, read from what the plan recorded in the ledger."""
         from shardrun.train.trainer import TrainConfig
 
-        values = json.loads(self.ledger.run(run)["config"])
-        return TrainConfig(model=values["model"], scale=values["scale"], channels=values["channels"],
-                           options=values.get("options") or {}, patch_size=values["patch_size"],
-                           batch_size=values["batch_size"], patches_per_image=values["patches_per_image"],
-                           epochs=values["epochs"], seed=values["seed"], learning_rate=values["learning_rate"])
+        return TrainConfig.from_run(json.loads(self.ledger.run(run)["config"]))
 
     def _deadline(self) -> float | None:
         return self.session.deadline
@@ -429,9 +425,9 @@ class Worker:
         return margin
 
     def _upload(self, key: str, path: Path):
-        started = time.monotonic()
+        started = self.clock.monotonic()
         stat = self.job.home.put_file(key, path)  # verifies the stored md5
-        seconds = max(time.monotonic() - started, 1e-6)
+        seconds = max(self.clock.monotonic() - started, 1e-6)
         self._checkpoint_bytes = stat.size
         self._upload_bps = stat.size / seconds
         return stat

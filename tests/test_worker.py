@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import job_text, write_images
-from shardrun.clock import SystemClock
+from shardrun.clock import FakeClock, SystemClock
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job
 from shardrun.ledger.db import Ledger
@@ -66,9 +66,7 @@ def straight_weights(job, run, tmp_path):
         LocalStore(job.base_dir / "stores" / shard["account"]).download(
             shard["key"], tmp_path / "straight" / f"{shard['id']}.tar")
     config = next(r for r in job.runs if r.name == run)
-    trainer = Trainer(TrainConfig(config.model, config.scale, config.channels, config.options, config.patch_size,
-                                  config.batch_size, config.patches_per_image, config.epochs, config.seed,
-                                  config.learning_rate),
+    trainer = Trainer(TrainConfig.from_run(config.to_payload()),
                       ShardImageSource(manifest.images, tmp_path / "straight"), tmp_path / "straight-ckpt")
     trainer.train()
     return [w.numpy() for w in trainer.model.weights]
@@ -153,6 +151,26 @@ def test_a_session_too_close_to_its_end_claims_nothing(planned):
     assert worker.run() == "deadline"
     assert worker.outcomes == []
 
+
+
+def test_training_and_upload_times_are_read_on_the_injected_clock(planned):
+    clock = FakeClock()
+    job = WorkerJob.from_config(planned)
+    put_file = job.home.put_file
+
+    def slow_put_file(key, path, **kwargs):  # each checkpoint upload "takes" 4 s
+        clock.advance(4)
+        return put_file(key, path, **kwargs)
+
+    job.home.put_file = slow_put_file
+    settings = WorkerSettings(**{**FAST.__dict__, "min_upload_margin_s": 1.0})
+    worker = Worker(job, "alice", NO_LIMIT, settings=settings, clock=clock)
+    assert worker.loop() == "trained"
+    (outcome,) = worker.outcomes
+    # A chunk of 2 steps, a checkpoint after each: two uploads, all the time that passed.
+    assert (outcome.step - outcome.start_step, outcome.train_seconds) == (2, 8.0)
+    # The last upload's speed sets the margin kept for the final one: three uploads' time and 5 s.
+    assert worker._upload_margin() == pytest.approx(3 * 4 + 5)
 
 def test_session_deadlines_come_from_the_platform_and_the_budget():
     platforms = load_platforms()

@@ -128,8 +128,7 @@ def straight_weights(job, run: str, folder: Path) -> list[np.ndarray]:
         store = open_store(Account(shard["account"], job.account(shard["account"]).store, base_dir=job.base_dir))
         store.download(shard["key"], folder / "straight-shards" / f"{shard['id']}.tar", expected_md5=shard["md5"])
     r = next(r for r in job.runs if r.name == run)
-    trainer = Trainer(TrainConfig(r.model, r.scale, r.channels, r.options, r.patch_size, r.batch_size,
-                                  r.patches_per_image, r.epochs, r.seed, r.learning_rate),
+    trainer = Trainer(TrainConfig.from_run(r.to_payload()),
                       ShardImageSource(manifest.images, folder / "straight-shards"), folder / "straight-ckpt")
     trainer.train()
     return [w.numpy() for w in trainer.model.weights]

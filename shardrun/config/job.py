@@ -7,6 +7,7 @@ unknown key comes with a did-you-mean.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,11 @@ class RunConfig:
     learning_rate: float = 1e-3
     options: dict[str, Any] = field(default_factory=dict)
     patches_per_second: float | None = None  # overrides the throughput profile for this run
+
+    def to_payload(self) -> dict[str, Any]:
+        """Returns the run's settings as plain JSON values: what the plan records for the run and
+        the trainer reads back (shardrun.train.trainer.TrainConfig.from_run)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def load_job_ledger(job: JobConfig, home: Store, clock: Clock | None = None,
 def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict]) -> str:
     body = {
         "fingerprint": fingerprint,
-        "runs": [{"config": r.run.__dict__, "chunks": r.chunks} for r in runs],
+        "runs": [{"config": r.run.to_payload(), "chunks": r.chunks} for r in runs],
         "shards": [(s["id"], s["account"]) for s in shards],
     }
     return "plan-" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -106,8 +106,7 @@ def _existing_shards(stores: dict[str, Store], job: str) -> dict[str, tuple[str,
     found: dict[str, tuple[str, Stat]] = {}
     for name, store in stores.items():
         for stat in store.list(paths.shards_prefix(job)):
-            shard_id = stat.key.rsplit("/", 1)[-1].removesuffix(".tar")
-            found.setdefault(shard_id, (name, stat))
+            found.setdefault(paths.shard_id_of(stat.key), (name, stat))
     return found
 
 
@@ -251,6 +250,20 @@ def _manifest(scan: ScanResult, specs: list[ShardSpec], shards: list[dict]) -> M
     return Manifest.build(scan.fingerprint, built)
 
 
+# The run's settings the ledger keeps as columns of its runs table (status reads them without
+# parsing `config`); `config` holds them all, and is what the trainer reads back.
+_RUN_COLUMNS = ("model", "scale", "channels", "epochs", "batch_size", "patch_size")
+
+
+def _run_payload(r: RunPlan) -> dict:
+    """Returns the plan event's entry for one run: its settings (`config`), as the job file gave
+    them, and its plan (steps, chunks)."""
+    settings = r.run.to_payload()
+    return {"name": r.run.name, **{key: settings[key] for key in _RUN_COLUMNS},
+            "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total, "step_seconds": r.step_seconds,
+            "config": settings, "chunks": [list(c) for c in r.chunks]}
+
+
 def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: str | None) -> dict:
     est = report.estimate
     return {
@@ -269,12 +282,9 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "accounts": [{"name": a.name, "store": absolute_url(a.store, job.base_dir), "quota_bytes": a.quota_bytes,
                       "reserve_bytes": a.reserve_bytes} for a in report.accounts],
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
-        "runs": [{"name": r.run.name, "model": r.run.model, "scale": r.run.scale, "channels": r.run.channels,
-                  "epochs": r.run.epochs, "batch_size": r.run.batch_size, "patch_size": r.run.patch_size,
-                  "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total,
-                  "step_seconds": r.step_seconds, "config": r.run.__dict__, "chunks": [list(c) for c in r.chunks]}
-                 for r in report.runs],
+        "runs": [_run_payload(r) for r in report.runs],
         "rejected": [{"path": r.path, "reason": r.reason} for r in report.scan.rejected],
         "estimate": {"gpu_hours": est.gpu_hours, "sessions": est.sessions,
                      "calendar_hours": est.calendar_hours, "workers": est.workers},
     }
+

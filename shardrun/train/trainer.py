@@ -62,7 +62,7 @@ class CheckpointMismatchError(CheckpointError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run's training, independent of the job file."""
+    """Everything that defines a run's training, independent of the job file (see `from_run`)."""
 
     model: str
     scale: int
@@ -76,6 +76,28 @@ class TrainConfig:
     learning_rate: float = 1e-3
     beta_1: float = 0.9
     images_per_window: int = 16
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
+        """Returns the training settings among a run's settings, given as plain values: the job
+        file's `[[runs]]` table as the plan records it (`RunConfig.to_payload`, the ledger's
+        `runs.config`).
+
+        Keys that are not settings of training (the run's name, its planned throughput) belong
+        to planning and are left out; keys a run does not give keep their defaults here. Values
+        are checked by `resolve`, not here.
+        """
+        # Plain values, not a config object: train/ stands on the ground floor alone, and a
+        # mapping reads the same from a job file, a journal event or a ledger row.
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in run
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise TrainingError(f"the run's settings lack {', '.join(missing)}; got {sorted(run)}")
+        values = {f.name: run[f.name] for f in fields if f.name in run}
+        if "options" in values:
+            values["options"] = dict(values["options"] or {})
+        return cls(**values)
 
     def resolve(self) -> ModelConfig:
         """Returns the model description; raises ModelError naming every problem at once."""
@@ -161,6 +183,61 @@ class TrainResult:
     checkpoint: CheckpointInfo | None
     loss: float | None  # mean loss of this call's steps
     elapsed_s: float  # training time, the final checkpoint not included
+
+
+@dataclass
+class _Tally:
+    """A sum of step losses and the number of steps it covers."""
+
+    total: float = 0.0
+    steps: int = 0
+
+    def mean(self) -> float | None:
+        """Returns the mean loss per step, or None before any step."""
+        return self.total / self.steps if self.steps else None
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What one call of `Trainer.train` was asked: how far, until when, and when to report."""
+
+    target: int
+    deadline: float | None
+    reserve_s: float
+    checkpoint_every_steps: int | None
+    checkpoint_every_s: float | None
+    heartbeat_every_s: float | None
+    steps_per_call: int
+    on_checkpoint: Callable[[CheckpointInfo], None] | None
+    on_heartbeat: Callable[[Progress], None] | None
+
+
+@dataclass
+class _Slice:
+    """How far one call of `Trainer.train` has got: its times (the clock's monotonic()), its loss
+    tallies and its latest checkpoint."""
+
+    asked: _Asked
+    start_step: int
+    started: float
+    last_checkpoint: float  # when the latest periodic checkpoint was written
+    beat_started: float  # when the current heartbeat's interval began
+    beat_step: int  # and at which step
+    call_s: float = 0.0  # how long the latest call took (it waits for the one before to end)
+    pending: tuple[Any, int] | None = None  # the latest call's loss tensor and steps, not yet read
+    whole: _Tally = field(default_factory=_Tally)  # every step of this call
+    since_checkpoint: _Tally = field(default_factory=_Tally)
+    since_beat: _Tally = field(default_factory=_Tally)
+    checkpoint: CheckpointInfo | None = None
+
+    def settle(self) -> None:
+        """Adds the pending call's loss to every tally; reading it waits for that call to end."""
+        if self.pending is not None:
+            loss, steps = float(self.pending[0]), self.pending[1]
+            for tally in (self.whole, self.since_checkpoint, self.since_beat):
+                tally.total += loss
+                tally.steps += steps
+            self.pending = None
 
 
 def checkpoint_filename(step: int) -> str:
@@ -450,8 +527,33 @@ class Trainer:
         `batches` replaces the input pipeline and `checkpoint_at_end=False` skips the final
         checkpoint (benchmarks only: without it the steps done are lost).
         """
-        import tensorflow as tf
+        asked = _Asked(self._target(until_step, steps_per_call), deadline, reserve_s,
+                       checkpoint_every_steps, checkpoint_every_s, heartbeat_every_s, steps_per_call,
+                       on_checkpoint, on_heartbeat)
+        run_steps = self._compiled()
+        iterator = iter(batches if batches is not None else self.dataset())
+        now = self.clock.monotonic()
+        s = _Slice(asked, self.step, started=now, last_checkpoint=now, beat_started=now, beat_step=self.step)
+        reason = "target"
+        while self.step < asked.target:
+            stop = self._stop_reason(s)
+            if stop is not None:
+                reason = stop
+                break
+            now = self._run_call(s, run_steps, iterator)
+            self._checkpoint_if_due(s, now)
+            self._heartbeat_if_due(s, now)
+        s.settle()
+        self._stop = False  # honoured; the next call starts afresh
+        elapsed = self.clock.monotonic() - s.started
+        if checkpoint_at_end and self.step > s.start_step:
+            self._final_checkpoint(s, reason, s.started + elapsed)
+        return TrainResult(self.step, asked.target, reason, self.step - s.start_step, s.checkpoint,
+                           s.whole.mean(), elapsed)
 
+    def _target(self, until_step: int | None, steps_per_call: int) -> int:
+        """Returns the step a call of `train` trains to; raises TrainingError for arguments out of
+        range."""
         target = self.total_steps if until_step is None else until_step
         if not isinstance(target, int) or target < self.step or target > self.total_steps:
             raise TrainingError(
@@ -460,98 +562,90 @@ class Trainer:
             )
         if steps_per_call < 1:
             raise TrainingError(f"steps_per_call={steps_per_call!r} must be at least 1")
-        run_steps = self._compiled()
-        iterator = iter(batches if batches is not None else self.dataset())
-        clock, start_step = self.clock, self.step
-        started = clock.monotonic()
-        last_checkpoint = last_heartbeat = started
-        checkpoint_info = None
-        pending = None  # the previous call's loss tensor, read while the next call runs
-        loss_total, loss_steps, beat_total, beat_steps = 0.0, 0, 0.0, 0
-        since_total, since_steps = 0.0, 0  # since the previous checkpoint
-        beat_started, beat_step = started, self.step
-        call_s = 0.0
-        reason = "target"
+        return target
 
-        def settle():
-            nonlocal pending, loss_total, loss_steps, beat_total, beat_steps, since_total, since_steps
-            if pending is not None:
-                value, count = float(pending[0]), pending[1]
-                loss_total, loss_steps = loss_total + value, loss_steps + count
-                beat_total, beat_steps = beat_total + value, beat_steps + count
-                since_total, since_steps = since_total + value, since_steps + count
-                pending = None
+    def _stop_reason(self, s: _Slice) -> str | None:
+        """Returns why to stop before the next call ("stopped" or "deadline"), or None to go on."""
+        if self._stop:
+            return "stopped"
+        if s.asked.deadline is not None:
+            # The next call and the final checkpoint after it must both end before the deadline.
+            keep_back = max(s.asked.reserve_s, 2 * self._slowest_save_s) + s.call_s
+            if self.clock.now() + keep_back >= s.asked.deadline:
+                return "deadline"
+        return None
 
-        def with_figures(info: CheckpointInfo, now: float) -> CheckpointInfo:
-            nonlocal since_total, since_steps
-            seconds = now - started
-            info = dataclasses.replace(
-                info, loss=since_total / since_steps if since_steps else None,
-                patches_per_second=(self.step - start_step) * self.config.batch_size / seconds
-                if seconds > 0 and self.step > start_step else None)
-            since_total, since_steps = 0.0, 0
-            return info
+    def _run_call(self, s: _Slice, run_steps, iterator) -> float:
+        """Returns the clock's monotonic() once one compiled call of steps is queued and the
+        previous call's loss is read."""
+        count = min(s.asked.steps_per_call, s.asked.target - self.step)
+        every = s.asked.checkpoint_every_steps
+        if every:
+            count = min(count, every - self.step % every)  # a call ends on each step checkpoint
+        call_started = self.clock.monotonic()
+        loss = run_steps(iterator, count)
+        # Reading the previous call's loss waits for that call only, so the device always has
+        # the next call queued while the host never runs more than one call ahead.
+        s.settle()
+        s.pending = (loss, count)
+        self.step += count
+        now = self.clock.monotonic()
+        s.call_s = now - call_started
+        return now
 
-        while self.step < target:
-            if self._stop:
-                reason = "stopped"
-                break
-            if deadline is not None:
-                keep_back = max(reserve_s, 2 * self._slowest_save_s) + call_s
-                if clock.now() + keep_back >= deadline:
-                    reason = "deadline"
-                    break
-            count = min(steps_per_call, target - self.step)
-            if checkpoint_every_steps:
-                count = min(count, checkpoint_every_steps - self.step % checkpoint_every_steps)
-            call_started = clock.monotonic()
-            loss = run_steps(iterator, count)
-            # Reading the previous call's loss waits for that call only, so the device always has
-            # the next call queued while the host never runs more than one call ahead.
-            settle()
-            pending = (loss, count)
-            self.step += count
-            now = clock.monotonic()
-            call_s = now - call_started
-            due = None
-            if checkpoint_every_steps and self.step % checkpoint_every_steps == 0:
-                due = "steps"
-            elif checkpoint_every_s is not None and now - last_checkpoint >= checkpoint_every_s:
-                due = "time"
-            if due and self.step < target:
-                settle()
-                checkpoint_info = with_figures(self.save_checkpoint(reason=due), now)
-                last_checkpoint = clock.monotonic()
-                if on_checkpoint:
-                    on_checkpoint(checkpoint_info)
-            if heartbeat_every_s is not None and now - last_heartbeat >= heartbeat_every_s:
-                settle()
-                if on_heartbeat:
-                    seconds = now - beat_started
-                    on_heartbeat(Progress(
-                        self.step, target,
-                        beat_total / beat_steps if beat_steps else None,
-                        (self.step - beat_step) * self.config.batch_size / seconds
-                        if seconds > 0 else None,
-                        now - started,
-                    ))
-                beat_total, beat_steps, beat_started, beat_step = 0.0, 0, now, self.step
-                last_heartbeat = now
-        settle()
-        self._stop = False  # honoured; the next call starts afresh
-        elapsed = clock.monotonic() - started
-        if checkpoint_at_end and self.step > start_step:
-            if checkpoint_info is not None and checkpoint_info.step == self.step:
-                # The last periodic checkpoint already holds the final state: report it again,
-                # as final, rather than write the same weights twice.
-                checkpoint_info = dataclasses.replace(checkpoint_info, final=True)
-            else:
-                checkpoint_info = with_figures(self.save_checkpoint(reason=reason, final=True),
-                                               started + elapsed)
-            if on_checkpoint:
-                on_checkpoint(checkpoint_info)
-        return TrainResult(self.step, target, reason, self.step - start_step, checkpoint_info,
-                           loss_total / loss_steps if loss_steps else None, elapsed)
+    def _checkpoint_if_due(self, s: _Slice, now: float) -> None:
+        """Writes a periodic checkpoint and reports it, if one is due before the target (where
+        the final one follows anyway)."""
+        every_steps, every_s = s.asked.checkpoint_every_steps, s.asked.checkpoint_every_s
+        if every_steps and self.step % every_steps == 0:
+            reason = "steps"
+        elif every_s is not None and now - s.last_checkpoint >= every_s:
+            reason = "time"
+        else:
+            return
+        if self.step >= s.asked.target:
+            return
+        s.settle()
+        s.checkpoint = self._with_figures(s, self.save_checkpoint(reason=reason), now)
+        s.last_checkpoint = self.clock.monotonic()
+        if s.asked.on_checkpoint:
+            s.asked.on_checkpoint(s.checkpoint)
+
+    def _heartbeat_if_due(self, s: _Slice, now: float) -> None:
+        """Reports progress since the previous heartbeat, if one is due."""
+        if s.asked.heartbeat_every_s is None or now - s.beat_started < s.asked.heartbeat_every_s:
+            return
+        s.settle()
+        if s.asked.on_heartbeat:
+            seconds = now - s.beat_started
+            s.asked.on_heartbeat(Progress(
+                self.step, s.asked.target, s.since_beat.mean(),
+                (self.step - s.beat_step) * self.config.batch_size / seconds if seconds > 0 else None,
+                now - s.started,
+            ))
+        s.since_beat, s.beat_started, s.beat_step = _Tally(), now, self.step
+
+    def _final_checkpoint(self, s: _Slice, reason: str, now: float) -> None:
+        """Writes the final checkpoint of a call that did steps and reports it."""
+        if s.checkpoint is not None and s.checkpoint.step == self.step:
+            # The last periodic checkpoint already holds the final state: report it again, as
+            # final, rather than write the same weights twice.
+            s.checkpoint = dataclasses.replace(s.checkpoint, final=True)
+        else:
+            s.checkpoint = self._with_figures(s, self.save_checkpoint(reason=reason, final=True), now)
+        if s.asked.on_checkpoint:
+            s.asked.on_checkpoint(s.checkpoint)
+
+    def _with_figures(self, s: _Slice, info: CheckpointInfo, now: float) -> CheckpointInfo:
+        """Returns `info` with the mean loss since the previous checkpoint and this call's speed;
+        the next checkpoint's loss counts from here."""
+        seconds, steps = now - s.started, self.step - s.start_step
+        info = dataclasses.replace(
+            info, loss=s.since_checkpoint.mean(),
+            patches_per_second=steps * self.config.batch_size / seconds
+            if seconds > 0 and steps > 0 else None)
+        s.since_checkpoint = _Tally()
+        return info
 
     def evaluate(self, images, names=None):
         """Returns PSNR/SSIM of the model and of bicubic on HR RGB images (see metrics.evaluate)."""

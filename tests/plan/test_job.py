@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -158,3 +159,28 @@ def test_missing_data_folder_and_folder_without_images(job_dir, write_job):
     with pytest.raises(DatasetError, match="no usable image"):
         plan_job(load_job(write_job(data="texts/")), scan_workers=1)
     assert files_under(job_dir / "stores") == []
+
+
+def test_a_runs_settings_reach_the_trainer_as_the_job_file_gave_them(job_dir, write_job):
+    from shardrun.train.trainer import TrainConfig
+
+    run = dict(name="x", model="espcn", scale=3, channels=3, epochs=2, batch_size=8, patch_size=24, seed=7,
+               patches_per_image=5, learning_rate=0.0025, patches_per_second=100.0)
+    path = write_job(runs=[run], reserve_mb=0)
+    path.write_text(path.read_text() + "[runs.options]\nn1 = 8\nn2 = 4\n")
+    job = load_job(path)
+    (settings,) = [r.to_payload() for r in job.runs]
+    plan_job(job, scan_workers=1)
+    ledger = Ledger.open(job.ledger_path)
+    recorded = json.loads(ledger.run("x")["config"])
+    assert recorded == settings  # the plan carries the job file's run whole, through the ledger
+
+    config = TrainConfig.from_run(recorded)
+    assert config == TrainConfig.from_run(settings)
+    assert config.options == {"n1": 8, "n2": 4} and config.learning_rate == 0.0025
+    # Every setting of a run is either training's, and reaches the trainer as given, or
+    # planning's: a key added to [[runs]] cannot be dropped on the way without this test naming it.
+    planning = {"name", "patches_per_second"}
+    assert set(settings) - {f.name for f in dataclasses.fields(config)} == planning
+    assert {k: getattr(config, k) for k in settings if k not in planning} == \
+        {k: v for k, v in settings.items() if k not in planning}

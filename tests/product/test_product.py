@@ -118,7 +118,7 @@ def test_bad_input_is_one_line_each(job, tmp_path):
 
 
 def test_a_run_without_checkpoints_says_which_step_comes_first(tmp_path):
-    from product_job import RUNS
+    from tests.product.trained_job import RUNS
 
     fresh = train_job(tmp_path, runs=RUNS[:1], finish=False)
     result = CliRunner().invoke(main, ["export", str(fresh.base_dir / "job.toml"), "--run", "y"])

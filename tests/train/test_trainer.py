@@ -223,3 +223,13 @@ def test_the_xla_compiled_step_trains_like_the_plain_one(source, tmp_path):
         trainer.train(3)
     assert max_difference(weights_of(xla), initial) > 1e-3  # it trained
     assert max_difference(weights_of(plain), weights_of(xla)) < 1e-4  # the same computation
+
+
+def test_a_runs_plain_settings_make_its_train_config():
+    run = {"name": "espcn-x2", "patches_per_second": 120.0, **TINY, "epochs": 3, "learning_rate": 0.002}
+    config = TrainConfig.from_run(run)
+    assert config == TrainConfig(**TINY, epochs=3, learning_rate=0.002)  # name and throughput are planning's
+    assert TrainConfig.from_run({"model": "espcn", "scale": 2}) == TrainConfig(model="espcn", scale=2)
+    assert TrainConfig.from_run({**run, "options": None}).options == {}
+    with pytest.raises(TrainingError, match="the run's settings lack model, scale"):
+        TrainConfig.from_run({"name": "x", "epochs": 2})
