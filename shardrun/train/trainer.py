@@ -21,11 +21,8 @@ on the `shardrun.train` logger.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,30 +31,25 @@ from typing import Any
 import numpy as np
 
 from shardrun.clock import Clock, SystemClock
-from shardrun.errors import ShardrunError
+from shardrun.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    CheckpointMismatchError,
+    TrainingError,
+    checkpoint_filename,
+    file_sha256,
+    read_checkpoint,
+    write_atomically,
+)
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
 from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
 
 log = logging.getLogger("shardrun.train")
 
-CHECKPOINT_FORMAT = "shardrun-checkpoint"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_SUFFIX = ".ckpt.npz"
 # Time kept back before a deadline for the final checkpoint, at the least; the trainer keeps
 # back twice its slowest checkpoint write when that is more.
 DEFAULT_RESERVE_S = 30.0
-
-
-class TrainingError(ShardrunError):
-    """Training cannot start or continue as asked."""
-
-
-class CheckpointError(TrainingError):
-    """No usable checkpoint among those given."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A readable checkpoint of a different model or data layout than this run's."""
 
 
 @dataclass(frozen=True)
@@ -240,54 +232,6 @@ class _Slice:
             self.pending = None
 
 
-def checkpoint_filename(step: int) -> str:
-    """Returns the local file name of the checkpoint at `step` (sortable by step)."""
-    return f"step-{step:012d}{CHECKPOINT_SUFFIX}"
-
-
-def file_sha256(path: Path) -> str:
-    """Returns the sha256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
-    """Returns (meta, weights, optimizer variables) of a checkpoint file.
-
-    Raises CheckpointError when the file cannot be read or is not a shardrun checkpoint.
-    """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a shardrun checkpoint")
-        if meta.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}")
-        weights = [arrays[f"weights/{i:04d}"] for i in range(meta["weights"])]
-        slots = [arrays[f"optimizer/{i:04d}"] for i in range(meta["optimizer_variables"])]
-    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
-        reason = str(error) or type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {reason}") from error
-    return meta, weights, slots
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _auto_jit() -> bool:
     """Returns whether to XLA-compile the step: as Keras's `jit_compile="auto"` decides, on an
     accelerator unless op determinism is on (not every op has a deterministic XLA kernel)."""
@@ -375,7 +319,7 @@ class Trainer:
             arrays[f"weights/{i:04d}"] = np.asarray(variable.numpy())
         for i, variable in enumerate(self.optimizer.variables):
             arrays[f"optimizer/{i:04d}"] = np.asarray(variable.numpy())
-        _write_atomically(path, arrays)
+        write_atomically(path, arrays)
         if path.parent == self.checkpoint_dir:
             self._remember(path)
         self._slowest_save_s = max(self._slowest_save_s, self.clock.monotonic() - started)
