@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from shardrun.errors import ConfigError
@@ -90,6 +91,18 @@ def check_table(table: Any, where: str, spec: dict[str, Key], problems: list[str
             problems.append(f"{where}{key} = {show(value)}: must be {allowed}")
         values[key] = value
     return values
+
+
+def read_text_file(path: Path, missing: str = "no such file") -> str:
+    """Returns the UTF-8 text of a file the user named; any problem is a ConfigError naming the path."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(str(path), [missing]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})"]) from e
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
 
 
 def read_toml(text: str, source: str) -> dict:

@@ -18,7 +18,7 @@ from shardrun.storage import registry
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
-from shardrun.validate import Key, check_table, non_negative, one_of, positive, read_toml, unknown_key_problem
+from shardrun.validate import Key, check_table, non_negative, one_of, positive, read_text_file, read_toml, unknown_key_problem
 
 GB = 1_000_000_000  # Drive counts quota in decimal gigabytes, and so do we
 MB = 1_000_000
@@ -299,14 +299,7 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
 def load_job(path: str | Path, platforms: dict | None = None) -> JobConfig:
     """Returns the job in the TOML file at `path` (see parse_job)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(str(path), ["no such file"]) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})"]) from e
-    except OSError as e:
-        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
+    text = read_text_file(path)
     if platforms is None:
         from shardrun.config.platforms import load_platforms
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from shardrun.config.job import MODEL_NAMES
-from shardrun.validate import Key, check_table, one_of, read_toml, show
+from shardrun.validate import Key, check_table, one_of, read_text_file, read_toml, show
 from shardrun.errors import ConfigError
 
 SHIPPED = "configs/prices.toml"
@@ -156,14 +156,7 @@ class Prices:
 def _read(path: str | Path | None) -> tuple[str, str]:
     if path is None:
         return SHIPPED, resources.files("shardrun.configs").joinpath("prices.toml").read_text("utf-8")
-    try:
-        return str(path), Path(path).read_text("utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(str(path), ["no such price file"]) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})"]) from e
-    except OSError as e:
-        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
+    return str(path), read_text_file(Path(path), missing="no such price file")
 
 
 def load_prices(path: str | Path | None = None) -> Prices:
