@@ -3,7 +3,9 @@
 It writes a job with two accounts and two runs over real photographs that scikit-image ships,
 plans it (shards spread over both accounts), runs two workers side by side until every chunk is
 done — they coordinate only through the journal, exactly as notebooks would — and scores each
-run's final checkpoint against bicubic on photographs held out of training.
+run's final checkpoint against bicubic on photographs held out of training (they are also the
+job's `validation` folder). It ends with a result: the better run exported as a .keras file, one
+held-out photograph enlarged with it, and a side-by-side comparison, all under `result/`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ JOB = """\
 [job]
 name = "demo"
 data = "photos/"
+validation = "heldout/"    # scored at every checkpoint, never trained on
 platform = "colab-free"
 shard_size_mb = 1          # small shards, so the demo's data spreads over both accounts
 reserve_mb = 1
@@ -100,6 +103,17 @@ class DemoResult:
     status: dict
     scores: list[RunScore]
     workers: list[str]
+    result: "DemoProduct | None" = None
+
+
+@dataclass(frozen=True)
+class DemoProduct:
+    """The demo's result: the better run's exported model, an enlarged photo and a comparison."""
+
+    run: str
+    model: Path
+    enlarged: Path
+    comparison: Path
 
 
 def _sample_folder() -> Path:
@@ -117,6 +131,10 @@ def write_demo_job(folder: Path, epochs: int = 30, chunk_steps: int = 100) -> Pa
         if not (samples / name).exists():
             raise ShardrunError(f"sample photo {samples / name} is missing: reinstall scikit-image")
         shutil.copyfile(samples / name, photos / name)
+    heldout = folder / "heldout"
+    heldout.mkdir(parents=True, exist_ok=True)
+    for name in HELD_OUT:
+        shutil.copyfile(samples / name, heldout / name)
     # One platform session (colab-free) leaves 33,960 s of training: pick a throughput that makes a
     # chunk `chunk_steps` steps long, so the demo shows chunks handed from worker to worker.
     pps = 16 * chunk_steps / 33_960
@@ -198,4 +216,41 @@ def run_demo(folder: Path, workers: int = 2, epochs: int = 30, chunk_steps: int 
         scores = score_runs(job, ledger)
     finally:
         ledger.close()
-    return DemoResult(folder, status, scores, [m.id for m in team])
+    return DemoResult(folder, status, scores, [m.id for m in team], demo_product(job, scores, folder / "result"))
+
+
+ENLARGED_PHOTO = "chelsea.png"  # held out: the network never saw it
+
+
+def demo_product(job, scores: list[RunScore], folder: Path) -> DemoProduct:
+    """Exports the run with the larger gain over bicubic, enlarges a held-out photograph with the
+    exported file (as a user would), and writes a comparison: the photo halved (MATLAB-style
+    bicubic), enlarged back by bicubic and by the network, beside the original."""
+    import numpy as np
+    from PIL import Image
+
+    from shardrun.product.export import export_run
+    from shardrun.product.upscale import enlarge_pixels, load_model_source, upscale_images
+    from shardrun.train.imresize import imresize
+
+    best = max(scores, key=lambda s: s.gain_db)
+    folder.mkdir(parents=True, exist_ok=True)
+    exported = export_run(job, best.run, "final", "keras", folder / f"{best.run}.keras", force=True)
+    model = load_model_source(str(exported.path))
+    photo = job.base_dir / "heldout" / ENLARGED_PHOTO
+    (enlarged,) = upscale_images(model, [photo], folder, force=True)
+    if enlarged.error:
+        raise ShardrunError(f"the demo could not enlarge {photo}: {enlarged.error}")
+    with Image.open(photo) as image:
+        original = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    s = model.scale
+    h, w = original.shape[0] // s * s, original.shape[1] // s * s
+    original = original[:h, :w]
+    small = np.clip(imresize(original, 1 / s), 0, 1)
+    bicubic = np.clip(imresize(small, float(s)), 0, 1)[:h, :w]
+    network = enlarge_pixels(model, small)[:h, :w]
+    gap = np.ones((h, 8, 3))
+    side = np.concatenate([bicubic, gap, network, gap, original], axis=1)
+    comparison = folder / f"{photo.stem}-bicubic-network-original.png"
+    Image.fromarray(np.round(side * 255).astype(np.uint8)).save(comparison)
+    return DemoProduct(best.run, exported.path, enlarged.output, comparison)

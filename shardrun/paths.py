@@ -51,6 +51,16 @@ def checkpoint_key(job: str, run: str, chunk: int, generation: int, worker: str,
     return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.ckpt")
 
 
+def validation_set_key(job: str, digest: str) -> str:
+    """The validation crops the plan chose (an .npz), named by the content they were cut from."""
+    return validate_key(f"{job}/validation/set-{digest[:24]}.npz")
+
+
+def validation_pictures_key(job: str, run: str, chunk: int, generation: int, worker: str, step: int) -> str:
+    """A checkpoint's validation pictures: bicubic, the network and the original, side by side (PNG)."""
+    return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.val.png")
+
+
 def probe_key(job: str, token: str) -> str:
     """Returns the key `shardrun accounts check` writes, reads back and deletes."""
     return validate_key(f"{job}/probes/{token}.txt")

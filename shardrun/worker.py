@@ -67,6 +67,7 @@ class WorkerSettings:
     # that it costs a fraction of a second.
     validation_images: int = 4
     validation_crop: int = 128
+    progress_seconds: float = 2.0  # how often training tells the live display (on_update)
 
 
 @dataclass
@@ -115,6 +116,26 @@ class ChunkOutcome:
     notices: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WorkerProgress:
+    """What a live display shows: what the worker is doing, the chunk in hand and how it goes,
+    and the session's time left. Numbers a worker does not know yet are None."""
+
+    worker: str
+    activity: str  # "starting", "training", "checkpoint", "waiting" (every ready chunk is taken)
+    run: str | None = None
+    chunk: int | None = None
+    step: int | None = None
+    end_step: int | None = None  # the step the chunk ends at
+    loss: float | None = None  # mean training loss since the previous report
+    patches_per_second: float | None = None
+    psnr: float | None = None  # the run's latest validation here, and bicubic's on the same crops
+    bicubic_psnr: float | None = None
+    validation_step: int | None = None
+    next_checkpoint_s: float | None = None  # seconds until the next periodic checkpoint is due
+    seconds_left: float | None = None  # before the session's deadline (None: no deadline)
+
+
 @contextlib.contextmanager
 def _exclusive(path: Path):
     """Holds an exclusive lock on `path`.lock: workers on one machine share one cache."""
@@ -146,7 +167,8 @@ def worker_identity(account: str) -> str:
 class Worker:
     def __init__(self, job: WorkerJob, account: str, session: Session, *, settings: WorkerSettings | None = None,
                  clock: Clock | None = None, on_outcome: Callable[[ChunkOutcome], None] | None = None,
-                 on_progress: Callable[[str, int, int, int, float | None], None] | None = None):
+                 on_progress: Callable[[str, int, int, int, float | None], None] | None = None,
+                 on_update: Callable[[WorkerProgress], None] | None = None):
         self.job = job
         self.account = account
         self.session = session
@@ -157,6 +179,9 @@ class Worker:
         self.ledger = Ledger.from_snapshot(job.home, job.name, job.ledger_path)
         self.on_outcome = on_outcome or (lambda outcome: None)
         self.on_progress = on_progress or (lambda run, chunk, step, end, loss: None)
+        self.on_update = on_update or (lambda progress: None)  # a live display's; see _tell
+        self._shown: dict = {}  # what _tell last said, so each report changes only what it knows
+        self._last_checkpoint_at: float | None = None
         self.outcomes: list[ChunkOutcome] = []
         self._stop = False
         self._trainer = None
@@ -268,6 +293,7 @@ class Worker:
             if result in ("finished", "stopped"):
                 return result
             if result == "idle":
+                self._tell(activity="waiting", run=None, chunk=None, step=None, end_step=None)
                 self.clock.sleep(self.settings.poll_seconds)
 
     def _owns(self, chunk: dict) -> bool:
@@ -314,6 +340,7 @@ class Worker:
             trainer = fresh_trainer()
         start_step = trainer.step
         self._trainer = trainer
+        self._start_display(run, idx, start_step, chunk["end_step"])
         lost = False
         final: dict = {}
 
@@ -321,13 +348,15 @@ class Worker:
             nonlocal lost
             if lost:
                 return
+            self._tell(activity="checkpoint", step=info.step)
             key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
             stat = self._upload(key, info.path)
             figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
                        **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
-            validation = self._validate(trainer)
+            validation = self._validate(trainer, run, idx, generation, info.step)
             if validation is not None:
                 figures["validation"] = validation
+            self._checkpointed(info.step, validation)
             if info.final:
                 final.update(figures)
             else:
@@ -353,7 +382,10 @@ class Worker:
                 checkpoint_every_steps=self.settings.checkpoint_steps,
                 checkpoint_every_s=self.settings.checkpoint_seconds,
                 heartbeat_every_s=self.settings.heartbeat_seconds,
-                on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat)
+                on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat,
+                on_report=lambda p: self._tell(activity="training", step=p.step, loss=p.loss,
+                                               patches_per_second=p.patches_per_second),
+                report_every_s=self.settings.progress_seconds)
         finally:
             self._trainer = None
         train_seconds = self.clock.monotonic() - started
@@ -376,37 +408,71 @@ class Worker:
         return {"patches_per_second": patches_per_second,
                 "steps_per_second": None if patches_per_second is None else patches_per_second / batch_size}
 
-    def _validation_images(self) -> list:
-        """Returns the validation crops: images drawn evenly (so deterministically) from the job's."""
-        if self._validation is None:
-            from shardrun.train.data import decode_rgb
+    def _validation_images(self) -> tuple[str, list[str], list]:
+        """Returns the validation set's name, its images' names and crops (plan/validation.py).
 
-            source, count = self._image_source(), self.settings.validation_images
-            chosen = sorted({(2 * i + 1) * len(source) // (2 * count) for i in range(count)}) if count > 0 else []
-            crops, side = [], self.settings.validation_crop
-            for index in chosen:
-                rgb = decode_rgb(source.read(index), source.name(index))
-                top, left = max(0, (rgb.shape[0] - side) // 2), max(0, (rgb.shape[1] - side) // 2)
-                crops.append(rgb[top:top + side, left:left + side])
-            self._validation = crops
+        A plan made before validation sets existed names none: then a few training images are
+        drawn evenly, each cut where it has most texture, and the set says it is training images.
+        """
+        if self._validation is None:
+            from shardrun.plan.validation import CROP, read_validation_file
+
+            recorded = json.loads(self.ledger.plan().get("payload") or "{}").get("validation")
+            if recorded:
+                names, crops = read_validation_file(self.job.home.get_bytes(recorded["key"], recorded["md5"]))
+                self._validation = (recorded["name"], names, crops)
+            else:
+                from shardrun.train.data import decode_rgb
+                from shardrun.train.metrics import texture_crop
+
+                source, count = self._image_source(), self.settings.validation_images
+                chosen = sorted({(2 * i + 1) * len(source) // (2 * count) for i in range(count)}) if count > 0 else []
+                names, crops = [], []
+                for index in chosen:
+                    rgb = decode_rgb(source.read(index), source.name(index))
+                    top, left = texture_crop(rgb, min(CROP, self.settings.validation_crop))
+                    crops.append(rgb[top:top + CROP, left:left + CROP])
+                    names.append(source.name(index))
+                self._validation = ("training images (the plan holds none out)", names, crops)
         return self._validation
 
-    def _validate(self, trainer) -> dict | None:
-        """Returns PSNR/SSIM of the model and of bicubic on the validation crops, or None.
+    def _validate(self, trainer, run: str, chunk: int, generation: int, step: int) -> dict | None:
+        """Returns the validation's figures for the checkpoint event, or None.
 
-        Inference only (no training step, no random draw), so training continues exactly as it
-        would have without it. Validation is advice: a failure is logged, never fatal.
+        PSNR is pooled (metrics.pooled_psnr: of the mean MSE, so no image dominates), SSIM the mean;
+        per-image scores (PSNR with MSE floored) go along, and a PNG of bicubic, the network and
+        the original for the first crops is uploaded beside the checkpoint. Inference only (no
+        training step, no random draw), so training continues exactly as it would have without it.
+        Validation is advice: a failure is logged, never fatal.
         """
-        images = self._validation_images()
-        if not images:
+        if self.settings.validation_images <= 0:
             return None
         try:
-            result = trainer.evaluate(images)
+            from shardrun.plan.validation import pictures_png
+            from shardrun.train.metrics import floored_psnr, pooled_psnr
+
+            name, names, images = self._validation_images()
+            if not images:
+                return None
+            triples: list = []
+            result = trainer.evaluate(images, names, pictures=triples)
+            scores = result.images
+            figures = {"psnr": pooled_psnr([s.mse for s in scores]), "ssim": result.ssim,
+                       "bicubic_psnr": pooled_psnr([s.bicubic_mse for s in scores]),
+                       "bicubic_ssim": result.bicubic_ssim, "images": len(images), "set": name,
+                       "rule": "pooled-mse",
+                       "scores": [[s.name, floored_psnr(s.mse), s.ssim, floored_psnr(s.bicubic_mse), s.bicubic_ssim]
+                                  for s in scores]}
+            png, places = pictures_png(triples)
+            key = paths.validation_pictures_key(self.job.name, run, chunk, generation, self.id, step)
+            stat = self.job.home.put_bytes(key, png)
+            figures["pictures"] = {"key": key, "md5": stat.md5, "crops": [
+                {**place, "name": s.name, "psnr": floored_psnr(s.mse), "bicubic_psnr": floored_psnr(s.bicubic_mse)}
+                for place, s in zip(places, scores)]}
+            return figures
         except Exception as e:  # noqa: BLE001 - a broken metric must not stop the training it reports on
             log.warning("validation failed, checkpoint reported without it: %s", e)
             return None
-        return {"psnr": result.psnr, "ssim": result.ssim, "bicubic_psnr": result.bicubic_psnr,
-                "bicubic_ssim": result.bicubic_ssim, "images": len(images)}
 
     def _train_config(self, run: str):
         """Returns the run's training settings, read from what the plan recorded in the ledger."""
@@ -479,3 +545,32 @@ class Worker:
             notices.append(f"{run}: no checkpoint could be read; training again from step 0")
             log.warning(notices[-1])
         return False, notices
+
+    # -- the live display (on_update): reports only, never a write or a wait --
+
+    def _start_display(self, run: str, chunk: int, step: int, end_step: int) -> None:
+        metrics = self.ledger.run_metrics().get(run) or {}
+        self._shown = {}
+        self._last_checkpoint_at = self.clock.monotonic()
+        self._tell(activity="training", run=run, chunk=chunk, step=step, end_step=end_step,
+                   loss=metrics.get("loss"), psnr=metrics.get("psnr"), bicubic_psnr=metrics.get("bicubic_psnr"),
+                   validation_step=metrics.get("val_step"))
+
+    def _checkpointed(self, step: int, validation: dict | None) -> None:
+        self._last_checkpoint_at = self.clock.monotonic()
+        shown = {} if validation is None else {"psnr": validation["psnr"], "bicubic_psnr": validation["bicubic_psnr"],
+                                              "validation_step": step}
+        self._tell(activity="training", step=step, **shown)
+
+    def _tell(self, **changes) -> None:
+        """Passes what the worker is doing to on_update; a failing display never stops training."""
+        self._shown.update(changes)
+        due = None
+        if (self._shown.get("activity") == "training" and self.settings.checkpoint_seconds
+                and self._last_checkpoint_at is not None):
+            due = max(0.0, self.settings.checkpoint_seconds - (self.clock.monotonic() - self._last_checkpoint_at))
+        try:
+            self.on_update(WorkerProgress(self.id, **{"activity": "starting", **self._shown},
+                                          next_checkpoint_s=due, seconds_left=self.session.seconds_left(self.clock)))
+        except Exception as e:  # noqa: BLE001 - a display is no reason to lose a session's training
+            log.warning("the progress display failed: %s", e)

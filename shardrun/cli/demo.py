@@ -56,4 +56,8 @@ def demo(folder, workers, epochs):
         table.add_row(s.run, f"{s.psnr:.2f} dB", f"{s.bicubic_psnr:.2f} dB", f"{s.gain_db:+.2f} dB",
                       f"{s.ssim:.4f}", f"{s.bicubic_ssim:.4f}")
     console.print(table)
+    if result.result is not None:
+        r = result.result
+        console.print(f"Result: {r.run} (the larger gain) exported to {r.model}; a held-out photo enlarged "
+                      f"with it: {r.enlarged}; bicubic | network | original side by side: {r.comparison}")
     console.print(f"Job folder kept at {where}: try `shardrun status {where / 'job.toml'}`.")

@@ -52,7 +52,7 @@ def status(jobfile, as_json, watch, interval, refreshes, html_file, tensorboard_
         # With --tensorboard each refresh also adds the new points, so TensorBoard follows the job.
         watch_view(make_console(), lambda: status_view(job_status(job, with_ledger=export)), interval, refreshes)
         return
-    result = job_status(job, with_ledger=export)
+    result = job_status(job, with_ledger=export, pictures=bool(html_file))
     if html_file:
         from pathlib import Path
 
@@ -62,6 +62,8 @@ def status(jobfile, as_json, watch, interval, refreshes, html_file, tensorboard_
             Path(html_file).write_text(status_html(result), "utf-8")
         except OSError as e:
             raise click.ClickException(f"cannot write the page to {html_file}: {e.strerror or e}") from e
+    for run in result["runs"]:  # the pictures' bytes are for the page, not for --json
+        ((run.get("validation") or {}).get("pictures") or {}).pop("png", None)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 import click
 
-from shardrun.cli.options import load_job
+from shardrun.cli.options import load_job, make_console
 from shardrun.units import human_duration
+
+
+class ProgressDisplay:
+    """Shows a worker's progress (WorkerProgress): a rich Live panel on a terminal or in a notebook
+    cell (Jupyter, Colab), redrawn every `refresh_s`; in a log file or a pipe, one timestamped
+    line whenever the worker turns to something else and at most every `line_s` in between."""
+
+    def __init__(self, console, refresh_s: float = 2.0, line_s: float = 60.0, monotonic=time.monotonic):
+        self.console, self.refresh_s, self.line_s, self.monotonic = console, refresh_s, line_s, monotonic
+        self.interactive = console.is_terminal or console.is_jupyter
+        self.live = None
+        self._last: tuple | None = None
+        self._last_line_at: float | None = None
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.interactive:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=1 / self.refresh_s, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def update(self, progress) -> None:
+        from shardrun.render.worker import progress_line, progress_panel
+
+        if self.live is not None:
+            self.live.update(progress_panel(progress))  # drawn by Live's own timer, every refresh_s
+            return
+        what, now = (progress.activity, progress.run, progress.chunk), self.monotonic()
+        if what != self._last or self._last_line_at is None or now - self._last_line_at >= self.line_s:
+            self.say(progress_line(progress))
+            self._last, self._last_line_at = what, now
+
+    def say(self, text: str) -> None:
+        """Prints a line (above the live panel, or with the time in front in a log)."""
+        if self.live is None:
+            text = f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}"
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -48,14 +93,17 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
     settings = WorkerSettings(checkpoint_seconds=checkpoint_minutes * 60, heartbeat_seconds=heartbeat_minutes * 60,
                               settle_seconds=settle_seconds, poll_seconds=poll_seconds)
 
-    def on_outcome(outcome):
-        click.echo(f"{outcome.run} chunk {outcome.chunk}: {outcome.result} at step {outcome.step} "
-                   f"(from {outcome.start_step}, {human_duration(outcome.train_seconds)} of training)")
-        for notice in outcome.notices:
-            click.echo(f"  note: {notice}")
+    display = ProgressDisplay(make_console())
 
-    runner = Worker(worker_job, account, session, settings=settings, on_outcome=on_outcome)
-    click.echo(f"worker {runner.id} on job {worker_job.name}; session: {session.source}")
+    def on_outcome(outcome):
+        display.say(f"{outcome.run} chunk {outcome.chunk}: {outcome.result} at step {outcome.step} "
+                    f"(from {outcome.start_step}, {human_duration(outcome.train_seconds)} of training)")
+        for notice in outcome.notices:
+            display.say(f"  note: {notice}")
+
+    runner = Worker(worker_job, account, session, settings=settings, on_outcome=on_outcome,
+                    on_update=display.update)
+    display.say(f"worker {runner.id} on job {worker_job.name}; session: {session.source}")
     signals = {"count": 0}
 
     def on_signal(signum, frame):
@@ -66,5 +114,6 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    reason = runner.run(max_chunks=max_chunks)
-    click.echo(f"worker stopped: {reason}")
+    with display:
+        reason = runner.run(max_chunks=max_chunks)
+    display.say(f"worker stopped: {reason}")

@@ -81,6 +81,8 @@ class JobConfig:
     profile: str | None = None
     ledger: str | None = None
     lease_minutes: float = 10.0
+    validation: str | None = None  # a held-out folder (like `data`); else validation_share is held out
+    validation_share: float = 0.1
 
     @property
     def home(self) -> AccountConfig:
@@ -147,6 +149,8 @@ JOB_KEYS = {
     "profile": Key(str),
     "ledger": Key(str),
     "lease_minutes": Key((int, float), default=10, check=positive),
+    "validation": Key(str),
+    "validation_share": Key((int, float), default=0.1, check=lambda v: None if 0 <= v < 0.5 else "a share from 0 to below 0.5"),
 }
 ACCOUNT_KEYS = {
     "name": Key(str, required=True, check=valid_name),
@@ -293,6 +297,8 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         profile=job["profile"],
         ledger=job["ledger"],
         lease_minutes=float(job["lease_minutes"]),
+        validation=job["validation"],
+        validation_share=float(job["validation_share"]),
     )
 
 

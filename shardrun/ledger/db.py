@@ -272,6 +272,14 @@ class Ledger:
     def run_metrics(self) -> dict[str, dict]:
         return {row["run"]: row for row in self.db.query("SELECT * FROM run_metrics")}
 
+    def validation_scores(self, run: str, step: int | None = None) -> list[dict]:
+        """Returns the per-image validation scores of a run at `step` (default: its latest validation)."""
+        if step is None:
+            row = self.db.execute("SELECT MAX(step) FROM validation_scores WHERE run = ?", [run]).fetchone()
+            step = row[0] if row else None
+        return list(self.db.query("SELECT * FROM validation_scores WHERE run = ? AND step = ? ORDER BY image",
+                                  [run, step]))
+
     def history(self, run: str) -> list[dict]:
         """Returns the run's downsampled history, one row per step bucket, in step order."""
         return list(self.db.query("SELECT * FROM run_history WHERE run = ? ORDER BY bucket", [run]))

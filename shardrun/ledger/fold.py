@@ -22,7 +22,7 @@ def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
                   "manifest_key": p["manifest_key"], "manifest_md5": p["manifest_md5"],
                   "platform": p["platform"], "profile": p["profile"],
                   "lease_seconds": p["lease_seconds"],
-                  "payload": json.dumps({k: p[k] for k in ("estimate",) if k in p})}],
+                  "payload": json.dumps({k: p[k] for k in ("estimate", "validation") if k in p})}],
         "accounts": [], "shards": [], "runs": [], "chunks": [], "rejected": [],
     }
     for i, a in enumerate(p["accounts"]):

@@ -14,7 +14,7 @@ import sqlite_utils
 from shardrun.errors import LedgerError
 
 DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints",
-                  "workers", "run_metrics", "run_history", "hardware", "attempts")
+                  "workers", "run_metrics", "run_history", "hardware", "attempts", "validation_scores")
 CHUNK_STATES = ("waiting", "ready", "running", "done")
 
 
@@ -109,8 +109,22 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    # Honest validation (docs/status.md): each checkpoint's per-image scores, the validation set's
+    # name, and the checkpoint's validation pictures (a PNG on the home store, with its md5 and the
+    # crops' labels as JSON), so status can show the latest ones. Derived: refolded from the events.
+    db["validation_scores"].create(
+        {"run": str, "step": int, "image": str, "psnr": float, "ssim": float, "bicubic_psnr": float,
+         "bicubic_ssim": float}, pk=("run", "step", "image"))
+    db["run_metrics"].add_column("val_set", str)
+    db["run_metrics"].add_column("val_pictures_key", str)
+    db["run_metrics"].add_column("val_pictures_md5", str)
+    db["run_metrics"].add_column("val_pictures", str)
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
-                                                               _migration_4, _migration_5]
+                                                               _migration_4, _migration_5, _migration_6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -14,6 +14,7 @@ chunk's owner, in its generation), so a run's curves hold no numbers from a fenc
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from typing import Any
@@ -48,6 +49,14 @@ def validation_of(payload: dict) -> dict[str, float] | None:
         return None
     images = v.get("images")
     scores["images"] = images if isinstance(images, int) and not isinstance(images, bool) else None
+    scores["set"] = _text(v.get("set"))
+    per_image = v.get("scores")
+    scores["scores"] = [row for row in per_image if isinstance(row, list) and len(row) == 5
+                        and isinstance(row[0], str) and all(number(x) is not None for x in row[1:])
+                        ][:256] if isinstance(per_image, list) else []
+    pictures = v.get("pictures")
+    ok = isinstance(pictures, dict) and _text(pictures.get("key")) and _text(pictures.get("md5"))
+    scores["pictures"] = pictures if ok else None
     return scores
 
 
@@ -147,6 +156,7 @@ class Summaries:
                 " best_psnr = CASE WHEN best_psnr IS NULL OR ? > best_psnr THEN ? ELSE best_psnr END WHERE run = ?",
                 (step, t, val["psnr"], val["ssim"], val["bicubic_psnr"], val["bicubic_ssim"], val["images"],
                  val["psnr"], step, val["psnr"], val["psnr"], run))
+            self._validation_details(run, step, val)
         layout = self._run(run)
         if layout is not None:
             v = val or {}
@@ -181,6 +191,18 @@ class Summaries:
             " checkpoint_time = CASE WHEN ? THEN ? ELSE checkpoint_time END "
             "WHERE run = ? AND chunk = ? AND generation = ?",
             (step, checkpoint, step, checkpoint, t, run, chunk["idx"], chunk["generation"]))
+
+    def _validation_details(self, run: str, step: int, val: dict) -> None:
+        """Records a validation's set name, per-image scores and pictures (older workers send none)."""
+        pictures = val["pictures"]
+        self.conn.execute(
+            "UPDATE run_metrics SET val_set = ?, val_pictures_key = ?, val_pictures_md5 = ?, val_pictures = ? "
+            "WHERE run = ?",
+            (val["set"], pictures and pictures["key"], pictures and pictures["md5"],
+             json.dumps(pictures.get("crops", [])) if pictures else None, run))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO validation_scores (run, step, image, psnr, ssim, bicubic_psnr, bicubic_ssim) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(run, step, *row) for row in val["scores"]])
 
     def ended(self, event: Event, chunk: dict, outcome: str) -> None:
         """Closes the chunk's current attempt: "done", "yield", "fail" or "expired"."""

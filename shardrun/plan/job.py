@@ -32,6 +32,7 @@ from shardrun.plan.placement import (
     plan_run,
 )
 from shardrun.config.platforms import Platform, Profile, load_platforms, load_profile
+from shardrun.plan.validation import ValidationSet, choose_validation, upload_validation_set
 from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
 from shardrun.errors import QuotaExceeded, StoreError
 from shardrun.storage.base import Stat, Store
@@ -73,6 +74,7 @@ class PlanReport:
     written: bool = False  # False: dry run, or the same plan was already in the journal
     change: DatasetChange | None = None
     notes: list[str] = field(default_factory=list)
+    validation: ValidationSet | None = None
 
 
 def open_account_stores(job: JobConfig) -> dict[str, Store]:
@@ -159,6 +161,9 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
 
     scan = scan_dataset(job.data, job.base_dir, min_side=max(r.patch_size for r in job.runs),
                         workers=scan_workers, on_progress=lambda d, t: progress("scan", d, t))
+    # Validation images are taken out before anything is counted or packed: never in a shard.
+    scan, vset = choose_validation(scan, job.validation, job.validation_share, job.base_dir,
+                                   min_side=max(r.patch_size for r in job.runs), workers=scan_workers)
     runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
     specs = layout_shards(scan.accepted, job.shard_size_bytes)
 
@@ -209,15 +214,17 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
 
     est = estimate(runs, platform, job.parallel_workers)
     plan_id = _plan_id(scan.fingerprint, runs, shards)
+    notes.append(vset.describe())
     report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
-                        plan_id, dry_run, change=change, notes=notes)
+                        plan_id, dry_run, change=change, notes=notes, validation=vset)
     if dry_run or (current and current["id"] == plan_id):
         return report
 
     manifest = _manifest(scan, specs, shards)
     manifest_stat = home.put_bytes(paths.manifest_key(job.name, plan_id), manifest.to_json_bytes())
-    journal.append("plan", PLANNER, payload=_plan_payload(
-        job, report, manifest_stat, replaces=current["id"] if current else None))
+    payload = _plan_payload(job, report, manifest_stat, replaces=current["id"] if current else None)
+    payload["validation"] = upload_validation_set(vset, home, job.name)
+    journal.append("plan", PLANNER, payload=payload)
     ledger.sync(journal)
     ledger.publish(home, job.name)
     report.written = True

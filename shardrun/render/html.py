@@ -355,6 +355,8 @@ def _hardware_html(status: dict) -> str:
 
 def status_html(status: dict) -> str:
     """Returns the whole page for a status object (see report.status_from_ledger)."""
+    from shardrun.render.pictures import CSS as PICTURES_CSS, validation_pictures_html
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -365,6 +367,8 @@ def status_html(status: dict) -> str:
     plan = status["plan"]
     subtitle = (f"plan {_e(plan['id'])} of {_e(plan['planned_at'])}, {plan['images']:,} images"
                 if plan else "no plan yet")
+    if plan and plan.get("validation"):
+        subtitle += f"; validation: {plan['validation']['images']:,} images, {_e(plan['validation']['name'])}"
     notes = "".join(f'<div class="note">{_e(n)}</div>' for n in status["notes"])
     for a in status["accounts"]:
         if a["reachable"] is False:
@@ -373,7 +377,7 @@ def status_html(status: dict) -> str:
                       for name, svg in plots)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>shardrun status: {_e(status['job'])}</title><style>{CSS}</style></head>
+<title>shardrun status: {_e(status['job'])}</title><style>{CSS}{PICTURES_CSS}</style></head>
 <body><main>
 <h1>Job {_e(status['job'])}</h1>
 <div class="sub">{subtitle}; as of the journal's latest event {_e(status.get('as_of') or '(none yet)')} (store time);
@@ -382,6 +386,8 @@ def status_html(status: dict) -> str:
 {_cards(status)}
 <h2>Runs</h2>{_runs_html(status)}{_eta_html(status.get('eta'))}
 <h2>Plots</h2><div class="plots">{figures}</div>
+<h2>Validation pictures</h2><p>Bicubic, the network and the original, side by side (luma for one-channel runs).</p>
+{validation_pictures_html(status)}
 <h2>Workers</h2>{_workers_html(status) if status['workers'] else '<p>No worker seen in the last day.</p>'}
 <h2>Sessions</h2>{_sessions_html(status['sessions'])}
 <h2>Throughput by hardware</h2>{_hardware_html(status) if status['hardware'] else '<p>No throughput reported yet.</p>'}

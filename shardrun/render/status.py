@@ -111,6 +111,8 @@ def status_view(status: dict) -> Group:
     if plan:
         parts.append(Text(f"Job {status['job']}: plan {plan['id']} of {plan['planned_at']}, "
                           f"{plan['images']:,} images, {plan['rejected']:,} rejected", style="bold"))
+        if plan.get("validation"):
+            parts.append(Text(f"Validation: {plan['validation']['images']:,} images, {plan['validation']['name']}"))
     if status.get("as_of"):
         parts.append(Text(f"As of the journal's latest event: {status['as_of']} (store time); "
                           f"{status['journal']['events']:,} events."))

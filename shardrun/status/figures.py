@@ -33,7 +33,10 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
         validation = {"step": m["val_step"], "time": iso_time(m["val_time"]), "psnr": m["psnr"], "ssim": m["ssim"],
                       "bicubic_psnr": m["bicubic_psnr"], "bicubic_ssim": m["bicubic_ssim"],
                       "gain_db": m["psnr"] - m["bicubic_psnr"], "images": m["val_images"],
-                      "best_psnr": m["best_psnr"], "best_psnr_step": m["best_psnr_step"]}
+                      "best_psnr": m["best_psnr"], "best_psnr_step": m["best_psnr_step"],
+                      "set": m.get("val_set"), "pictures": None if not m.get("val_pictures_key") else {
+                          "key": m["val_pictures_key"], "md5": m["val_pictures_md5"],
+                          "crops": json.loads(m.get("val_pictures") or "[]")}}
     return {
         "loss": {"current": m.get("loss"), "current_step": m.get("loss_step"),
                  "best": m.get("best_loss"), "best_step": m.get("best_loss_step")},

@@ -19,7 +19,7 @@ from shardrun.status.figures import (
     sessions_summary,
     worker_rows,
 )
-from shardrun.errors import StoreError
+from shardrun.errors import IntegrityError, StoreError
 from shardrun.storage.base import Usage
 from shardrun.units import iso_time
 
@@ -28,8 +28,11 @@ RECENT_WORKERS_S = 24 * 3600  # workers shown: seen within a day of the latest e
 
 
 def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = True,
-               with_ledger: Callable[[Ledger], object] | None = None) -> dict:
+               with_ledger: Callable[[Ledger], object] | None = None, pictures: bool = False) -> dict:
     """Returns the job's status: the ledger synced with the journal, plus live account usage.
+
+    With `pictures` (for the HTML page), each run's latest validation pictures are fetched from
+    the home store, hash-checked, and put in `validation.pictures.png` (bytes, not JSON).
 
     `with_ledger` is called with the synced ledger before it closes (`status --tensorboard`
     exports from it), so a second view of the job costs no second sync.
@@ -50,9 +53,25 @@ def job_status(job: JobConfig, clock: Clock | None = None, live_usage: bool = Tr
             result = status_from_ledger(job, ledger, clock, {n: f.result() for n, f in usages.items()}, notes)
             if with_ledger is not None:
                 with_ledger(ledger)
+            if pictures:
+                _fetch_pictures(home, result)
             return result
         finally:
             ledger.close()
+
+
+def _fetch_pictures(home, status: dict) -> None:
+    """Adds each run's latest validation pictures (PNG bytes); one that fails its hash or cannot
+    be read is left out with a note, never a failed status."""
+    for run in status["runs"]:
+        pictures = (run.get("validation") or {}).get("pictures")
+        if not pictures:
+            continue
+        try:
+            pictures["png"] = home.get_bytes(pictures["key"], pictures["md5"])
+        except (StoreError, IntegrityError) as e:
+            status["notes"].append(f"run {run['name']}: the validation pictures {pictures['key']} could not be "
+                                   f"read ({e}); the page shows none for it")
 
 
 def _usage(job: JobConfig, account) -> Usage | StoreError:

@@ -202,6 +202,8 @@ class _Asked:
     steps_per_call: int
     on_checkpoint: Callable[[CheckpointInfo], None] | None
     on_heartbeat: Callable[[Progress], None] | None
+    on_report: Callable[[Progress], None] | None = None  # a live display's, every report_every_s
+    report_every_s: float = 2.0
 
 
 @dataclass
@@ -215,18 +217,21 @@ class _Slice:
     last_checkpoint: float  # when the latest periodic checkpoint was written
     beat_started: float  # when the current heartbeat's interval began
     beat_step: int  # and at which step
+    report_started: float = 0.0  # when the live display was last told
+    report_step: int = 0
     call_s: float = 0.0  # how long the latest call took (it waits for the one before to end)
     pending: tuple[Any, int] | None = None  # the latest call's loss tensor and steps, not yet read
     whole: _Tally = field(default_factory=_Tally)  # every step of this call
     since_checkpoint: _Tally = field(default_factory=_Tally)
     since_beat: _Tally = field(default_factory=_Tally)
+    since_report: _Tally = field(default_factory=_Tally)
     checkpoint: CheckpointInfo | None = None
 
     def settle(self) -> None:
         """Adds the pending call's loss to every tally; reading it waits for that call to end."""
         if self.pending is not None:
             loss, steps = float(self.pending[0]), self.pending[1]
-            for tally in (self.whole, self.since_checkpoint, self.since_beat):
+            for tally in (self.whole, self.since_checkpoint, self.since_beat, self.since_report):
                 tally.total += loss
                 tally.steps += steps
             self.pending = None
@@ -456,6 +461,8 @@ class Trainer:
         heartbeat_every_s: float | None = None,
         on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
         on_heartbeat: Callable[[Progress], None] | None = None,
+        on_report: Callable[[Progress], None] | None = None,
+        report_every_s: float = 2.0,
         steps_per_call: int = 1,
         batches=None,
         checkpoint_at_end: bool = True,
@@ -466,18 +473,20 @@ class Trainer:
         `deadline` is in the clock's `now()` seconds; training stops early enough to leave
         max(`reserve_s`, twice the slowest checkpoint write) plus one call's time for the final
         checkpoint. Whenever this call did any step, the final state is passed to `on_checkpoint`
-        once with `final=True` (and is `result.checkpoint`).
+        once with `final=True` (and is `result.checkpoint`). `on_report` gets the same figures as
+        `on_heartbeat`, every `report_every_s` (for a live display: it writes nothing).
         `steps_per_call` steps run in one compiled call (fewer host round trips on a GPU);
         `batches` replaces the input pipeline and `checkpoint_at_end=False` skips the final
         checkpoint (benchmarks only: without it the steps done are lost).
         """
         asked = _Asked(self._target(until_step, steps_per_call), deadline, reserve_s,
                        checkpoint_every_steps, checkpoint_every_s, heartbeat_every_s, steps_per_call,
-                       on_checkpoint, on_heartbeat)
+                       on_checkpoint, on_heartbeat, on_report, report_every_s)
         run_steps = self._compiled()
         iterator = iter(batches if batches is not None else self.dataset())
         now = self.clock.monotonic()
-        s = _Slice(asked, self.step, started=now, last_checkpoint=now, beat_started=now, beat_step=self.step)
+        s = _Slice(asked, self.step, started=now, last_checkpoint=now, beat_started=now, beat_step=self.step,
+                   report_started=now, report_step=self.step)
         reason = "target"
         while self.step < asked.target:
             stop = self._stop_reason(s)
@@ -487,6 +496,7 @@ class Trainer:
             now = self._run_call(s, run_steps, iterator)
             self._checkpoint_if_due(s, now)
             self._heartbeat_if_due(s, now)
+            self._report_if_due(s, now)
         s.settle()
         self._stop = False  # honoured; the next call starts afresh
         elapsed = self.clock.monotonic() - s.started
@@ -569,6 +579,19 @@ class Trainer:
             ))
         s.since_beat, s.beat_started, s.beat_step = _Tally(), now, self.step
 
+    def _report_if_due(self, s: _Slice, now: float) -> None:
+        """Tells a live display how training goes, if it is due (the previous call's loss is
+        already read: no extra wait on the device)."""
+        if s.asked.on_report is None or now - s.report_started < s.asked.report_every_s:
+            return
+        seconds = now - s.report_started
+        s.asked.on_report(Progress(
+            self.step, s.asked.target, s.since_report.mean(),
+            (self.step - s.report_step) * self.config.batch_size / seconds if seconds > 0 else None,
+            now - s.started,
+        ))
+        s.since_report, s.report_started, s.report_step = _Tally(), now, self.step
+
     def _final_checkpoint(self, s: _Slice, reason: str, now: float) -> None:
         """Writes the final checkpoint of a call that did steps and reports it."""
         if s.checkpoint is not None and s.checkpoint.step == self.step:
@@ -591,9 +614,9 @@ class Trainer:
         s.since_checkpoint = _Tally()
         return info
 
-    def evaluate(self, images, names=None):
+    def evaluate(self, images, names=None, pictures=None):
         """Returns PSNR/SSIM of the model and of bicubic on HR RGB images (see metrics.evaluate)."""
         from shardrun.train.metrics import evaluate
 
         return evaluate(self.model, self.config.scale, self.config.channels,
-                        self.model_config.input_kind, images, names)
+                        self.model_config.input_kind, images, names, pictures)

@@ -30,7 +30,9 @@ def many_images_job(job_dir, write_job):
     """A job whose 60 images (~58 kB each) fill several 1 MB shards over two accounts."""
     shutil.rmtree(job_dir / "images")
     write_images(job_dir / "images", 60, size=(140, 140))
-    return load_job(write_job(**SMALL_SHARDS))
+    # Shards and placement are what these tests check: hold no validation images out of the 60
+    # (tests/plan/test_validation.py covers the held-out share).
+    return load_job(write_job(**SMALL_SHARDS, validation_share=0))
 
 
 def test_plan_uploads_shards_writes_the_journal_and_folds_the_ledger(many_images_job):
