@@ -21,11 +21,9 @@ from shardrun.errors import StoreError
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
+from shardrun.storage.fsspec_store.settings import FSSPEC_HINT, GCS_HINT, S3_HINT  # standard library only
 
 DRIVE_HINT = "install the Google client libraries: pip install google-api-python-client google-auth-oauthlib"
-S3_HINT = "install the S3 extra: pip install 'shardrun[s3]'"
-GCS_HINT = "install the GCS extra: pip install 'shardrun[gcs]'"
-FSSPEC_HINT = "install fsspec: pip install 'shardrun[fsspec]' (and the filesystem package of the protocol)"
 
 
 @dataclass(frozen=True)

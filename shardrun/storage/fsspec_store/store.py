@@ -38,7 +38,7 @@ from tenacity import wait_random_exponential
 from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceeded, StoreError, TransientError
 from shardrun.storage.account import Account
 from shardrun.storage.base import COPY_BUFFER, Digest, Stat, Store, Usage
-from shardrun.storage.fsspec_store.backend import (
+from shardrun.storage.fsspec_store.settings import (
     LOCAL_PROTOCOLS,
     OBJECT_STORES,
     FsspecSettings,
