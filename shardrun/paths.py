@@ -11,6 +11,11 @@ def job_prefix(job: str) -> str:
     return f"{job}/"
 
 
+# The folders a job keeps under `<job>/`. An account whose own folder holds them directly is some
+# job's folder: a store URL pointed one level too deep (plan refuses it).
+JOB_FOLDERS = ("journal/", "shards/")
+
+
 def journal_prefix(job: str) -> str:
     return f"{job}/journal/"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["tests.drive_fixtures", "tests.drive_accounts"]
+pytest_plugins = ["tests.drive_fixtures", "tests.drive_accounts", "tests.s3_fixtures"]
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 40), seed: int = 0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
 from shardrun.plan.dataset import DatasetChange, ScanResult, diff_datasets, scan_dataset
-from shardrun.errors import PlanError
+from shardrun.errors import PlanError, StoreError
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.plan.placement import (
@@ -92,6 +93,31 @@ def load_job_ledger(job: JobConfig, home: Store, clock: Clock | None = None,
         ledger = Ledger.from_snapshot(home, job.name, job.ledger_path)
     ledger.sync(journal)
     return ledger, journal
+
+
+def _store_problem(name: str, store: Store) -> str | None:
+    """Returns why the account's store cannot hold the job (unreachable, or another job's folder), or None."""
+    try:
+        store.usage()
+        for folder in paths.JOB_FOLDERS:
+            found = store.list_keys(folder)
+            if found:
+                return (f"{store.url} already holds another job's objects ({found[0]}): the store is some job's own "
+                        "folder, and every job keeps its objects under <job>/ in the account's folder; point the "
+                        "account at the folder above it, or at a prefix of its own")
+    except StoreError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def _check_stores(stores: dict[str, Store]) -> None:
+    """Raises PlanError with one line per account whose store cannot be used, all asked in parallel."""
+    with ThreadPoolExecutor(max(1, min(8, len(stores)))) as pool:
+        problems = dict(zip(stores, pool.map(lambda item: _store_problem(*item), stores.items())))
+    lines = [f"  - account {name}: {problem}" for name, problem in problems.items() if problem]
+    if lines:
+        noun = "account" if len(lines) == 1 else "accounts"
+        raise PlanError(f"{len(lines)} {noun} cannot be used:\n" + "\n".join(lines))
 
 
 def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict]) -> str:
@@ -168,6 +194,7 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     specs = layout_shards(scan.accepted, job.shard_size_bytes)
 
     stores = open_account_stores(job)
+    _check_stores(stores)
     home = stores[job.home.name]
     ledger, journal = load_job_ledger(job, home, clock, in_memory=dry_run)
     notes: list[str] = []

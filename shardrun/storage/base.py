@@ -85,6 +85,10 @@ class Store(ABC):
 
     #: The URL this store was opened from (for messages; never holds credentials).
     url: str
+    #: Seconds between two times the store can tell apart (S3's LastModified: 1.0); 0 where finer
+    #: than anything shardrun measures. Writes within one tick share a time, and the journal
+    #: orders them by event id (DESIGN §5).
+    time_resolution: float = 0.0
 
     # -- primitives -------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""Stores by URL scheme: `local:///path`, `memory://name`, `drive://<folder-id>`.
+"""Stores by URL scheme: `local:///path`, `memory://name`, `drive://<folder-id>`, `s3://bucket/prefix`,
+`gs://bucket/prefix`, `fsspec://PROTO/PATH`.
 
 Like fsspec's registry, a table maps each scheme to the backend that owns it, named
 `"module:object"`, with an install hint for a backend that needs packages of its own. The
 module is imported on first use, so opening a local store never loads the Drive client. Callers
 never test for a scheme: they ask the registry, which asks the URL's backend. A new backend
-(an fsspec one for `s3://`, `gs://`) is one row here plus one module.
+is one row here plus one module (the fsspec one serves three schemes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shardrun.errors import StoreError
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
+from shardrun.storage.fsspec_store.settings import FSSPEC_HINT, GCS_HINT, S3_HINT  # standard library only
 
 DRIVE_HINT = "install the Google client libraries: pip install google-api-python-client google-auth-oauthlib"
 
@@ -34,6 +36,9 @@ _TABLE: dict[str, _Row] = {
     "local": _Row("shardrun.storage.local:BACKEND"),
     "memory": _Row("shardrun.storage.memory:BACKEND"),
     "drive": _Row("shardrun.storage.drive.backend:BACKEND", DRIVE_HINT),
+    "s3": _Row("shardrun.storage.fsspec_store.backend:S3_BACKEND", S3_HINT),
+    "gs": _Row("shardrun.storage.fsspec_store.backend:GS_BACKEND", GCS_HINT),
+    "fsspec": _Row("shardrun.storage.fsspec_store.backend:FSSPEC_BACKEND", FSSPEC_HINT),
 }
 _LOADED: dict[str, Backend] = {}
 _LOCK = threading.Lock()

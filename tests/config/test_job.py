@@ -107,9 +107,10 @@ def test_zero_shard_size_and_negative_reserve():
 
 
 def test_unknown_store_scheme_platform_and_model():
-    found = problems(VALID.replace("local:///srv/shardrun/alice", "s3://bucket/alice")
+    found = problems(VALID.replace("local:///srv/shardrun/alice", "ftp://bucket/alice")
                      .replace('"colab-free"', '"colab-paid"').replace('"decusr"', '"unet"'))
-    assert "accounts[0].store = 's3://bucket/alice': must be a store URL: local://... or memory://... or drive://..." in found
+    assert ("accounts[0].store = 'ftp://bucket/alice': must be a store URL: local://... or memory://... or drive://... "
+            "or s3://... or gs://... or fsspec://...") in found
     assert any(p.startswith("job.platform = 'colab-paid': must be one of 'colab-free', 'colab-pro'") for p in found)
     assert any(p.startswith("runs[0].model = 'unet': must be one of 'srcnn-915'") for p in found)
 

@@ -62,22 +62,24 @@ def fake_scheme():
 
 
 def test_the_table_lists_the_schemes_in_order_and_refuses_to_replace_one_silently():
-    assert registry.schemes() == ("local", "memory", "drive")
+    assert registry.schemes() == ("local", "memory", "drive", "s3", "gs", "fsspec")
     with pytest.raises(ValueError, match="'local' is registered already"):
         registry.register("local", FakeBackend())
 
 
 @pytest.mark.parametrize("url, message", [
-    ("s3://bucket", "store URL 's3://bucket' has unknown scheme 's3'; expected one of: local, memory, drive"),
-    ("bucket", "store URL 'bucket' has no scheme; expected one of: local://..., memory://..., drive://..."),
+    ("ftp://bucket", "store URL 'ftp://bucket' has unknown scheme 'ftp'; expected one of: local, memory, drive, "
+                     "s3, gs, fsspec"),
+    ("bucket", "store URL 'bucket' has no scheme; expected one of: local://..., memory://..., drive://..., "
+               "s3://..., gs://..., fsspec://..."),
     ("drive://", "store URL 'drive://' names no location after 'drive://'"),
 ])
 def test_a_url_the_registry_cannot_open_names_the_url_and_the_schemes(url, message):
     with pytest.raises(StoreError) as caught:
         registry.open_store(Account("a", url))
     assert str(caught.value) == message
-    with pytest.raises(StoreError, match="unknown store scheme 's3'; expected one of: local, memory, drive"):
-        registry.backend("s3")
+    with pytest.raises(StoreError, match="unknown store scheme 'ftp'; expected one of: local, memory, drive, s3, gs, fsspec"):
+        registry.backend("ftp")
 
 
 def test_backends_are_imported_on_first_use_and_the_drive_client_only_to_open_a_drive_store(tmp_path):
@@ -168,13 +170,13 @@ def test_a_registered_backend_brings_its_scheme_and_keys_to_the_job_file(fake_sc
     with pytest.raises(ConfigError) as caught:
         parse_job(refused, job_dir)
     assert caught.value.problems == ['accounts[0].profile = "bad": must not be bad',
-                                     "accounts[1].profile: only fake:// stores sign in; remove it for "
+                                     "accounts[1].profile: only s3:// or gs:// or fsspec:// or fake:// stores sign in; remove it for "
                                      "'local://stores/bob'"]
-    unknown = text.replace("fake://bucket", "s3://bucket")
+    unknown = text.replace("fake://bucket", "ftp://bucket")
     with pytest.raises(ConfigError) as caught:
         parse_job(unknown, job_dir)
-    assert ("accounts[0].store = 's3://bucket': must be a store URL: local://... or memory://... or drive://... "
-            "or fake://...") in caught.value.problems
+    assert ("accounts[0].store = 'ftp://bucket': must be a store URL: local://... or memory://... or drive://... "
+            "or s3://... or gs://... or fsspec://... or fake://...") in caught.value.problems
 
 
 def test_the_local_backend_parses_its_own_urls(tmp_path):
@@ -210,7 +212,7 @@ def test_open_store_by_url(tmp_path):
 
 @pytest.mark.parametrize(
     "url, message",
-    [("s3://bucket", "unknown scheme 's3'"), ("no-scheme", "has no scheme"), ("local://", "names no location")],
+    [("ftp://bucket", "unknown scheme 'ftp'"), ("no-scheme", "has no scheme"), ("local://", "names no location")],
 )
 def test_open_store_rejects_bad_urls(url, message):
     with pytest.raises(StoreError, match=message):

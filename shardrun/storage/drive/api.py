@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import google.auth.exceptions
@@ -29,6 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity import wait_random_exponential
 
 from shardrun.errors import NotFound, PermissionDenied, QuotaExceeded, StoreError, TransientError
+from shardrun.storage.retry import RetryPolicy  # noqa: F401 (re-exported: the Drive store and backend import it from here)
 
 log = logging.getLogger("shardrun.storage.drive")
 
@@ -36,16 +36,6 @@ T = TypeVar("T")
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 QUOTA_REASONS = frozenset({"storageQuotaExceeded", "dailyLimitExceeded", "quotaExceeded"})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long a failing call is retried before TransientError: whichever limit comes first."""
-
-    attempts: int = 8
-    total_seconds: float = 300.0
-    first_wait_seconds: float = 1.0  # the backoff's scale: waits grow as 1, 2, 4 ... seconds, jittered
-    max_wait_seconds: float = 32.0
 
 
 class _Retry(Exception):
