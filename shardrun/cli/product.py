@@ -85,15 +85,28 @@ def upscale(model, images, folder, tile, force):
 @click.option("--data", required=True, type=click.Path(), help="A folder of HR benchmark images (e.g. Set5/).")
 @click.option("--run", "run", help="Only this run of the job.")
 @json_option("the evaluation (schema shardrun.evaluate/1)")
-def evaluate(source, data, run, as_json):
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Also write the evaluation as one self-contained web page, with each run's first "
+                   "crops side by side (bicubic, network, original), to this file.")
+@force_option
+def evaluate(source, data, run, as_json, html_file, force):
     """Measure PSNR/SSIM on Y (border shaved, MATLAB bicubic degradation) per image and mean,
     beside bicubic and the published figures (configs/published.toml)."""
     import json
 
     from shardrun.product.evaluate import evaluate as run_evaluation
-    from shardrun.render.product import evaluate_view
+    from shardrun.render.product import evaluate_html, evaluate_view
 
-    report = run_evaluation(source, Path(data), run)
+    if html_file and Path(html_file).exists() and not force:
+        raise click.ClickException(f"{html_file} already exists; add --force to replace it")
+    report = run_evaluation(source, Path(data), run, pictures=bool(html_file))
+    if html_file:
+        try:
+            Path(html_file).write_text(evaluate_html(report), "utf-8")
+        except OSError as e:
+            raise click.ClickException(f"cannot write the page to {html_file}: {e.strerror or e}") from e
+        for result in report["results"]:
+            result.pop("pictures", None)  # bytes: the page has them, the JSON and tables do not
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -102,3 +115,5 @@ def evaluate(source, data, run, as_json):
         console.print(f"[yellow]Note:[/yellow] {line}")
     for table in evaluate_view(report):
         console.print(table)
+    if html_file:
+        console.print(f"Wrote {html_file}")

@@ -89,12 +89,16 @@ def network_y(model, prepared: dict[str, np.ndarray], tile: int = 512) -> np.nda
     return out if model.channels == 1 else rgb_to_ycbcr(out)[..., :1]
 
 
-def score_model(model, benchmark: Benchmark, label: str, extra: dict | None = None) -> dict:
-    """Returns the model's and bicubic's scores per image and their means on the benchmark."""
+def score_model(model, benchmark: Benchmark, label: str, extra: dict | None = None,
+                pictures: bool = False) -> dict:
+    """Returns the model's and bicubic's scores per image and their means on the benchmark; with
+    `pictures`, also the first images' crops side by side (bicubic | network | original) as a PNG
+    strip under "pictures" (bytes: left out of the JSON)."""
     from shardrun.config.published import family, published_for
+    from shardrun.plan.validation import PICTURE_CROPS, pictures_png
     from shardrun.train.metrics import psnr, ssim
 
-    scale, rows, skipped = model.scale, [], []
+    scale, rows, skipped, triples = model.scale, [], [], []
     for name, rgb8 in benchmark.images:
         if min(rgb8.shape[:2]) < minimum_side(scale):
             skipped.append(f"{name}: {rgb8.shape[1]}×{rgb8.shape[0]} pixels is smaller than ×{scale} allows "
@@ -105,6 +109,8 @@ def score_model(model, benchmark: Benchmark, label: str, extra: dict | None = No
         rows.append({"image": name, "psnr": psnr(p["hr_y"], sr, scale), "ssim": ssim(p["hr_y"], sr, scale),
                      "bicubic_psnr": psnr(p["hr_y"], p["bicubic_y"], scale),
                      "bicubic_ssim": ssim(p["hr_y"], p["bicubic_y"], scale)})
+        if pictures and len(triples) < PICTURE_CROPS:
+            triples.append((p["bicubic_y"], sr, p["hr_y"]))
     if not rows:
         raise ProductError(f"no image of {benchmark.name} is large enough for ×{scale}: "
                            + "; ".join(skipped))
@@ -112,13 +118,20 @@ def score_model(model, benchmark: Benchmark, label: str, extra: dict | None = No
     model_family = family((extra or {}).get("model", ""))
     published = [f.__dict__ for f in published_for(benchmark.name, scale)
                  if f.model in ("bicubic", model_family) or not model_family]
-    return {"label": label, "scale": scale, "channels": model.channels, "input_kind": model.input_kind,
-            **(extra or {}), **mean, "images": rows, "skipped": skipped, "published": published}
+    result = {"label": label, "scale": scale, "channels": model.channels, "input_kind": model.input_kind,
+              **(extra or {}), **mean, "images": rows, "skipped": skipped, "published": published}
+    if triples:
+        png, places = pictures_png(triples)
+        crops = [{**place, "name": row["image"], "psnr": row["psnr"], "bicubic_psnr": row["bicubic_psnr"]}
+                 for place, row in zip(places, rows)]
+        result["pictures"] = {"png": png, "crops": crops}
+    return result
 
 
-def evaluate(source: str, data: Path, run: str | None = None, clock=None) -> dict:
+def evaluate(source: str, data: Path, run: str | None = None, clock=None, pictures: bool = False) -> dict:
     """Returns the evaluation (schema shardrun.evaluate/1) of a job's runs (each at its latest
-    accepted checkpoint) or of an exported .keras model, on the images of `data`."""
+    accepted checkpoint) or of an exported .keras model, on the images of `data`; with `pictures`,
+    each result carries its crops for the page (see score_model)."""
     from shardrun.product.upscale import LoadedModel, _keras_model
 
     benchmark = load_folder(Path(data))
@@ -134,7 +147,8 @@ def evaluate(source: str, data: Path, run: str | None = None, clock=None) -> dic
         model = _keras_model(path)
         info = _read_description(path) or {}
         results.append(score_model(model, benchmark, path.name, {"model": info.get("model", ""),
-                                                                  "step": info.get("checkpoint", {}).get("step")}))
+                                                                  "step": info.get("checkpoint", {}).get("step")},
+                                   pictures))
     else:
         from shardrun.config.job import load_job
         from shardrun.plan.job import load_job_ledger
@@ -156,7 +170,8 @@ def evaluate(source: str, data: Path, run: str | None = None, clock=None) -> dic
                 model = LoadedModel(name, lambda x, net=net: net(x, training=False).numpy(), config.scale,
                                     config.channels, config.input_kind, receptive_radius(net), [])
                 results.append(score_model(model, benchmark, name, {
-                    "run": name, "model": config.name, "step": fetched.step, "steps_total": fetched.steps_total}))
+                    "run": name, "model": config.name, "step": fetched.step, "steps_total": fetched.steps_total},
+                    pictures))
         finally:
             ledger.close()
     return {"schema": SCHEMA, "data": str(data), "dataset": benchmark.name, "images": len(benchmark.images),

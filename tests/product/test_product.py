@@ -210,3 +210,34 @@ def test_evaluate_scores_runs_and_bicubic_on_a_folder(job, tmp_path):
     (empty / "readme.txt").write_text("no pictures")
     result = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data", str(empty)])
     assert result.exit_code == 1 and "holds no usable image" in result.output
+
+
+def test_evaluate_html_shows_each_runs_scores_and_crops_in_chromium(job, tmp_path):
+    import re
+
+    import skimage
+
+    from tests.status.test_report import chromium
+
+    data = tmp_path / "Set5"
+    data.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()[:64, :80]).save(data / f"{name}.png")
+    page = tmp_path / "eval.html"
+    result = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data", str(data),
+                                       "--json", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)  # the pictures' bytes stay out of the JSON
+    assert all("pictures" not in r for r in report["results"])
+    html_text = page.read_text("utf-8")
+    # two runs, two images each: every crop is an inline PNG, nothing is fetched
+    assert html_text.count('src="data:image/png;base64,') == 4 and "http" not in html_text.split("<body>")[1]
+    dom = chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.stdout))
+    y = report["results"][0]
+    assert f"{y['psnr']:.2f}" in text and f"{y['images'][0]['bicubic_psnr']:.2f} dB" in text
+    assert "astronaut.png: bicubic" in text and "published bicubic" in text
+    refused = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data", str(data),
+                                        "--html", str(page)])
+    assert refused.exit_code == 1 and "already exists" in refused.output
