@@ -85,6 +85,9 @@ class Store(ABC):
 
     #: The URL this store was opened from (for messages; never holds credentials).
     url: str
+    #: True where one key may be held by two objects (Drive allows two files of one name): a
+    #: reader then lists with stats to see which copy is the key's (see DriveStore).
+    duplicate_copies: bool = False
 
     # -- primitives -------------------------------------------------------------------------
 
