@@ -140,3 +140,69 @@ def test_a_sync_rereads_a_known_event_when_the_listing_shows_an_earlier_copy():
     assert ledger.sync(journal).refolded
     stored = ledger.db.execute("SELECT server_time FROM events WHERE id = ?", [claim.id]).fetchone()[0]
     assert stored == late_copy.mtime - 1
+
+
+# -- defect 2: every event names its plan; a re-plan keeps unchanged runs ---------------------
+
+
+def replanned(plan_id: str, time: float, replaces: str, runs_changed=None, add=(), fingerprint=None) -> Event:
+    """A plan replacing `replaces` on the same data, with runs added or changed."""
+    base = plan_event(plan_id, time, replaces=replaces)
+    payload = json.loads(json.dumps(base.payload))
+    payload["fingerprint"] = fingerprint or plan_event().payload["fingerprint"]
+    for run in payload["runs"]:
+        run.update((runs_changed or {}).get(run["name"], {}))
+    for name in add:
+        payload["runs"].append({**payload["runs"][0], "name": name})
+    return Event(base.id, "plan", "planner", payload=payload, server_time=time, plan=plan_id)
+
+
+def progressed() -> list[Event]:
+    return [plan_event(), ev("claim", 1, run="r1"), ev("done", 2, run="r1", key="ck100", md5="m"),
+            ev("claim", 3, run="r2"), ev("checkpoint", 4, run="r2", step=40, key="r2-40", md5="m")]
+
+
+def test_a_plan_that_adds_a_run_keeps_every_unchanged_run_and_plans_the_new_one():
+    ledger = fold(progressed() + [replanned("plan-2", 10, "plan-1", add=["r3"])])
+    assert ledger.plan()["id"] == "plan-2"
+    assert chunk(ledger, "r1", 0)["state"] == "done" and chunk(ledger, "r1", 1)["state"] == "ready"
+    assert chunk(ledger, "r2", 0)["checkpoint_key"] == "r2-40" and chunk(ledger, "r2", 0)["owner"] == "w1"
+    assert [c["state"] for c in ledger.chunks("r3")] == ["ready"] + ["waiting"] * (CHUNKS - 1)
+    assert {c["key"] for c in ledger.checkpoints("r1")} == {"ck100"}
+    assert [r["name"] for r in ledger.runs()] == ["r1", "r2", "r3"]
+
+
+def test_a_run_whose_settings_changed_starts_over_and_the_others_keep_their_progress():
+    ledger = fold(progressed() + [replanned("plan-2", 10, "plan-1", runs_changed={"r2": {"epochs": 2}})])
+    assert chunk(ledger, "r1", 0)["state"] == "done"
+    assert (chunk(ledger, "r2", 0)["state"], chunk(ledger, "r2", 0)["step_reached"]) == ("ready", 0)
+    assert ledger.checkpoints("r2") == [] and ledger.run_metrics().get("r2") is None
+    other_data = fold(progressed() + [replanned("plan-2", 10, "plan-1", fingerprint="new data")])
+    assert {c["state"] for c in other_data.chunks()} == {"ready", "waiting"}  # new data: all start over
+
+
+def test_events_of_another_plan_are_ignored_and_v1_events_belong_to_the_plan_in_force():
+    base = progressed() + [replanned("plan-2", 10, "plan-1", runs_changed={"r2": {"epochs": 2}})]
+    stale = Event("s-claim", "claim", "w9", "r2", 0, 0, {}, 11.0, plan="plan-1")  # not yet synced
+    future = Event("f-claim", "claim", "w8", "r2", 0, 0, {}, 12.0, plan="plan-3")
+    ledger = fold(base + [stale, future])
+    assert chunk(ledger, "r2", 0)["state"] == "ready" and ledger.worker("w9") is None
+    ledger.add_events([Event("n-claim", "claim", "w7", "r2", 0, 0, {}, 13.0, plan="plan-2")])
+    assert chunk(ledger, "r2", 0)["owner"] == "w7"
+    v1 = fold(base + [Event("v1-claim", "claim", "w6", "r2", 0, 0, {}, 11.0)])
+    assert chunk(v1, "r2", 0)["owner"] == "w6"
+    before = fold([plan_event(), Event("c", "claim", "w5", "r1", 0, 0, {}, 1.0, plan="plan-1")])
+    assert chunk(before)["owner"] == "w5"
+
+
+def test_what_a_journal_writes_after_a_sync_names_the_plan_in_force():
+    store = MemoryStore()
+    journal = Journal(store, "j")
+    store.put_bytes(paths.event_key("j", plan_event().id), plan_event().to_bytes())
+    ledger = Ledger.open(None)
+    assert journal.append("leave", "w1").plan is None  # no plan known yet
+    ledger.sync(journal)
+    event = journal.append("claim", "w1", "r1", 0, 0)
+    assert event.plan == "plan-1"
+    data, _ = store.get_with_stat(paths.event_key("j", event.id))
+    assert Event.from_bytes(data, 1.0).plan == "plan-1"
