@@ -8,11 +8,12 @@ the write (from its Stat), never the writer's clock.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock
@@ -32,6 +33,7 @@ class Event:
     generation: int | None = None
     payload: dict[str, Any] = field(default_factory=dict)
     server_time: float | None = None  # set from the store's Stat, not part of the object
+    plan: str | None = None  # the plan in force as its writer knew it (None: an event of journal v1)
 
     @property
     def order(self) -> tuple[float, str]:
@@ -40,18 +42,150 @@ class Event:
     def to_bytes(self) -> bytes:
         body = {"id": self.id, "kind": self.kind, "worker": self.worker, "run": self.run,
                 "chunk": self.chunk, "generation": self.generation, "payload": self.payload}
+        if self.plan is not None:  # absent, not null: a v1 event's bytes stay what they were
+            body["plan"] = self.plan
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
+    def copy_rank(self) -> tuple[float, bytes]:
+        """Returns what decides between two copies of one event id: the earliest store time wins,
+        then the smaller bytes (every reader applies this, whatever copy it listed first)."""
+        return (self.order[0], self.to_bytes())
+
+    def problem(self) -> str | None:
+        """Returns why this event cannot be folded (a malformed event), or None when it is well formed."""
+        return event_problem(self)
+
     @classmethod
-    def from_bytes(cls, data: bytes, server_time: float) -> "Event":
-        """Returns the event in `data`; raises ValueError when it is not a well-formed event."""
-        body = json.loads(data)
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or body.get("kind") not in KINDS:
-            raise ValueError("not a shardrun event (missing id or unknown kind)")
-        if not isinstance(body.get("payload", {}), dict):
-            raise ValueError("event payload is not an object")
-        return cls(body["id"], body["kind"], str(body.get("worker", "")), body.get("run"),
-                   body.get("chunk"), body.get("generation"), body.get("payload") or {}, server_time)
+    def from_bytes(cls, data: bytes, server_time: float | None) -> "Event":
+        """Returns the event in `data`; raises ValueError when it is not a well-formed event.
+
+        Field types are checked strictly (a "generation": "0" is refused, as is a null or text
+        step), here and for every event the ledger folds, so no reader's fold can raise on an
+        event's content and every reader refuses the same events.
+        """
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise ValueError("not a shardrun event (not a JSON object)")
+        event = cls(body.get("id"), body.get("kind"), body.get("worker", ""), body.get("run"),
+                    body.get("chunk"), body.get("generation"), body.get("payload", {}), server_time,
+                    body.get("plan"))
+        reason = event.problem()
+        if reason:
+            raise ValueError(reason)
+        return event
+
+
+# -- what a well-formed event is -----------------------------------------------------------------
+
+CHUNK_KINDS = ("claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check(ok: bool, reason: str) -> None:
+    if not ok:
+        raise ValueError(reason)
+
+
+def _fields(obj: Any, where: str, spec: dict[str, Callable[[Any], bool]], optional: tuple[str, ...] = ()) -> None:
+    _check(isinstance(obj, dict), f"{where} is not an object")
+    for name, ok in spec.items():
+        if name not in obj:
+            _check(name in optional, f"{where} lacks {name!r}")
+        else:
+            _check(ok(obj[name]), f"{where} has a malformed {name!r}: {obj[name]!r}")
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _list_of(check: Callable[[Any], None]) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if not isinstance(v, list):
+            return False
+        for item in v:
+            check(item)
+        return True
+    return ok
+
+
+def _check_plan_payload(p: dict) -> None:
+    """Raises ValueError unless `p` holds everything the fold reads from a plan (ledger.fold._plan_tables)."""
+    account = lambda a: _fields(a, "a plan account", {  # noqa: E731
+        "name": _str, "store": _str, "quota_bytes": _count, "reserve_bytes": _count})
+    shard = lambda s: _fields(s, "a plan shard", {  # noqa: E731
+        "id": _str, "account": _str, "key": _str, "size": _count, "md5": _opt_str, "images": _count})
+    chunk = lambda c: _check(isinstance(c, list) and len(c) == 2 and all(_count(x) for x in c)  # noqa: E731
+                             and c[0] <= c[1], f"a plan chunk is not [start, end] steps: {c!r}")
+    run = lambda r: _fields(r, "a plan run", {  # noqa: E731
+        "name": _str, "model": _str, "scale": _count, "channels": _count, "epochs": _count,
+        "batch_size": _count, "patch_size": _count, "steps_per_epoch": _count, "steps_total": _count,
+        "step_seconds": _is_number, "config": lambda c: isinstance(c, dict), "chunks": _list_of(chunk)})
+    rejected = lambda r: _fields(r, "a rejected image", {"path": _str, "reason": _str})  # noqa: E731
+    _fields(p, "the plan", {
+        "plan_id": lambda v: isinstance(v, str) and bool(v), "replaces": _opt_str, "job": _str,
+        "fingerprint": _str, "images": _count, "image_bytes": _count, "manifest_key": _str,
+        "manifest_md5": _opt_str, "platform": _str, "profile": _str, "lease_seconds": _is_number,
+        "accounts": _list_of(account), "shards": _list_of(shard), "runs": _list_of(run),
+        "rejected": _list_of(rejected)}, optional=("replaces", "rejected"))
+    names = [a["name"] for a in p["accounts"]]
+    _check(len(set(names)) == len(names), "the plan names an account twice")
+    _check(all(s["account"] in names for s in p["shards"]), "the plan places a shard on an account it lacks")
+    _check(len({s["id"] for s in p["shards"]}) == len(p["shards"]), "the plan names a shard twice")
+    _check(len({r["name"] for r in p["runs"]}) == len(p["runs"]), "the plan names a run twice")
+    _check(len({r["path"] for r in p.get("rejected", [])}) == len(p.get("rejected", [])),
+           "the plan rejects an image twice")
+
+
+def event_problem(e: Event) -> str | None:
+    """Returns why `e` is malformed (what the fold would have to guess at), or None."""
+    try:
+        _check(isinstance(e.id, str) and bool(e.id), "missing or malformed id")
+        _check(e.kind in KINDS, f"unknown kind {e.kind!r}")
+        _check(isinstance(e.worker, str), f"malformed worker {e.worker!r}")
+        _check(_opt_str(e.run), f"malformed run {e.run!r}")
+        _check(e.chunk is None or _count(e.chunk), f"malformed chunk {e.chunk!r}")
+        _check(e.generation is None or _count(e.generation), f"malformed generation {e.generation!r}")
+        _check(e.plan is None or (isinstance(e.plan, str) and bool(e.plan)), f"malformed plan {e.plan!r}")
+        _check(isinstance(e.payload, dict), "payload is not an object")
+        _check(_is_number(e.server_time), f"no usable server time ({e.server_time!r})")
+        p = e.payload
+        if e.kind == "plan":
+            _check_plan_payload(p)
+            _check(e.plan in (None, p["plan_id"]), f"a plan event naming another plan ({e.plan!r})")
+        if e.kind in CHUNK_KINDS:
+            _check(isinstance(e.run, str) and e.chunk is not None and e.generation is not None,
+                   f"a {e.kind} event must name its run, chunk and generation")
+        if e.kind in ("heartbeat", "checkpoint", "yield", "done") and "step" in p:
+            _check(_count(p["step"]), f"malformed step {p['step']!r}")
+        if e.kind in ("checkpoint", "yield", "done") and "key" in p:
+            _check(p["key"] is None or isinstance(p["key"], str), f"malformed checkpoint key {p['key']!r}")
+            _check(_opt_str(p.get("md5")), f"malformed checkpoint md5 {p.get('md5')!r}")
+        if e.kind == "checkpoint":
+            _check("step" in p and isinstance(p.get("key"), str), "a checkpoint event must carry its step and key")
+    except ValueError as err:
+        return str(err)
+    except (TypeError, KeyError, AttributeError) as err:  # a shape no check above foresaw
+        return f"malformed event ({type(err).__name__}: {err})"
+    return None
 
 
 def new_event_id(clock: Clock, after_us: int = 0) -> str:
@@ -70,13 +204,17 @@ class Journal:
         self.job = job
         self.clock = clock or SystemClock()
         self._last_us = 0  # one writer's events sort in the order written, even at one store time
+        # The plan every event written names: the one in force as this writer last synced
+        # (Ledger.sync sets it), so the fold can ignore what a writer did under a replaced plan.
+        self.plan: str | None = None
 
     def append(self, kind: str, worker: str, run: str | None = None, chunk: int | None = None,
                generation: int | None = None, payload: dict | None = None) -> Event:
         """Writes a new event and returns it with the store's time of the write."""
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
-        event = Event(new_event_id(self.clock, self._last_us), kind, worker, run, chunk, generation, payload or {})
+        event = Event(new_event_id(self.clock, self._last_us), kind, worker, run, chunk, generation, payload or {},
+                      plan=(payload or {}).get("plan_id") if kind == "plan" else self.plan)
         self._last_us = int(event.id.split("-", 1)[0], 16)
         stat = self.store.put_bytes(paths.event_key(self.job, event.id), event.to_bytes())
         return replace(event, server_time=stat.mtime)
@@ -84,6 +222,13 @@ class Journal:
     def keys(self) -> list[str]:
         """Returns the key of every event object (cheap: names only, nothing is read)."""
         return self.store.list_keys(paths.journal_prefix(self.job))
+
+    def listing(self) -> dict[str, float | None]:
+        """Returns each event object's key with its store time where the store may keep two
+        copies of one key (Drive: Store.duplicate_copies), else with None (names only, as keys())."""
+        if not getattr(self.store, "duplicate_copies", False):
+            return dict.fromkeys(self.keys())
+        return {stat.key: stat.mtime for stat in self.store.list(paths.journal_prefix(self.job))}
 
     def read(self, keys: Iterable[str]) -> tuple[list[Event], list[tuple[str, str]]]:
         """Returns the events under `keys`, and (key, reason) for objects that are not events."""
@@ -94,7 +239,7 @@ class Journal:
                 data, stat = self.store.get_with_stat(key)  # the store's time of the write orders events
                 event = Event.from_bytes(data, stat.mtime)
             except (ValueError, UnicodeDecodeError) as e:
-                return None, (key, f"unreadable event: {e}")
+                return None, (key, f"malformed event: {e}")
             if event.id != paths.event_id_of(key):
                 return None, (key, f"event id {event.id!r} does not match its key")
             return event, None

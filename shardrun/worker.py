@@ -214,6 +214,18 @@ class Worker:
 
     def sync(self) -> None:
         self.ledger.sync(self.journal)
+        self._forget_if_replanned()
+
+    def _forget_if_replanned(self) -> None:
+        # -- journal v2 hook (readers branch): a new plan may change the data, the shards or a
+        # run's settings, so what was built for the old one is dropped and built again on use.
+        plan = self.ledger.plan()
+        plan_id = plan["id"] if plan else None
+        if getattr(self, "_plan_id", plan_id) != plan_id:
+            log.info("the job was planned again (%s); dropping cached data and trainers", plan_id)
+            self._source, self._trainers, self._validation = None, {}, None
+            self._verified_shards = set()
+        self._plan_id = plan_id
 
     def _write(self, kind: str, run: str | None = None, chunk: int | None = None, generation: int | None = None,
                **payload) -> None:

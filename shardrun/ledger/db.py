@@ -28,6 +28,13 @@ from shardrun.errors import NotFound
 from shardrun.storage.base import Store
 from shardrun.ledger.fold import Fold
 
+EVENT_COLUMNS = "id, kind, worker, run, chunk, generation, payload, server_time, plan"
+
+
+def _event_of(row) -> Event:
+    return Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7], row[8])
+
+
 def migrate(db: sqlite_utils.Database) -> int:
     """Brings the ledger's schema up to date (see ledger_schema); returns its version before."""
     return ledger_schema.migrate(db, lambda d: Ledger(d, None)._refold())
@@ -113,14 +120,24 @@ class Ledger:
 
     def add_events(self, events: Iterable[Event], bad: Iterable[tuple[str, str]] = (),
                    known: set[str] | None = None) -> SyncResult:
-        """Stores events not seen before and folds them; returns what changed."""
-        events = sorted(events, key=lambda e: e.order)
+        """Stores events not seen before and folds them; returns what changed.
+
+        The fold is total: a malformed event (Event.problem) goes to bad_events with its reason,
+        never into a failed sync. Of two copies of one event id (a retried create whose first
+        answer was lost, Drive's own duplicates) every reader keeps the same one, whatever it saw
+        first: the earliest store time, then the smaller bytes (Event.copy_rank); a reader that
+        folded a later copy and meets an earlier one refolds.
+        """
         bad = list(bad)
-        if known is None:
-            fresh_ids = set(self.unknown_keys(e.id for e in events))
-            candidates = [e for e in events if e.id in fresh_ids]
-        else:
-            candidates = [e for e in events if e.id not in known]
+        copies: dict[str, Event] = {}
+        for e in events:
+            reason = e.problem()
+            if reason:
+                bad.append((e.id if isinstance(e.id, str) and e.id else repr(e.id), f"malformed event: {reason}"))
+            elif (known is None or e.id not in known) and (
+                    e.id not in copies or e.copy_rank() < copies[e.id].copy_rank()):
+                copies[e.id] = e
+        candidates = sorted(copies.values(), key=lambda e: e.order)
         conn = self.db.conn
         # BEGIN IMMEDIATE takes the write lock first: another process folding the same journal
         # into the same file waits, and whatever it inserted meanwhile is not applied twice.
@@ -128,29 +145,38 @@ class Ledger:
         if not in_transaction:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            fresh = []
+            stored = self._stored_copies([e.id for e in candidates])
+            fresh, replaced = [], []
             for e in candidates:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO events (id, server_time, kind, worker, run, chunk, generation, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (e.id, e.server_time, e.kind, e.worker, e.run, e.chunk, e.generation,
-                     json.dumps(e.payload, sort_keys=True)))
-                if cursor.rowcount == 1:
+                row = (e.server_time, e.kind, e.worker, e.run, e.chunk, e.generation,
+                       json.dumps(e.payload, sort_keys=True), e.plan, e.id)
+                old = stored.get(e.id)
+                if old is None:
+                    conn.execute("INSERT INTO events (server_time, kind, worker, run, chunk, generation, payload, "
+                                 "plan, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                     fresh.append(e)
+                elif e.copy_rank() < old.copy_rank():
+                    conn.execute("UPDATE events SET server_time = ?, kind = ?, worker = ?, run = ?, chunk = ?, "
+                                 "generation = ?, payload = ?, plan = ? WHERE id = ?", row)
+                    replaced.append(e)
                 if known is not None:
                     known.add(e.id)
-            conn.executemany("INSERT OR IGNORE INTO bad_events (key, reason) VALUES (?, ?)", bad)
+            for e in fresh:  # a good copy outranks a malformed one under the same id
+                self._forget_bad(e.id)
+            good_ids = set(self._stored_copies([paths.event_id_of(k) for k, _ in bad]))
+            conn.executemany("INSERT OR IGNORE INTO bad_events (key, reason) VALUES (?, ?)",
+                             [(k, r) for k, r in bad if paths.event_id_of(k) not in good_ids])
             if fresh:
                 conn.execute("UPDATE fold_state SET value = CAST(value AS INTEGER) + ? WHERE name = 'event_count'",
                              (len(fresh),))
             last = self._last_applied()
-            refold = bool(fresh) and last is not None and fresh[0].order < last
+            refold = bool(replaced) or (bool(fresh) and last is not None and fresh[0].order < last)
             if refold:
                 self._refold()
             elif fresh:
                 fold = Fold(conn)
                 for event in fresh:
-                    fold.apply(event)
+                    self._apply(fold, event)
                 self._set_last(fresh[-1].order)
             if not in_transaction:
                 conn.execute("COMMIT")
@@ -159,6 +185,40 @@ class Ledger:
                 conn.execute("ROLLBACK")
             raise
         return SyncResult(len(fresh), len(bad), refold)
+
+    def _stored_copies(self, ids: list[str]) -> dict[str, Event]:
+        """Returns the stored copy of each of `ids` that the events table holds."""
+        found: dict[str, Event] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for row in self.db.conn.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({', '.join('?' * len(part))})", part):
+                found[row[0]] = _event_of(row)
+        return found
+
+    def _forget_bad(self, event_id: str) -> None:
+        suffix = f"/{event_id}.json"
+        self.db.conn.execute("DELETE FROM bad_events WHERE key = ? OR substr(key, -?) = ?",
+                             (event_id, len(suffix), suffix))
+
+    def _apply(self, fold: Fold, event: Event) -> None:
+        """Applies one event; one the fold cannot apply is moved to bad_events, never failing the sync."""
+        conn = self.db.conn
+        conn.execute("SAVEPOINT fold_event")
+        try:
+            fold.apply(event)
+        except Exception as e:  # a shape Event.problem did not foresee: the fold stays total
+            conn.execute("ROLLBACK TO fold_event")
+            conn.execute("RELEASE fold_event")
+            row = conn.execute("SELECT id FROM plan").fetchone()
+            fold.plan_id = row[0] if row else None
+            fold.summary.forget_runs()
+            conn.execute("DELETE FROM events WHERE id = ?", (event.id,))
+            conn.execute("UPDATE fold_state SET value = CAST(value AS INTEGER) - 1 WHERE name = 'event_count'")
+            conn.execute("INSERT OR REPLACE INTO bad_events (key, reason) VALUES (?, ?)",
+                         (event.id, f"the fold could not apply it ({type(e).__name__}: {e})"))
+            return
+        conn.execute("RELEASE fold_event")
 
     def _set_last(self, order: tuple[float, str]) -> None:
         self.db.conn.execute("INSERT OR REPLACE INTO fold_state (name, value) VALUES ('last_applied', ?)",
@@ -170,18 +230,48 @@ class Ledger:
         fold = Fold(self.db.conn)
         last = None
         for row in self.db.conn.execute(
-                "SELECT id, kind, worker, run, chunk, generation, payload, server_time FROM events "
-                "ORDER BY server_time, id").fetchall():
-            event = Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7])
-            fold.apply(event)
+                f"SELECT {EVENT_COLUMNS} FROM events ORDER BY server_time, id").fetchall():
+            event = _event_of(row)
+            reason = event.problem()  # checked as strictly as a new event (ledgers of older versions)
+            if reason:
+                self.db.conn.execute("DELETE FROM events WHERE id = ?", (event.id,))
+                self.db.conn.execute("UPDATE fold_state SET value = CAST(value AS INTEGER) - 1 "
+                                     "WHERE name = 'event_count'")
+                self.db.conn.execute("INSERT OR REPLACE INTO bad_events (key, reason) VALUES (?, ?)",
+                                     (event.id, f"malformed event: {reason}"))
+                continue
+            self._apply(fold, event)
             last = event.order
         if last is not None:
             self._set_last(last)
 
     def sync(self, journal: Journal) -> SyncResult:
-        """Reads the journal's new events (only those not yet known) and folds them."""
-        events, bad = journal.read(self.unknown_keys(journal.keys()))
-        return self.add_events(events, bad)
+        """Reads the journal's new events (only those not yet known) and folds them; returns what changed.
+
+        Where the store may hold two copies of one key (Drive), the listing's store times also
+        show when an earlier copy of a known event has surfaced: it is read and refolded.
+        """
+        listed = journal.listing()
+        keys = list(listed)
+        result = self.add_events(*journal.read(self.unknown_keys(keys) + self._earlier_copies(listed)))
+        # -- journal v2 hook: what the journal's writer writes next names the plan now in force.
+        plan = self.plan()
+        journal.plan = plan["id"] if plan else None
+        return result
+
+    def _earlier_copies(self, listed: dict[str, float | None]) -> list[str]:
+        """Returns the listed keys of known events whose listed copy is older than the one folded."""
+        rows = [(paths.event_id_of(k), k, t) for k, t in listed.items() if t is not None]
+        if not rows:
+            return []
+        conn = self.db.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (id TEXT PRIMARY KEY, key TEXT, t REAL)")
+        conn.execute("DELETE FROM temp.listed")
+        conn.executemany("INSERT OR REPLACE INTO temp.listed (id, key, t) VALUES (?, ?, ?)", rows)
+        earlier = [k for (k,) in conn.execute(
+            "SELECT l.key FROM temp.listed l JOIN events e ON e.id = l.id WHERE l.t < e.server_time ORDER BY l.key")]
+        conn.execute("DELETE FROM temp.listed")
+        return earlier
 
     # -- snapshots --
 

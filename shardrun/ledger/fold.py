@@ -1,5 +1,12 @@
 """The fold: how each event changes the ledger's derived tables (a pure function of the events
-in (server time, id) order; shardrun.ledger.db decides which events to apply and when to refold)."""
+in (server time, id) order; shardrun.ledger.db decides which events to apply and when to refold).
+
+Every event names the plan its writer knew (journal v2); an event of another plan than the one
+in force is ignored, so a worker that has not yet seen a new plan cannot claim, heartbeat or
+finish against it. An event without a plan (journal v1) belongs to the plan in force at its
+time. A replacing plan keeps the progress of every run it leaves unchanged (same data, same
+training settings, same chunks: `unchanged_runs`) and starts the others over.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,30 @@ from typing import Any
 
 from shardrun.journal import Event
 from shardrun.ledger.schema import DERIVED_TABLES
+
+# Derived tables holding one run's progress: what a replacing plan keeps for an unchanged run.
+RUN_TABLES = {"chunks": "run", "checkpoints": "run", "run_metrics": "run", "run_history": "run",
+              "hardware": "run", "attempts": "run"}
+# What makes a run the same run in two plans (its position and measured step time may change).
+RUN_IDENTITY = ("model", "scale", "channels", "epochs", "batch_size", "patch_size", "steps_per_epoch",
+                "steps_total")
+
+
+def run_identity(run: dict, chunks: list) -> str:
+    """Returns a run's identity (its training settings and chunk boundaries) as comparable text;
+    `run` is a plan payload's run or a `runs` row (whose config is JSON text)."""
+    config = run["config"] if isinstance(run["config"], dict) else json.loads(run["config"])
+    return json.dumps({**{k: run[k] for k in RUN_IDENTITY}, "config": config,
+                       "chunks": [list(c) for c in chunks]}, sort_keys=True, default=str)
+
+
+def unchanged_runs(old_fingerprint: str | None, old_runs: dict[str, str], new_fingerprint: str,
+                   new_runs: dict[str, str]) -> set[str]:
+    """Returns the runs a replacing plan keeps: those whose identity (run -> run_identity) is the
+    same in both plans, on the same data. A change of data starts every run over."""
+    if old_fingerprint != new_fingerprint:
+        return set()
+    return {name for name, identity in new_runs.items() if old_runs.get(name) == identity}
 from shardrun.ledger.summaries import Summaries
 
 
@@ -59,8 +90,12 @@ class Fold:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
         self.summary = Summaries(conn)
+        row = conn.execute("SELECT id FROM plan").fetchone()
+        self.plan_id: str | None = row[0] if row else None
 
     def apply(self, event: Event) -> None:
+        if event.kind != "plan" and event.plan is not None and event.plan != self.plan_id:
+            return  # written under another plan (one replaced since, or not yet in force)
         if event.kind != "plan" and event.worker:
             self.summary.seen(event)
         handler = getattr(self, f"_on_{event.kind}", None)
@@ -91,20 +126,38 @@ class Fold:
                           (*changes.values(), chunk["run"], chunk["idx"]))
 
     def _on_plan(self, event: Event) -> None:
-        current = self.conn.execute("SELECT id FROM plan").fetchone()
+        current = self.conn.execute("SELECT id, fingerprint FROM plan").fetchone()
         if current and current[0] == event.payload.get("plan_id"):
             return  # the same plan written again (a re-run of `plan`)
         if current and event.payload.get("replaces") != current[0]:
             return  # a stale plan that does not knowingly supersede the current one
+        tables = _plan_tables(event)
+        kept = self._kept_runs(current[1] if current else None, event.payload) if current else set()
         for table in DERIVED_TABLES:
-            self.conn.execute(f"DELETE FROM {table}")
+            if table in RUN_TABLES and kept:
+                marks = ", ".join("?" * len(kept))
+                self.conn.execute(f"DELETE FROM {table} WHERE {RUN_TABLES[table]} NOT IN ({marks})", sorted(kept))
+            elif table != "workers" or not kept:
+                self.conn.execute(f"DELETE FROM {table}")
+        tables["chunks"] = [c for c in tables["chunks"] if c["run"] not in kept]
         self.summary.forget_runs()
-        for table, rows in _plan_tables(event).items():
+        self.plan_id = event.payload["plan_id"]
+        for table, rows in tables.items():
             if rows:
                 cols = list(rows[0])
                 self.conn.executemany(
                     f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                     [tuple(r[c] for c in cols) for r in rows])
+
+    def _kept_runs(self, old_fingerprint: str | None, payload: dict) -> set[str]:
+        old = {}
+        for row in self.conn.execute("SELECT * FROM runs").fetchall():
+            run = dict(zip([c[0] for c in self.conn.execute("SELECT * FROM runs LIMIT 0").description], row))
+            bounds = self.conn.execute("SELECT start_step, end_step FROM chunks WHERE run = ? ORDER BY idx",
+                                       (run["name"],)).fetchall()
+            old[run["name"]] = run_identity(run, bounds)
+        new = {r["name"]: run_identity(r, r["chunks"]) for r in payload["runs"]}
+        return unchanged_runs(old_fingerprint, old, payload["fingerprint"], new)
 
     def _on_claim(self, event: Event) -> None:
         chunk = self._chunk(event)

@@ -123,8 +123,19 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    # Journal v2: every event names the plan its writer knew (NULL: a v1 event, which belongs to
+    # the plan in force at its time), and the fold is total: the refold below checks every stored
+    # event as strictly as a new one and moves the malformed ones to bad_events, so this ledger
+    # agrees with one folded afresh. (A text generation stored by an older shardrun was already
+    # turned into a number by SQLite's column affinity and cannot be told apart any more.)
+    db["events"].add_column("plan", str)
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
-                                                               _migration_4, _migration_5, _migration_6]
+                                                               _migration_4, _migration_5, _migration_6,
+                                                               _migration_7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

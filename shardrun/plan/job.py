@@ -23,6 +23,7 @@ from shardrun.plan.dataset import DatasetChange, ScanResult, diff_datasets, scan
 from shardrun.errors import PlanError, StoreError
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
+from shardrun.ledger.fold import run_identity, unchanged_runs
 from shardrun.plan.placement import (
     AccountSpace,
     Estimate,
@@ -35,7 +36,7 @@ from shardrun.plan.placement import (
 from shardrun.config.platforms import Platform, Profile, load_platforms, load_profile
 from shardrun.plan.validation import ValidationSet, choose_validation, upload_validation_set
 from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
-from shardrun.errors import QuotaExceeded, StoreError
+from shardrun.errors import QuotaExceeded
 from shardrun.storage.base import Stat, Store
 from shardrun.storage.registry import absolute_url
 
@@ -76,6 +77,74 @@ class PlanReport:
     change: DatasetChange | None = None
     notes: list[str] = field(default_factory=list)
     validation: ValidationSet | None = None
+    replan: "Replan | None" = None  # how this plan differs from the one it replaces
+
+
+@dataclass
+class Replan:
+    """How a new plan differs from the plan in force, run by run (see `compare_plans`)."""
+
+    replaces: str
+    data: DatasetChange | None  # the dataset changed: every run starts over
+    accounts: list[str]  # what changed in the accounts ("bob added", "alice: quota")
+    kept: list[str]  # runs whose progress the new plan keeps
+    restarted: list[str]  # runs that start over (changed settings, or new data)
+    added: list[str]
+    removed: list[str]
+
+    @property
+    def needs_replace(self) -> bool:
+        """True when the new plan loses progress or moves the job (only with `--replace`)."""
+        return bool(self.data or self.accounts or self.restarted or self.removed)
+
+    def summary(self) -> str:
+        what = []
+        if self.data:
+            what.append(f"the dataset changed ({self.data.summary()})")
+        if self.accounts:
+            what.append("the accounts changed (" + ", ".join(self.accounts) + ")")
+        changed = [r for r in self.restarted if not self.data]
+        if changed:
+            what.append("the training settings of " + ", ".join(changed) + " changed")
+        if self.removed:
+            what.append("runs removed: " + ", ".join(self.removed))
+        if self.added:
+            what.append("runs added: " + ", ".join(self.added))
+        return "; ".join(what) or "the shards moved"
+
+    def consequences(self) -> str:
+        parts = [("start over", self.restarted), ("are dropped", self.removed), ("keep their progress", self.kept),
+                 ("are planned new", self.added)]
+        return "; ".join(f"{', '.join(runs)} {verb}" for verb, runs in parts if runs) or "no run changes"
+
+
+
+def _account_payload(job: JobConfig) -> list[dict]:
+    # Absolute, so a worker started from the home URL on this machine finds every account.
+    return [{"name": a.name, "store": absolute_url(a.store, job.base_dir), "quota_bytes": a.quota_bytes,
+             "reserve_bytes": job.reserve_bytes} for a in job.accounts]
+
+
+def compare_plans(ledger: Ledger, job: JobConfig, runs: list[RunPlan], fingerprint: str,
+                  data: DatasetChange | None) -> Replan:
+    """Returns how a plan of `runs` on `fingerprint` differs from the ledger's plan, run by run,
+    by the rule the fold applies (ledger.fold.unchanged_runs): a run keeps its progress when its
+    training settings and chunks are the same, on the same data."""
+    current = ledger.plan()
+    old = {r["name"]: run_identity(r, [(c["start_step"], c["end_step"]) for c in ledger.chunks(r["name"])])
+           for r in ledger.runs()}
+    new = {p["name"]: run_identity(p, p["chunks"]) for p in map(_run_payload, runs)}
+    kept = unchanged_runs(current["fingerprint"], old, fingerprint, new)
+    was = {a["name"]: a for a in ledger.accounts()}
+    now = {a["name"]: a for a in _account_payload(job)}
+    accounts = [f"{n} added" for n in now if n not in was] + [f"{n} removed" for n in was if n not in now]
+    for name in [n for n in now if n in was]:
+        diff = [k for k in ("store", "quota_bytes", "reserve_bytes") if was[name][k] != now[name][k]]
+        if diff:
+            accounts.append(f"{name}: {', '.join(diff)}")
+    return Replan(current["id"], data, accounts, kept=[n for n in new if n in kept],
+                  restarted=[n for n in new if n in old and n not in kept],
+                  added=[n for n in new if n not in old], removed=[n for n in old if n not in new])
 
 
 def open_account_stores(job: JobConfig) -> dict[str, Store]:
@@ -199,14 +268,19 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     ledger, journal = load_job_ledger(job, home, clock, in_memory=dry_run)
     notes: list[str] = []
     current = ledger.plan()
-    change = None
-    if current and current["fingerprint"] != scan.fingerprint:
-        old = Manifest.from_json_bytes(home.get_bytes(current["manifest_key"], current["manifest_md5"]))
-        change = diff_datasets(old.images, scan)
-        if not replace:
-            raise PlanError(f"the dataset changed since the job was planned: {change.summary()}; "
-                            "run `shardrun plan --replace` to make a new plan (training starts over)")
-        notes.append(f"dataset changed ({change.summary()}); the new plan replaces {current['id']}")
+    change = replan = None
+    if current:
+        if current["fingerprint"] != scan.fingerprint:
+            old = Manifest.from_json_bytes(home.get_bytes(current["manifest_key"], current["manifest_md5"]))
+            change = diff_datasets(old.images, scan)
+        replan = compare_plans(ledger, job, runs, scan.fingerprint, change)
+        if replan.needs_replace and not replace:
+            what = (f"the dataset changed since the job was planned: {change.summary()}" if change else
+                    f"the job changed since it was planned: {replan.summary()}")
+            raise PlanError(f"{what}. With `shardrun plan --replace` the new plan replaces {current['id']}: "
+                            f"{replan.consequences()}")
+        if change:
+            notes.append(f"dataset changed ({change.summary()}); the new plan replaces {current['id']}")
 
     existing = _existing_shards(stores, job.name)
     kept, damaged = _verified_existing(specs, existing, stores, check_hash=not dry_run)
@@ -246,6 +320,9 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
                         plan_id, dry_run, change=change, notes=notes, validation=vset)
     if dry_run or (current and current["id"] == plan_id):
         return report
+    if replan is not None:
+        report.replan = replan
+        notes.append(f"the new plan replaces {current['id']}: {replan.consequences()}")
 
     manifest = _manifest(scan, specs, shards)
     manifest_stat = home.put_bytes(paths.manifest_key(job.name, plan_id), manifest.to_json_bytes())
@@ -253,8 +330,13 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     payload["validation"] = upload_validation_set(vset, home, job.name)
     journal.append("plan", PLANNER, payload=payload)
     ledger.sync(journal)
-    ledger.publish(home, job.name)
     report.written = True
+    try:
+        ledger.publish(home, job.name)
+    except QuotaExceeded as e:
+        # The plan stands (its event is written); the snapshot only spares new readers a fold
+        # from the start, and a worker publishes one later when there is room.
+        notes.append(f"the ledger snapshot was not published ({e}); new workers fold the journal from its start")
     return report
 
 
@@ -312,9 +394,7 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "platform": job.platform,
         "profile": report.profile.name if report.profile else "",
         "lease_seconds": job.lease_minutes * 60,
-        # Absolute, so a worker started from the home URL on this machine finds every account.
-        "accounts": [{"name": a.name, "store": absolute_url(a.store, job.base_dir), "quota_bytes": a.quota_bytes,
-                      "reserve_bytes": a.reserve_bytes} for a in report.accounts],
+        "accounts": _account_payload(job),
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
         "runs": [_run_payload(r) for r in report.runs],
         "rejected": [{"path": r.path, "reason": r.reason} for r in report.scan.rejected],

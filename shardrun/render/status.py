@@ -140,8 +140,9 @@ def status_view(status: dict) -> Group:
                               style="yellow"))
     bad = status["journal"]["unreadable"]
     if bad:
-        parts.append(Text(f"{len(bad)} journal object(s) could not be read, e.g. {bad[0]['key']}: "
-                          f"{bad[0]['reason']}", style="yellow"))
+        shown = "; ".join(f"{b['id']}: {b['reason']}" for b in bad[:3])
+        parts.append(Text(f"{len(bad)} bad journal event(s), skipped by every reader: {shown}"
+                          + (" …" if len(bad) > 3 else ""), style="yellow"))
     for note in status["notes"]:
         parts.append(Text(f"Note: {note}", style="yellow"))
     return Group(*parts)

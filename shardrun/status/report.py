@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
 from shardrun.plan.job import load_job_ledger
@@ -149,7 +150,8 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
         "hardware": hardware_rows(ledger.hardware(), ledger_runs),
         "accounts": accounts,
         "rejected": ledger.rejected(),
-        "journal": {"events": ledger.event_count(), "unreadable": ledger.bad_events()},
+        "journal": {"events": ledger.event_count(),
+                    "unreadable": [{"id": paths.event_id_of(b["key"]), **b} for b in ledger.bad_events()]},
         "notes": notes,
     }
 

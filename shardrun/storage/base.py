@@ -89,6 +89,9 @@ class Store(ABC):
     #: than anything shardrun measures. Writes within one tick share a time, and the journal
     #: orders them by event id (DESIGN §5).
     time_resolution: float = 0.0
+    #: True where one key may be held by two objects (Drive allows two files of one name): a
+    #: reader then lists with stats to see which copy is the key's (see DriveStore).
+    duplicate_copies: bool = False
 
     # -- primitives -------------------------------------------------------------------------
 

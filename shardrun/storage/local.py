@@ -4,6 +4,15 @@ Objects live at `<root>/<key>` so a user can browse them. Two reserved folders s
 `.shardrun-tmp/` for writes in progress (renamed into place, which is atomic on one file
 system) and `.shardrun-meta/` caching each object's hashes, trusted only while the object's size
 and mtime still match (so a file changed behind shardrun's back is hashed again).
+
+**One writing machine per folder.** A local store's "server time" (Stat.mtime, which orders the
+journal and measures leases) is the file's mtime, and the writing machine's clock sets it; two
+machines writing one synced or network folder would have their clocks compared, which the
+protocol promises never to do. So the first write records the machine in `.shardrun-host`, and a
+store opened on another machine refuses to write there (reading is fine: one clock set every
+time). Several workers on one machine share a folder freely. To move a job to a new machine for
+good, delete `.shardrun-host`; to share a job between machines, use a store with a server clock
+(Drive, or any fsspec filesystem backed by a server).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceede
 from shardrun.paths import validate_key, validate_prefix
 
 RESERVED_PREFIX = ".shardrun-"
+HOST_FILE = ".shardrun-host"  # the one machine whose clock sets this folder's times
 TMP_DIR = ".shardrun-tmp"
 META_DIR = ".shardrun-meta"
 
@@ -38,8 +48,26 @@ RECOUNT_MARGIN = 0.95
 RECOUNT_EVERY = 1000
 
 
+def host_identity() -> str:
+    """Returns this machine's identity: its host name and, where the system has one, its machine id."""
+    import socket
+
+    machine = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            machine = Path(path).read_text().strip()[:12]
+            break
+        except OSError:
+            continue
+    return f"{socket.gethostname()}/{machine}" if machine else socket.gethostname()
+
+
 class LocalStore(Store):
-    def __init__(self, root: str | os.PathLike, quota_bytes: int | None = None, url: str | None = None):
+    def __init__(self, root: str | os.PathLike, quota_bytes: int | None = None, url: str | None = None,
+                 host: str | None = None):
+        """`host`: this machine's identity (default host_identity(); tests pretend to be others)."""
+        self.host = host or host_identity()
+        self._host_checked = False
         self.root = Path(root).expanduser().resolve()
         self.url = url or f"local://{self.root}"
         self.quota_bytes = quota_bytes
@@ -65,6 +93,26 @@ class LocalStore(Store):
             raise PermissionDenied(f"{self.url}: cannot create the store folder: {e.strerror}") from e
         except OSError as e:
             raise StoreError(f"{self.url}: cannot use {self.root} as a store: {e.strerror}") from e
+        if not self._host_checked:
+            self._check_host()
+
+    def _check_host(self) -> None:
+        """Records this machine as the folder's writer, or refuses if another machine is (module docstring)."""
+        marker = self.root / HOST_FILE
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = marker.read_text(encoding="utf-8", errors="replace").strip()
+            if owner and owner != self.host:
+                raise StoreError(
+                    f"{self.url}: this folder's times are set by the clock of machine {owner!r}, which writes "
+                    f"to it; this machine ({self.host!r}) must not write there too, or the journal would "
+                    f"compare two clocks. Share a job between machines on a store with a server clock (Drive), "
+                    f"or, if the job has moved here for good, delete {marker}") from None
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.host + "\n")
+        self._host_checked = True
 
     def _path(self, key: str) -> Path:
         if key.split("/", 1)[0].startswith(RESERVED_PREFIX):

@@ -186,3 +186,59 @@ def test_a_runs_settings_reach_the_trainer_as_the_job_file_gave_them(job_dir, wr
     assert set(settings) - {f.name for f in dataclasses.fields(config)} == planning
     assert {k: getattr(config, k) for k in settings if k not in planning} == \
         {k: v for k, v in settings.items() if k not in planning}
+
+
+RUN_A = dict(name="a", model="decusr", scale=2, channels=1, epochs=4, batch_size=16, patch_size=32, seed=1,
+             patches_per_second=100.0)
+RUN_B = {**RUN_A, "name": "b"}
+
+
+def progress_on(job, run: str) -> None:
+    """A worker's claim and checkpoint on the run's first chunk, as the journal holds them."""
+    from shardrun.journal import Journal
+
+    home = LocalStore(job.base_dir / "stores" / "alice")
+    journal = Journal(home, job.name)
+    ledger = Ledger.open(job.ledger_path)
+    ledger.sync(journal)
+    journal.append("claim", "w1", run, 0, 0)
+    journal.append("checkpoint", "w1", run, 0, 0, {"step": 3, "key": f"ck-{run}", "md5": "m"})
+    ledger.sync(journal)
+    ledger.close()
+
+
+def test_adding_a_run_keeps_the_progress_of_every_unchanged_run(job_dir, write_job):
+    job = load_job(write_job(runs=[RUN_A]))
+    plan_job(job, scan_workers=1)
+    progress_on(job, "a")
+    job = load_job(write_job(runs=[RUN_A, RUN_B]))
+    report = plan_job(job, scan_workers=1)  # no --replace needed: nothing is lost
+    assert report.written and report.replan.kept == ["a"] and report.replan.added == ["b"]
+    assert any("a keep their progress" in n and "b are planned new" in n for n in report.notes)
+    ledger = Ledger.open(job.ledger_path)
+    assert ledger.plan()["id"] == report.plan_id
+    assert ledger.chunk("a", 0)["checkpoint_key"] == "ck-a" and ledger.chunk("b", 0)["state"] == "ready"
+
+
+def test_changing_a_runs_settings_needs_replace_which_says_which_runs_start_over(job_dir, write_job):
+    job = load_job(write_job(runs=[RUN_A, RUN_B]))
+    plan_job(job, scan_workers=1)
+    progress_on(job, "a")
+    progress_on(job, "b")
+    job = load_job(write_job(runs=[RUN_A, {**RUN_B, "epochs": 6}]))
+    with pytest.raises(PlanError, match=r"training settings of b changed.*--replace.*b start over; a keep their progress"):
+        plan_job(job, scan_workers=1)
+    report = plan_job(job, replace=True, scan_workers=1)
+    assert report.replan.restarted == ["b"] and report.replan.kept == ["a"]
+    ledger = Ledger.open(job.ledger_path)
+    assert ledger.chunk("a", 0)["checkpoint_key"] == "ck-a"
+    assert ledger.chunk("b", 0)["checkpoint_key"] is None and ledger.chunk("b", 0)["state"] == "ready"
+
+
+def test_changing_the_accounts_or_removing_a_run_needs_replace(job_dir, write_job):
+    job = load_job(write_job(runs=[RUN_A, RUN_B]))
+    plan_job(job, scan_workers=1)
+    with pytest.raises(PlanError, match=r"runs removed: b.*b are dropped"):
+        plan_job(load_job(write_job(runs=[RUN_A])), scan_workers=1)
+    with pytest.raises(PlanError, match=r"the accounts changed \(bob: quota_bytes\)"):
+        plan_job(load_job(write_job(runs=[RUN_A, RUN_B], accounts=[("alice", 15), ("bob", 14)])), scan_workers=1)

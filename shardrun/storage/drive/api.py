@@ -38,6 +38,10 @@ RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 QUOTA_REASONS = frozenset({"storageQuotaExceeded", "dailyLimitExceeded", "quotaExceeded"})
 
 
+class Conflict(StoreError):
+    """HTTP 409: a create with an id that a file already has (a retried create that had succeeded)."""
+
+
 class _Retry(Exception):
     """A failure worth another attempt; `why` says what it was, for the final message."""
 
@@ -221,6 +225,8 @@ class DriveClient:
             return self.refused(what)
         if status == 404:
             return on_404(error) if on_404 else NotFound(f"{self.subject}: {what}: not found")
+        if status == 409:
+            return Conflict(f"{self.subject}: {what}: a file with that id already exists")
         if status == 403:
             return PermissionDenied(f"{self.subject}: {what} is not allowed for this account "
                                     f"(HTTP 403 {reason or 'forbidden'}); check the folder is shared with it as editor")

@@ -4,9 +4,16 @@ Keys map to nested folders: `job/journal/e1.json` is the file `e1.json` in the f
 in the folder `job` in the account's root folder. Drive addresses files by id, not by path, and
 allows two files with one name in a folder, so:
 
-- **Duplicate names.** Of several files with one name in a folder, the one with the newest
-  `modifiedTime` wins (ties: the greatest id). Every reader applies the same rule, so all agree;
-  the next write of the key updates the winner and deletes the others. Of several *folders*
+- **Duplicate names.** Of several files with one name in a folder, the oldest (`createdTime`,
+  then id) wins, as for folders. Every reader applies the same rule, so all agree; the next write
+  of the key updates the winner and deletes the others. The oldest, not the newest: a journal
+  event is written once, so a reader that folded the first copy never has to change its mind
+  when a later duplicate appears, and one that met a later copy first (the earlier one hidden by
+  a lagging listing) sees the listed time go back and re-reads (`duplicate_copies`, Ledger.sync).
+- **Idempotent creates.** A new small file gets an id reserved up front (files.generateIds), so
+  a create retried after its answer was lost cannot make a second file: Drive answers 409, and
+  the file already under that id, with the md5 sent, is the success the lost answer would have
+  been. Of several *folders*
   with one name (two writers created it at once), the oldest (`createdTime`, then id) receives
   new files and all are read, so a race never splits the tree.
 - **Lagging listings.** `files.list` may miss a file written moments ago, but `files.get` by id
@@ -38,7 +45,7 @@ from shardrun.errors import (
     TransientError,
 )
 from shardrun.paths import validate_key, validate_prefix
-from shardrun.storage.drive.api import DriveClient, RetryPolicy, quota_words
+from shardrun.storage.drive.api import Conflict, DriveClient, RetryPolicy, quota_words
 from shardrun.storage.drive.transfer import (
     OBJECT_MIME,
     UPLOAD_GRANULARITY,
@@ -57,7 +64,8 @@ DEFAULT_CHUNK = 8 * MIB
 RECOUNT_MARGIN = 0.95
 READ_TRIES = 5  # reads of an object that keeps being replaced meanwhile
 FOLDER_REFRESH_S = 60.0
-LISTED_KEPT = 20_000  # listing metadata kept for the reads that usually follow
+LISTED_KEPT = 20_000
+ID_BATCH = 50  # file ids reserved per files.generateIds call  # listing metadata kept for the reads that usually follow
 
 def _quoted(name: str) -> str:
     """Returns `name` as a string literal of Drive's query language."""
@@ -67,10 +75,6 @@ def _quoted(name: str) -> str:
 def drive_time(text: str) -> float:
     """Returns seconds since the epoch of one of Drive's RFC 3339 timestamps."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _newest_first(files: list[dict]) -> list[dict]:
-    return sorted(files, key=lambda f: (drive_time(f["modifiedTime"]), f["id"]), reverse=True)
 
 
 def _oldest_first(folders: list[dict]) -> list[dict]:
@@ -87,6 +91,8 @@ def _usable_name(name: str) -> bool:
 
 
 class DriveStore(Store):
+    duplicate_copies = True  # Drive allows two files of one name
+
     def __init__(self, folder_id: str, credentials: Any, root_url: str | None = None,
                  quota_bytes: int | None = None, url: str | None = None, *, account_name: str | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK, retry: RetryPolicy | None = None, timeout_s: float = 60.0,
@@ -122,6 +128,7 @@ class DriveStore(Store):
         self._identity: str | None = None
         self._used: int | None = None  # account usage, counted for the quota_bytes cap
         self._writes_since_count = 0
+        self._spare_ids: list[str] = []  # reserved with files.generateIds, one per new small file
 
     # -- folders ------------------------------------------------------------------------------
 
@@ -235,7 +242,7 @@ class DriveStore(Store):
             else:
                 with self._lock:
                     self._file_ids.pop(key, None)
-        found = _newest_first(found)
+        found = _oldest_first(found)
         if found:
             with self._lock:
                 self._file_ids[key] = found[0]["id"]
@@ -283,7 +290,7 @@ class DriveStore(Store):
                 files.setdefault(name, []).append(child)
         for name, same in files.items():
             key = rel + name
-            winner = _newest_first(same)[0]
+            winner = _oldest_first(same)[0]
             with self._lock:
                 self._file_ids[key] = winner["id"]
                 if len(self._listed) >= LISTED_KEPT:
@@ -371,15 +378,43 @@ class DriveStore(Store):
                 file_id: str | None) -> dict:
         """Uploads the content as a new file (file_id None) or a new revision; returns its metadata."""
         parent = None if file_id else self._folder_ids(folder, create=True)[0]
+        # A small create is one request that the client retries: with an id of our own, a retry
+        # whose first attempt succeeded is a 409, not a duplicate file. (A resumable upload is
+        # already idempotent: its session URL, not a new request, is what a retry resumes.)
+        new_id = self._reserved_id() if file_id is None and digest.size <= self.chunk_bytes else None
 
         def request(media):
             if file_id:
                 return self.client.files.update(fileId=file_id, media_body=media, fields=FILE_FIELDS,
                                                 supportsAllDrives=True)
-            return self.client.files.create(body={"name": name, "parents": [parent], "mimeType": OBJECT_MIME},
-                                            media_body=media, fields=FILE_FIELDS, supportsAllDrives=True)
+            body = {"name": name, "parents": [parent], "mimeType": OBJECT_MIME}
+            if new_id:
+                body["id"] = new_id
+            return self.client.files.create(body=body, media_body=media, fields=FILE_FIELDS, supportsAllDrives=True)
 
-        return send_media(self.client, f"upload of {key}", request, source, digest.size, self.chunk_bytes)
+        try:
+            return send_media(self.client, f"upload of {key}", request, source, digest.size, self.chunk_bytes)
+        except Conflict:
+            if new_id is None:
+                raise
+            meta = self._get_by_id(new_id)  # created by the attempt whose answer was lost
+            if meta is None or meta.get("md5Checksum") not in (None, digest.md5) or meta.get("name") != name:
+                raise StoreError(f"{self.subject}: upload of {key}: Drive says file {new_id} exists, "
+                                 "but it is not the file sent") from None
+            return meta
+
+    def _reserved_id(self) -> str:
+        """Returns an unused file id from files.generateIds (asked for in batches)."""
+        with self._lock:
+            if self._spare_ids:
+                return self._spare_ids.pop()
+        ids = self.client.execute("reserving file ids", lambda: self.client.files.generateIds(
+            count=ID_BATCH, space="drive", type="files")).get("ids", [])
+        if not ids:
+            raise StoreError(f"{self.subject}: Drive reserved no file ids")
+        with self._lock:
+            self._spare_ids.extend(ids[1:])
+        return ids[0]
 
     def _delete(self, key: str) -> None:
         found = self._candidates(key)

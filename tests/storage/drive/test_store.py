@@ -52,16 +52,30 @@ def payload(size: int, seed: int = 0) -> bytes:
 # -- duplicate names, racing folders, lagging listings ------------------------------------------
 
 
-def test_duplicate_file_names_newest_wins_and_the_next_write_tidies_them(emu, alice, store):
+def test_duplicate_file_names_oldest_wins_and_the_next_write_tidies_them(emu, alice, store):
     emu.create_file(alice.email, "dup.bin", b"older", parent_id=alice.folder)
     time.sleep(0.005)
     emu.create_file(alice.email, "dup.bin", b"newer", parent_id=alice.folder)
-    assert store.get_bytes("dup.bin") == b"newer"
-    assert store.stat("dup.bin").md5 == hashlib.md5(b"newer").hexdigest()
+    assert store.get_bytes("dup.bin") == b"older"  # the first copy: what a reader listing early saw
+    assert store.stat("dup.bin").md5 == hashlib.md5(b"older").hexdigest()
     assert store.list_keys() == ["dup.bin"]  # one key, however many files carry its name
     store.put_bytes("dup.bin", b"newest")
     assert names_in(emu, alice.folder) == ["dup.bin"]
     assert store.get_bytes("dup.bin") == b"newest"
+
+
+def test_a_create_whose_answer_is_lost_is_retried_without_a_duplicate(emu, alice, store):
+    emu.faults.add("drop", times=1, methods="files.create:multipart", processed=True)
+    stat = store.put_bytes("job/journal/e1.json", b"{}")
+    assert emu.faults.fired("drop") == 1
+    (folder,) = [i for i in emu.file_ids(alice.folder) if emu.metadata(i)["name"] == "job"]
+    (journal,) = emu.file_ids(folder)
+    assert names_in(emu, journal) == ["e1.json"]  # the retry found its own file: no second copy
+    assert stat.md5 == hashlib.md5(b"{}").hexdigest() and store.get_bytes("job/journal/e1.json") == b"{}"
+    assert calls(emu, "files.generateIds") == 1  # ids are reserved in batches, not one call per create
+    for i in range(5):
+        store.put_bytes(f"job/journal/more-{i}.json", b"{}")
+    assert calls(emu, "files.generateIds") == 1
 
 
 def test_a_folder_created_twice_does_not_split_the_tree(emu, alice, store):
