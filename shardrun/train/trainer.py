@@ -42,6 +42,8 @@ from shardrun.train.checkpoint import (
     read_checkpoint,
     write_atomically,
 )
+from shardrun.train.cache import DecodedImages
+from shardrun.train.crops import crop_dataset, device_pairs
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
 from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
 
@@ -248,6 +250,11 @@ class Trainer:
     The model and the optimiser (built, so its variables exist) are created here; call `restore`
     to continue from a checkpoint, then `train`. `jit_compile` (default: as Keras decides, XLA
     on a GPU unless op determinism is on) compiles the training step with XLA.
+
+    The input: each image is decoded once into `cache_dir` (cache.py; in memory without one) and
+    the host only gathers integer crops; cropping to the patch and the bicubic degradation run in
+    the compiled step, on the device (crops.py). `device_input=False` uses data.py's tf.data
+    pipeline instead, which decodes and degrades on the host.
     """
 
     def __init__(
@@ -260,6 +267,8 @@ class Trainer:
         keep: int = 2,
         parallel_input: bool = True,
         jit_compile: bool | None = None,
+        cache_dir: Path | str | None = None,
+        device_input: bool = True,
     ):
         import keras
 
@@ -278,6 +287,8 @@ class Trainer:
         self.clock = clock or SystemClock()
         self.keep = max(1, keep)
         self.parallel_input = parallel_input
+        self.device_input = device_input
+        self.images = DecodedImages(source, cache_dir) if device_input else None
         self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
         self.model = build_model(self.model_config, seed=config.seed)
         self.optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
@@ -404,6 +415,8 @@ class Trainer:
     def dataset(self, start_step: int | None = None):
         """Returns the training batches from `start_step` (default: the current step) on."""
         start = self.step if start_step is None else start_step
+        if self.device_input:
+            return crop_dataset(self.images, self.order, self.patch_spec, start)
         return make_dataset(self.source, self.order, self.patch_spec, start,
                             parallel=self.parallel_input)
 
@@ -411,12 +424,15 @@ class Trainer:
         if self._run_steps is None:
             import tensorflow as tf
 
-            model, optimizer = self.model, self.optimizer
+            model, optimizer, spec = self.model, self.optimizer, self.patch_spec
 
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
             # loop around it is a plain tf.function (the same split as Keras's fit).
             @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
             def one_step(inputs, target):
+                if inputs.dtype.is_integer:
+                    # Crops and their offsets (crops.py): the pairs are made here, on the device.
+                    inputs, target = device_pairs(inputs, target, spec)
                 with tf.GradientTape() as tape:
                     output = model(inputs, training=True)
                     loss = tf.reduce_mean(tf.square(output - target))
