@@ -336,7 +336,8 @@ class Worker:
         notices: list[str] = []
         def fresh_trainer():
             self._trainers[run] = Trainer(config, self._image_source(),
-                                          self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock)
+                                          self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
+                                          cache_dir=self.job.cache_dir / "decoded")
             return self._trainers[run]
 
         # Reusing a run's trainer keeps its compiled step; its state is replaced by the restored

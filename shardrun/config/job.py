@@ -59,6 +59,9 @@ class RunConfig:
     learning_rate: float = 1e-3
     options: dict[str, Any] = field(default_factory=dict)
     patches_per_second: float | None = None  # overrides the throughput profile for this run
+    precision: str = "float32"  # or "mixed_float16", "bfloat16"
+    xla: bool | None = None  # XLA-compile the step; None: on an accelerator unless deterministic
+    deterministic: bool = True  # op determinism: exact resume on the same hardware
 
     def to_payload(self) -> dict[str, Any]:
         """Returns the run's settings as plain JSON values: what the plan records for the run and
@@ -170,6 +173,9 @@ RUN_KEYS = {
     "learning_rate": Key((int, float), default=1e-3, check=positive),
     "options": Key(dict, default={}),
     "patches_per_second": Key((int, float), check=positive),
+    "precision": Key(str, default="float32", check=one_of("float32", "mixed_float16", "bfloat16")),
+    "xla": Key(bool),
+    "deterministic": Key(bool, default=True),
 }
 TOP_KEYS = ("job", "accounts", "runs")
 

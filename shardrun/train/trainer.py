@@ -42,10 +42,16 @@ from shardrun.train.checkpoint import (
     read_checkpoint,
     write_atomically,
 )
+from shardrun.train.cache import DecodedImages
+from shardrun.train.crops import crop_dataset, device_pairs
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
 from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
 
 log = logging.getLogger("shardrun.train")
+
+# The compute precisions a run may ask for, and the Keras dtype policy of each: the variables, and
+# so the checkpoints, stay float32 in every one.
+PRECISIONS = {"float32": "float32", "mixed_float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 # Time kept back before a deadline for the final checkpoint, at the least; the trainer keeps
 # back twice its slowest checkpoint write when that is more.
@@ -68,6 +74,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     beta_1: float = 0.9
     images_per_window: int = 16
+    precision: str = "float32"  # "mixed_float16" or "bfloat16": compute dtype; weights stay float32
+    xla: bool | None = None  # XLA-compile the step; None: on an accelerator unless deterministic
+    deterministic: bool = True  # op determinism: exact resume on the same hardware
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
@@ -114,6 +123,13 @@ class TrainConfig:
             problems.append(f"learning_rate={self.learning_rate!r} must be a positive number")
         if not (isinstance(self.beta_1, (int, float)) and 0 <= self.beta_1 < 1):
             problems.append(f"beta_1={self.beta_1!r} must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} must be one of "
+                            + ", ".join(map(repr, PRECISIONS)))
+        for name in ("xla", "deterministic"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or value is None and name == "xla"):
+                problems.append(f"{name}={value!r} must be true or false")
         if problems:
             raise ModelError("; ".join(problems))
         return model
@@ -243,8 +259,36 @@ def _auto_jit() -> bool:
     import tensorflow as tf
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
-    accelerators = [d for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
-    return bool(accelerators) and not is_op_determinism_enabled()
+    return bool(_accelerators()) and not is_op_determinism_enabled()
+
+
+def _accelerators() -> list:
+    import tensorflow as tf
+
+    return [d for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
+
+
+def hardware() -> str:
+    """Returns what a checkpoint records of the machine that trained it: the first GPU's name and
+    how many there are, else "CPU" (bit-exact resume needs the same)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name") or "GPU"
+    return f"{len(gpus)} x {name}"
+
+
+def set_determinism(on: bool) -> None:
+    """Turns TensorFlow's op determinism on or off for the process (it is process-wide)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
 
 
 class Trainer:
@@ -253,6 +297,11 @@ class Trainer:
     The model and the optimiser (built, so its variables exist) are created here; call `restore`
     to continue from a checkpoint, then `train`. `jit_compile` (default: as Keras decides, XLA
     on a GPU unless op determinism is on) compiles the training step with XLA.
+
+    The input: each image is decoded once into `cache_dir` (cache.py; in memory without one) and
+    the host only gathers integer crops; cropping to the patch and the bicubic degradation run in
+    the compiled step, on the device (crops.py). `device_input=False` uses data.py's tf.data
+    pipeline instead, which decodes and degrades on the host.
     """
 
     def __init__(
@@ -265,6 +314,8 @@ class Trainer:
         keep: int = 2,
         parallel_input: bool = True,
         jit_compile: bool | None = None,
+        cache_dir: Path | str | None = None,
+        device_input: bool = True,
     ):
         import keras
 
@@ -283,9 +334,28 @@ class Trainer:
         self.clock = clock or SystemClock()
         self.keep = max(1, keep)
         self.parallel_input = parallel_input
+        self.device_input = device_input
+        self.notices: list[str] = []  # what this run should know about its settings here
+        set_determinism(config.deterministic)
+        if config.precision == "mixed_float16" and not _accelerators():
+            self.notices.append("precision='mixed_float16' on a CPU runs, but slower than float32 "
+                                "there: CPUs have no fast float16 arithmetic")
+            log.warning(self.notices[-1])
+        if jit_compile is None:
+            jit_compile = config.xla
+        self.images = DecodedImages(source, cache_dir) if device_input else None
         self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
-        self.model = build_model(self.model_config, seed=config.seed)
-        self.optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(PRECISIONS[config.precision])
+        try:
+            self.model = build_model(self.model_config, seed=config.seed)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        # `adam` holds the state a checkpoint keeps, in every precision; float16 wraps it in a
+        # loss-scaling optimizer, whose own state (the dynamic scale) goes to the meta.
+        self.adam = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
+        self.optimizer = (keras.optimizers.LossScaleOptimizer(self.adam)
+                          if config.precision == "mixed_float16" else self.adam)
         self.optimizer.build(self.model.trainable_variables)
         self.step = 0
         self._stop = False
@@ -307,8 +377,18 @@ class Trainer:
             "rng": {"seed": self.config.seed, "samples_seen": self.step * self.config.batch_size},
             "written_at": self.clock.now(),
             "weights": len(self.model.weights),
-            "optimizer_variables": len(self.optimizer.variables),
+            "optimizer_variables": len(self.adam.variables),
+            "precision": self.config.precision,
+            "hardware": hardware(),
+            "loss_scale": [float(v.numpy()) for v in self._loss_scale_variables()],
         }
+
+    def _loss_scale_variables(self) -> list:
+        """Returns the loss-scaling optimizer's own variables (none outside mixed_float16)."""
+        if self.optimizer is self.adam:
+            return []
+        inner = {id(v) for v in self.adam.variables}
+        return [v for v in self.optimizer.variables if id(v) not in inner]
 
     def save_checkpoint(self, path: Path | str | None = None, reason: str = "manual",
                         final: bool = False) -> CheckpointInfo:
@@ -322,7 +402,7 @@ class Trainer:
         arrays = {"meta": np.frombuffer(json.dumps(self._meta()).encode("utf-8"), np.uint8)}
         for i, variable in enumerate(self.model.weights):
             arrays[f"weights/{i:04d}"] = np.asarray(variable.numpy())
-        for i, variable in enumerate(self.optimizer.variables):
+        for i, variable in enumerate(self.adam.variables):
             arrays[f"optimizer/{i:04d}"] = np.asarray(variable.numpy())
         write_atomically(path, arrays)
         if path.parent == self.checkpoint_dir:
@@ -362,7 +442,7 @@ class Trainer:
                 f"continue the same sample order"
             )
         expected = [tuple(v.shape) for v in self.model.weights]
-        expected_slots = [tuple(v.shape) for v in self.optimizer.variables]
+        expected_slots = [tuple(v.shape) for v in self.adam.variables]
         if [w.shape for w in weights] != expected or [s.shape for s in slots] != expected_slots:
             raise CheckpointMismatchError(
                 f"checkpoint {path} has variables of other shapes than "
@@ -387,8 +467,10 @@ class Trainer:
             self._check_identity(path, meta, weights, slots)
             for variable, value in zip(self.model.weights, weights):
                 variable.assign(value)
-            for variable, value in zip(self.optimizer.variables, slots):
+            for variable, value in zip(self.adam.variables, slots):
                 variable.assign(value)
+            self._restore_loss_scale(meta)
+            notices += self._portability_notices(path, meta)
             self.step = int(meta["step"])
             return RestoreResult(path, self.step, tuple(notices))
         if not candidates:
@@ -398,6 +480,30 @@ class Trainer:
             + " | ".join(n.removesuffix("; falling back to the previous checkpoint")
                          for n in notices)
         )
+
+    def _restore_loss_scale(self, meta: dict[str, Any]) -> None:
+        # A checkpoint of another precision has no loss scale (or one this run does not use):
+        # the scale then starts afresh, as on a new run, which is deterministic too.
+        ours, stored = self._loss_scale_variables(), meta.get("loss_scale") or []
+        if ours and len(stored) == len(ours) and meta.get("precision") == self.config.precision:
+            for variable, value in zip(ours, stored):
+                variable.assign(value)
+        else:
+            fresh = keras_loss_scale_initial()
+            for variable in ours:
+                variable.assign(fresh.get(variable.path.rsplit("/", 1)[-1], 0))
+
+    def _portability_notices(self, path: Path, meta: dict[str, Any]) -> list[str]:
+        """Returns notices for a checkpoint trained in another precision or on other hardware."""
+        theirs = (meta.get("precision", "float32"), meta.get("hardware"))
+        ours = (self.config.precision, hardware())
+        if theirs[1] is None or theirs == ours:
+            return []
+        notice = (f"checkpoint {path} was trained in {theirs[0]} on {theirs[1]}; this run resumes "
+                  f"in {ours[0]} on {ours[1]}: it continues correctly, but bit-exactness with an "
+                  f"uninterrupted run needs the same hardware and precision")
+        log.warning(notice)
+        return [notice]
 
     # --- training ------------------------------------------------------------------------
 
@@ -409,6 +515,8 @@ class Trainer:
     def dataset(self, start_step: int | None = None):
         """Returns the training batches from `start_step` (default: the current step) on."""
         start = self.step if start_step is None else start_step
+        if self.device_input:
+            return crop_dataset(self.images, self.order, self.patch_spec, start)
         return make_dataset(self.source, self.order, self.patch_spec, start,
                             parallel=self.parallel_input)
 
@@ -416,16 +524,21 @@ class Trainer:
         if self._run_steps is None:
             import tensorflow as tf
 
-            model, optimizer = self.model, self.optimizer
+            model, optimizer, spec = self.model, self.optimizer, self.patch_spec
+            scaling = optimizer is not self.adam
 
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
             # loop around it is a plain tf.function (the same split as Keras's fit).
             @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
             def one_step(inputs, target):
+                if inputs.dtype.is_integer:
+                    # Crops and their offsets (crops.py): the pairs are made here, on the device.
+                    inputs, target = device_pairs(inputs, target, spec)
                 with tf.GradientTape() as tape:
-                    output = model(inputs, training=True)
+                    output = tf.cast(model(inputs, training=True), tf.float32)
                     loss = tf.reduce_mean(tf.square(output - target))
-                gradients = tape.gradient(loss, model.trainable_variables)
+                    scaled = optimizer.scale_loss(loss) if scaling else loss
+                gradients = tape.gradient(scaled, model.trainable_variables)
                 optimizer.apply_gradients(zip(gradients, model.trainable_variables))
                 return loss
 
@@ -620,3 +733,13 @@ class Trainer:
 
         return evaluate(self.model, self.config.scale, self.config.channels,
                         self.model_config.input_kind, images, names, pictures)
+
+
+def keras_loss_scale_initial() -> dict[str, float]:
+    """Returns the initial values of a fresh LossScaleOptimizer's own variables, by name."""
+    import keras
+
+    probe = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+    probe.build([keras.Variable(np.zeros(1, np.float32))])
+    inner = {id(v) for v in probe.inner_optimizer.variables}
+    return {v.path.rsplit("/", 1)[-1]: float(v.numpy()) for v in probe.variables if id(v) not in inner}
