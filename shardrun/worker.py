@@ -324,6 +324,7 @@ class Worker:
             key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
             stat = self._upload(key, info.path)
             figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
+                       "learning_rate": trainer.learning_rate_at(info.step),
                        **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
             validation = self._validate(trainer)
             if validation is not None:
@@ -336,6 +337,7 @@ class Worker:
         def on_heartbeat(progress) -> None:
             nonlocal lost
             self._write("heartbeat", run, idx, generation, step=progress.step, loss=progress.loss,
+                        learning_rate=progress.learning_rate,
                         **self._rates(progress.patches_per_second, config.batch_size), **self.identity())
             self.sync()
             self.on_progress(run, idx, progress.step, chunk["end_step"], progress.loss)

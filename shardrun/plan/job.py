@@ -19,7 +19,7 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
 from shardrun.plan.dataset import DatasetChange, ScanResult, diff_datasets, scan_dataset
-from shardrun.errors import PlanError
+from shardrun.errors import ConfigError, PlanError
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.plan.placement import (
@@ -160,6 +160,7 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     scan = scan_dataset(job.data, job.base_dir, min_side=max(r.patch_size for r in job.runs),
                         workers=scan_workers, on_progress=lambda d, t: progress("scan", d, t))
     runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
+    check_training(job, runs)
     specs = layout_shards(scan.accepted, job.shard_size_bytes)
 
     stores = open_account_stores(job)
@@ -222,6 +223,29 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     ledger.publish(home, job.name)
     report.written = True
     return report
+
+
+def check_training(job: JobConfig, runs: list[RunPlan]) -> None:
+    """Returns nothing; raises ConfigError naming every run setting that training would refuse
+    (model options, loss, schedule against the run's length), all at once, before any upload."""
+    from shardrun.train.models import ModelError
+    from shardrun.train.schedule import ScheduleError
+    from shardrun.train.trainer import TrainConfig
+
+    problems: list[str] = []
+    for i, r in enumerate(runs):
+        where = f"runs[{i}]."
+        config = TrainConfig.from_run(r.run.to_payload())
+        try:
+            config.resolve()
+        except ModelError as error:
+            problems.extend(f"{where[:-1]}: {part}" for part in error.problems)
+        try:
+            config.lr_schedule(r.steps_per_epoch, r.steps_total)
+        except ScheduleError as error:
+            problems.extend(f"{where}{part}" for part in error.problems)
+    if problems:
+        raise ConfigError(job.source, problems)
 
 
 def _upload_with_fallback(spec: ShardSpec, account: str, stores: dict[str, Store],

@@ -25,7 +25,12 @@ MIN_LR_PATCH = 4
 
 
 class ModelError(ShardrunError, ValueError):
-    """A model name, option, scale, channel count or patch size that no model accepts."""
+    """A model name, option, scale, channel count or patch size that no model accepts; `problems`
+    lists each one (the message joins them on one line)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class ModelSpec:
     scales: tuple[int, ...]
     defaults: Mapping[str, int]
     build: Callable[..., Any] = field(repr=False)
+    loss: str = "mse"  # the loss a run trains on unless it says otherwise
 
 
 @dataclass(frozen=True)
@@ -284,7 +290,7 @@ def resolve_model(
     if isinstance(channels, bool) or channels not in CHANNELS:
         problems.append(f"channels={channels!r} must be 1 (Y) or 3 (RGB)")
     if problems:
-        raise ModelError("; ".join(problems))
+        raise ModelError("; ".join(problems), problems)
     return ModelConfig(name, scale, channels, resolved)
 
 

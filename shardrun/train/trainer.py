@@ -44,6 +44,8 @@ from shardrun.train.checkpoint import (
 )
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
 from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
+from shardrun.train.optim import LOSSES, loss_function, make_optimizer
+from shardrun.train.schedule import LrSchedule, ScheduleError, lr_schedule
 
 log = logging.getLogger("shardrun.train")
 
@@ -68,6 +70,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     beta_1: float = 0.9
     images_per_window: int = 16
+    loss: str | None = None  # None: the model's default (MSE; L1 for EDSR)
+    clip_norm: float | None = None  # clip gradients to this global norm
+    schedule: Mapping[str, Any] | None = None  # the job file's [runs.schedule] (None: constant)
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
@@ -87,8 +92,11 @@ class TrainConfig:
         if missing:
             raise TrainingError(f"the run's settings lack {', '.join(missing)}; got {sorted(run)}")
         values = {f.name: run[f.name] for f in fields if f.name in run}
-        if "options" in values:
-            values["options"] = dict(values["options"] or {})
+        for name in ("options", "schedule"):
+            if name in values and values[name] is not None:
+                values[name] = dict(values[name])
+        if values.get("options") is None:
+            values.pop("options", None)
         return cls(**values)
 
     def resolve(self) -> ModelConfig:
@@ -98,7 +106,7 @@ class TrainConfig:
         try:
             model = resolve_model(self.model, self.scale, self.channels, self.options)
         except ModelError as error:
-            problems.append(str(error))
+            problems.extend(error.problems)
         if model is not None or isinstance(self.scale, int) and self.scale > 0:
             try:
                 check_patch_size(self.patch_size, self.scale)
@@ -114,9 +122,24 @@ class TrainConfig:
             problems.append(f"learning_rate={self.learning_rate!r} must be a positive number")
         if not (isinstance(self.beta_1, (int, float)) and 0 <= self.beta_1 < 1):
             problems.append(f"beta_1={self.beta_1!r} must be in [0, 1)")
+        if self.loss is not None and self.loss not in LOSSES:
+            problems.append(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")
+        if self.clip_norm is not None and not (
+                isinstance(self.clip_norm, (int, float)) and not isinstance(self.clip_norm, bool)
+                and self.clip_norm > 0):
+            problems.append(f"clip_norm={self.clip_norm!r} must be a positive number")
         if problems:
-            raise ModelError("; ".join(problems))
+            raise ModelError("; ".join(problems), problems)
         return model
+
+    def loss_name(self, model: ModelConfig) -> str:
+        """Returns the loss the run trains on: its own, else its model's default."""
+        return self.loss or model.spec.loss
+
+    def lr_schedule(self, steps_per_epoch: int, total_steps: int) -> LrSchedule:
+        """Returns the learning rate per global step; raises ScheduleError where the schedule
+        does not fit a run of `total_steps` steps."""
+        return lr_schedule(self.learning_rate, self.schedule, steps_per_epoch, total_steps)
 
     def data_layout(self, num_images: int) -> dict[str, int]:
         """Returns what fixes the sample order; a resume must find the same values."""
@@ -153,6 +176,7 @@ class Progress:
     loss: float | None  # mean loss since the previous heartbeat
     patches_per_second: float | None
     elapsed_s: float
+    learning_rate: float | None = None  # the rate of the next step (the schedule at `step`)
 
 
 @dataclass(frozen=True)
@@ -261,8 +285,6 @@ class Trainer:
         parallel_input: bool = True,
         jit_compile: bool | None = None,
     ):
-        import keras
-
         self.config = config
         self.model_config = config.resolve()
         if len(source) == 0:
@@ -279,8 +301,13 @@ class Trainer:
         self.keep = max(1, keep)
         self.parallel_input = parallel_input
         self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
+        try:
+            self.schedule = config.lr_schedule(self.order.steps_per_epoch, self.total_steps)
+        except ScheduleError as error:
+            raise TrainingError(f"the run's schedule does not fit its {self.total_steps} steps: {error}") from error
+        self.loss = config.loss_name(self.model_config)
         self.model = build_model(self.model_config, seed=config.seed)
-        self.optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
+        self.optimizer = make_optimizer(self.schedule, config.beta_1, config.clip_norm)
         self.optimizer.build(self.model.trainable_variables)
         self.step = 0
         self._stop = False
@@ -297,7 +324,8 @@ class Trainer:
             "model": self.model_config.identity(),
             "data": self.config.data_layout(len(self.source)),
             "optimizer": {"name": "adam", "learning_rate": self.config.learning_rate,
-                          "beta_1": self.config.beta_1},
+                          "beta_1": self.config.beta_1, "schedule": self.schedule.settings(),
+                          "loss": self.loss, "clip_norm": self.config.clip_norm},
             "step": self.step,
             "rng": {"seed": self.config.seed, "samples_seen": self.step * self.config.batch_size},
             "written_at": self.clock.now(),
@@ -396,6 +424,10 @@ class Trainer:
 
     # --- training ------------------------------------------------------------------------
 
+    def learning_rate_at(self, step: int | None = None) -> float:
+        """Returns the learning rate of the step `step` (default: the next one to train)."""
+        return self.schedule.at(self.step if step is None else step)
+
     def request_stop(self) -> None:
         """Asks `train` to stop after the current step (e.g. from a heartbeat callback); asked
         before `train` is called, that call stops before its first step."""
@@ -411,7 +443,7 @@ class Trainer:
         if self._run_steps is None:
             import tensorflow as tf
 
-            model, optimizer = self.model, self.optimizer
+            model, optimizer, loss_of = self.model, self.optimizer, loss_function(self.loss)
 
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
             # loop around it is a plain tf.function (the same split as Keras's fit).
@@ -419,7 +451,7 @@ class Trainer:
             def one_step(inputs, target):
                 with tf.GradientTape() as tape:
                     output = model(inputs, training=True)
-                    loss = tf.reduce_mean(tf.square(output - target))
+                    loss = loss_of(output, target)
                 gradients = tape.gradient(loss, model.trainable_variables)
                 optimizer.apply_gradients(zip(gradients, model.trainable_variables))
                 return loss
@@ -565,7 +597,7 @@ class Trainer:
             s.asked.on_heartbeat(Progress(
                 self.step, s.asked.target, s.since_beat.mean(),
                 (self.step - s.beat_step) * self.config.batch_size / seconds if seconds > 0 else None,
-                now - s.started,
+                now - s.started, self.learning_rate_at(),
             ))
         s.since_beat, s.beat_started, s.beat_step = _Tally(), now, self.step
 

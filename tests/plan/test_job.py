@@ -184,3 +184,23 @@ def test_a_runs_settings_reach_the_trainer_as_the_job_file_gave_them(job_dir, wr
     assert set(settings) - {f.name for f in dataclasses.fields(config)} == planning
     assert {k: getattr(config, k) for k in settings if k not in planning} == \
         {k: v for k, v in settings.items() if k not in planning}
+
+
+def test_run_settings_training_would_refuse_are_all_named_before_any_upload(job_dir, write_job):
+    from shardrun.errors import ConfigError
+
+    runs = [dict(name="a", model="decusr", scale=2, channels=1, epochs=4, batch_size=16, patch_size=32,
+                 patches_per_second=100.0, schedule={"kind": "step", "milestones": [2, 9]}),
+            dict(name="b", model="espcn", scale=2, channels=1, epochs=2, batch_size=16, patch_size=32,
+                 patches_per_second=100.0, options={"depth": 3},
+                 schedule={"kind": "cosine", "warmup_epochs": 2})]
+    with pytest.raises(ConfigError) as caught:
+        plan_job(load_job(write_job(runs=runs, reserve_mb=0)), scan_workers=1)
+    assert caught.value.problems == [
+        "runs[0].schedule.milestones = [2, 9]: 9 is past the run's end; milestones (in epochs) must be less "
+        "than 4 (48 steps in all)",
+        "runs[1]: option 'depth' is not known to espcn; allowed: n1, n2",
+        "runs[1].schedule.warmup_epochs = 2: a warm-up of 24 steps is as long as the run or longer; it must be "
+        "less than the run's 24 steps",
+    ]
+    assert files_under(job_dir / "stores") == []
