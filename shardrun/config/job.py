@@ -25,7 +25,7 @@ MB = 1_000_000
 
 # Names of the model factories in shardrun.train.models, listed here so validating a job file
 # never imports TensorFlow; tests/config/test_job.py checks the two lists agree.
-MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr")
+MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr", "vdsr", "edsr-baseline")
 # A network of the team's own: `file:<path to a .py beside the job file>:<function>`.
 CUSTOM_MODEL_PREFIX = "file:"
 LOSSES = ("mse", "l1", "charbonnier")

@@ -54,7 +54,7 @@ class ModelConfig:
     name: str
     scale: int
     channels: int
-    options: Mapping[str, int]
+    options: Mapping[str, int | float]
 
     @property
     def spec(self) -> ModelSpec:
@@ -196,6 +196,53 @@ def _decusr(scale, channels, options, init):
     return keras.Model(inputs, outputs, name="decusr")
 
 
+def _vdsr(scale, channels, options, init):
+    import keras
+
+    # Kim, Lee, Lee, CVPR 2016 (VDSR): `depth` 3x3 convolutions of `filters` (20 of 64), ReLU
+    # after all but the last, on the bicubically enlarged image; the network learns the residual,
+    # which is added back to its input (the global skip).
+    inputs = keras.Input((None, None, channels), name="upsampled")
+    x = inputs
+    for _ in range(options["depth"] - 1):
+        x = _conv(init, options["filters"], 3, "relu")(x)
+    residual = _conv(init, channels, 3)(x)
+    outputs = keras.layers.Add(name="residual_learning")([inputs, residual])
+    return keras.Model(inputs, outputs, name="vdsr")
+
+
+def _edsr_baseline(scale, channels, options, init):
+    import keras
+    import tensorflow as tf
+
+    # Lim, Son, Kim, Nah, Lee, CVPRW 2017 (EDSR), the baseline: a 3x3 head, `blocks` residual
+    # blocks (3x3, ReLU, 3x3, scaled by `res_scale`, no batch normalisation), a 3x3 convolution
+    # and a skip from the head, then sub-pixel upsampling (x2, x3: one 3x3 convolution to
+    # filters*scale^2 and a shuffle; x4: two x2 stages) and a 3x3 convolution to the channels.
+    # The authors' MeanShift (subtracting DIV2K's RGB mean) has no trainable weights and is left
+    # out: inputs here are in [0, 1].
+    f = options["filters"]
+
+    def shuffle(factor, name):
+        return keras.layers.Lambda(lambda t: tf.nn.depth_to_space(t, factor), name=name)
+
+    inputs = keras.Input((None, None, channels), name="low")
+    head = _conv(init, f, 3)(inputs)
+    x = head
+    for _ in range(options["blocks"]):
+        y = _conv(init, f, 3, "relu")(x)
+        y = _conv(init, f, 3)(y)
+        if options["res_scale"] != 1.0:
+            y = keras.layers.Rescaling(options["res_scale"])(y)
+        x = keras.layers.Add()([x, y])
+    x = keras.layers.Add()([head, _conv(init, f, 3)(x)])
+    stages = [2, 2] if scale == 4 else [scale]
+    for i, factor in enumerate(stages):
+        x = shuffle(factor, f"pixel_shuffle_{i}")(_conv(init, f * factor * factor, 3)(x))
+    outputs = _conv(init, channels, 3)(x)
+    return keras.Model(inputs, outputs, name="edsr-baseline")
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -244,6 +291,25 @@ MODELS: dict[str, ModelSpec] = {
             {"blocks": 4, "filters": 16},
             _decusr,
         ),
+        ModelSpec(
+            "vdsr",
+            "VDSR: 20 3x3 convolutions learning the residual of the bicubic enlargement",
+            "Kim, Lee, Lee 2016 (VDSR)",
+            "upsampled",
+            (2, 3, 4),
+            {"depth": 20, "filters": 64},
+            _vdsr,
+        ),
+        ModelSpec(
+            "edsr-baseline",
+            "EDSR baseline: residual blocks without batch norm, sub-pixel upsampling",
+            "Lim et al. 2017 (EDSR); the baseline of github.com/sanghyun-son/EDSR-PyTorch",
+            "low",
+            (2, 3, 4),
+            {"blocks": 16, "filters": 64, "res_scale": 1.0},
+            _edsr_baseline,
+            loss="l1",
+        ),
     )
 }
 
@@ -275,10 +341,15 @@ def resolve_model(
             f"option {', '.join(map(repr, unknown))} is not known to {name}; allowed: {allowed}"
         )
     resolved = dict(spec.defaults)
-    for key in spec.defaults:
+    for key, default in spec.defaults.items():
         if key in options:
             value = options[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(default, float):  # a factor (EDSR's residual scaling)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    problems.append(f"option {key}={value!r} of {name} must be a positive number")
+                else:
+                    resolved[key] = float(value)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"option {key}={value!r} of {name} must be a positive integer")
             else:
                 resolved[key] = value
