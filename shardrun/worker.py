@@ -411,10 +411,18 @@ class Worker:
                 "bicubic_ssim": result.bicubic_ssim, "images": len(images)}
 
     def _train_config(self, run: str):
-        """Returns the run's training settings, read from what the plan recorded in the ledger."""
+        """Returns the run's training settings, read from what the plan recorded in the ledger;
+        the files it trains with (its own network, init weights) are fetched from the home store
+        into the cache, md5-verified, and the trainer checks their sha256 against the plan's."""
         from shardrun.train.trainer import TrainConfig
 
-        return TrainConfig.from_run(json.loads(self.ledger.run(run)["config"]))
+        settings = json.loads(self.ledger.run(run)["config"])
+        local = {}
+        for kind, f in (settings.get("files") or {}).items():
+            dest = self.job.cache_dir / "files" / f["key"].rsplit("/", 1)[-1]
+            fetch_verified(self.job.home, f["key"], dest, f["md5"])
+            local[kind] = str(dest)
+        return TrainConfig.from_run(settings, local)
 
     def _deadline(self) -> float | None:
         return self.session.deadline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -193,3 +194,27 @@ def test_session_deadlines_come_from_the_platform_and_the_budget():
     assert local.deadline is None
     budget = detect_session(platforms, "colab-free", budget_hours=2, environ={"COLAB_GPU": "1"}, uptime=0)
     assert budget.deadline == pytest.approx(now + 7200, abs=2) and "--budget" in budget.source
+
+
+def test_a_worker_trains_a_runs_own_network_from_the_file_the_plan_uploaded(tmp_path):
+    from tests.plan.test_job import NET
+
+    write_images(tmp_path / "images", 12, size=(48, 40))
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "mynet.py").write_text(NET)
+    runs = [dict(name="own", model="file:nets/mynet.py:build", **{**RUN, "epochs": 1})]
+    (tmp_path / "job.toml").write_text(job_text(runs=runs, reserve_mb=0))
+    job = load_job(tmp_path / "job.toml")
+    plan_job(job, scan_workers=1)
+    (tmp_path / "nets" / "mynet.py").write_text("raise SystemExit('the local copy is not what workers load')")
+    worker = new_worker(job)
+    assert worker.run() == "finished"
+    from shardrun.train.trainer import read_checkpoint
+
+    ledger = Ledger.open(job.ledger_path)
+    last = max(ledger.chunks("own"), key=lambda c: c["idx"])
+    path = tmp_path / "final.ckpt.npz"
+    LocalStore(tmp_path / "stores" / "alice").download(last["checkpoint_key"], path)
+    meta = read_checkpoint(path)[0]
+    assert meta["step"] == 3 and meta["model"]["name"] == "file:nets/mynet.py:build"
+    assert meta["model"]["sha256"] == json.loads(ledger.run("own")["config"])["files"]["network"]["sha256"]

@@ -66,6 +66,8 @@ class RunConfig:
     loss: str | None = None  # None: the model's own default
     clip_norm: float | None = None
     schedule: dict[str, Any] | None = None  # [runs.schedule], the keys given (None: constant)
+    init: str | None = None  # weights to start from: a path relative to the job file
+    init_output_scale: float | None = None
 
     @property
     def custom_network(self) -> tuple[str, str] | None:
@@ -204,6 +206,8 @@ RUN_KEYS = {
     "loss": Key(str, check=one_of(*LOSSES)),
     "clip_norm": Key((int, float), check=positive),
     "schedule": Key(dict),
+    "init": Key(str),
+    "init_output_scale": Key((int, float), check=positive),
 }
 SCHEDULE_KEYS = {
     "kind": Key(str, default="constant", check=one_of(*SCHEDULE_KINDS)),
@@ -361,7 +365,8 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         platform=job["platform"],
         accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"]),
                                      _backend_of(a).settings(a, job, base_dir)) for a in accounts),
-        runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second", "clip_norm")
+        runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second", "clip_norm",
+                                                  "init_output_scale")
                                         and v is not None else v)
                                 for k, v in run.items()}) for run in runs),
         base_dir=base_dir,

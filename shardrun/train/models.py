@@ -48,16 +48,30 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class CustomNetwork:
+    """A team's own network: `function` of the Python file at `path`, whose bytes hash to `sha256`."""
+
+    file: str  # as the job file names it (messages, identity)
+    path: str  # where it is on this machine
+    function: str
+    sha256: str
+    build: Callable[..., Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A model fully described: name, scale, channels and every option (defaults filled in)."""
 
     name: str
     scale: int
     channels: int
-    options: Mapping[str, int | float]
+    options: Mapping[str, Any]
+    network: CustomNetwork | None = None
 
     @property
     def spec(self) -> ModelSpec:
+        if self.network is not None:
+            return _custom_spec(self.name, self.network, self.scale)
         return MODELS[self.name]
 
     @property
@@ -66,12 +80,15 @@ class ModelConfig:
 
     def identity(self) -> dict[str, Any]:
         """Returns a JSON-ready description that checkpoints store and compare."""
-        return {
+        identity = {
             "name": self.name,
             "scale": self.scale,
             "channels": self.channels,
             "options": dict(sorted(self.options.items())),
         }
+        if self.network is not None:
+            identity["sha256"] = self.network.sha256  # another file is another network
+        return identity
 
     def describe(self) -> str:
         """Returns a one-line human description, e.g. `decusr (scale 2, 1 channel, blocks=4)`."""
@@ -314,19 +331,115 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+CUSTOM_PREFIX = "file:"
+
+
+def _custom_spec(name: str, network: CustomNetwork, scale: int) -> ModelSpec:
+    def build(scale, channels, options, init):
+        import keras
+
+        # The file's own layers draw their initial weights from Keras's global generator: seeding
+        # it makes every session that starts the run from scratch start from the same weights.
+        if init.seed is not None:
+            keras.utils.set_random_seed(init.seed)
+        return network.build(scale, channels, **options)
+
+    return ModelSpec(name, f"{network.function} of {network.file}", network.file, "low", (scale,), {}, build)
+
+
+def load_network(file: str, path: str, function: str, sha256: str | None = None) -> CustomNetwork:
+    """Returns the network function of a Python file, its bytes checked against `sha256` if given.
+
+    Raises ModelError in one line naming the file and what is wrong (missing, another hash, does
+    not import, no such function).
+    """
+    import hashlib
+    import importlib.util
+
+    try:
+        data = open(path, "rb").read()
+    except OSError as error:
+        raise ModelError(f"network file {file}: cannot be read ({error.strerror or error})") from error
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise ModelError(f"network file {file}: its sha256 is {digest}, but the plan recorded {sha256}")
+    module_name = f"shardrun_network_{digest[:16]}"
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - any failure of the user's code is one line about it
+        raise ModelError(f"network file {file} does not import: {type(error).__name__}: {error}") from error
+    build = getattr(module, function, None)
+    if not callable(build):
+        raise ModelError(f"network file {file} has no function {function}(scale, channels, **options)")
+    return CustomNetwork(file, str(path), function, digest, build)
+
+
+def _custom_option_problems(network: CustomNetwork, options: Mapping[str, Any]) -> list[str]:
+    import inspect
+
+    try:
+        parameters = inspect.signature(network.build).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return []
+    taken = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][2:]
+    unknown = sorted(set(options) - set(taken))
+    if not unknown:
+        return []
+    return [f"option {', '.join(map(repr, unknown))} is not taken by {network.function} of {network.file}; "
+            f"it takes: {', '.join(taken) or 'no options'}"]
+
+
+def check_network(config: ModelConfig, model) -> None:
+    """Returns nothing; raises ModelError when the built network does not take `(None, None, C)`
+    or does not enlarge by the scale."""
+    import numpy as np
+
+    scale, channels = config.scale, config.channels
+    where = f"{config.network.function}({scale}, {channels}) of {config.network.file}" if config.network \
+        else config.describe()
+    shape = tuple(getattr(model, "input_shape", ()) or ())
+    if shape != (None, None, None, channels):
+        raise ModelError(f"{where} takes input {shape[1:]}, but a network must take (None, None, {channels})")
+    try:
+        out = tuple(model(np.zeros((1, 6, 5, channels), np.float32)).shape)
+    except Exception as error:  # noqa: BLE001
+        raise ModelError(f"{where} fails on a 6x5 input: {type(error).__name__}: {error}") from error
+    if out != (1, 6 * scale, 5 * scale, channels):
+        raise ModelError(f"{where} turns a 6x5 input into {out[1]}x{out[2]} with {out[-1]} channel(s); "
+                         f"scale {scale} needs {6 * scale}x{5 * scale} with {channels}")
+
+
 def model_names() -> list[str]:
     """Returns the registered model names in registry order."""
     return list(MODELS)
 
 
 def resolve_model(
-    name: str, scale: int, channels: int, options: Mapping[str, Any] | None = None
+    name: str, scale: int, channels: int, options: Mapping[str, Any] | None = None,
+    network_path: str | None = None, network_sha256: str | None = None,
 ) -> ModelConfig:
     """Returns the validated model description with defaults filled in.
 
+    `file:PATH:FUNCTION` names a network of the team's own, read from `network_path` (checked
+    against `network_sha256` if given).
     Raises ModelError naming every problem at once (unknown name, option, bad value, scale,
     channels).
     """
+    if isinstance(name, str) and name.startswith(CUSTOM_PREFIX):
+        file, _, function = name[len(CUSTOM_PREFIX):].rpartition(":")
+        network = load_network(file, network_path or file, function, network_sha256)
+        problems = _custom_option_problems(network, options or {})
+        if isinstance(channels, bool) or channels not in CHANNELS:
+            problems.append(f"channels={channels!r} must be 1 (Y) or 3 (RGB)")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+            problems.append(f"scale={scale!r} must be an integer of 2 or more")
+        if problems:
+            raise ModelError("; ".join(problems), problems)
+        return ModelConfig(name, scale, channels, dict(options or {}), network)
     if name not in MODELS:
         raise ModelError(
             f"model={name!r} is not a known model; choose one of: {', '.join(MODELS)}"

@@ -43,7 +43,9 @@ from shardrun.train.checkpoint import (
     write_atomically,
 )
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
-from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
+from shardrun.train.init import load_init_file
+from shardrun.train.models import (ModelConfig, ModelError, build_model, check_network, check_patch_size,
+                                   resolve_model)
 from shardrun.train.optim import LOSSES, loss_function, make_optimizer
 from shardrun.train.schedule import LrSchedule, ScheduleError, lr_schedule
 
@@ -73,9 +75,14 @@ class TrainConfig:
     loss: str | None = None  # None: the model's default (MSE; L1 for EDSR)
     clip_norm: float | None = None  # clip gradients to this global norm
     schedule: Mapping[str, Any] | None = None  # the job file's [runs.schedule] (None: constant)
+    network_path: str | None = None  # a `file:` model's Python file on this machine
+    network_sha256: str | None = None  # what its bytes must hash to (the plan's record)
+    init: str | None = None  # a weights file loaded before step 0 (see train/init.py)
+    init_sha256: str | None = None
+    init_output_scale: float | None = None  # divides the last layer: 255 for 0-255 outputs
 
     @classmethod
-    def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
+    def from_run(cls, run: Mapping[str, Any], files: Mapping[str, str] | None = None) -> "TrainConfig":
         """Returns the training settings among a run's settings, given as plain values: the job
         file's `[[runs]]` table as the plan records it (`RunConfig.to_payload`, the ledger's
         `runs.config`).
@@ -83,6 +90,10 @@ class TrainConfig:
         Keys that are not settings of training (the run's name, its planned throughput) belong
         to planning and are left out; keys a run does not give keep their defaults here. Values
         are checked by `resolve`, not here.
+
+        `files`: where the run's files are on this machine, by kind (`network`: a `file:` model's
+        Python file, `init`: its init weights); their hashes come from the run's `files` record
+        (the plan's), so a worker's copy from the store is checked against what was planned.
         """
         # Plain values, not a config object: train/ stands on the ground floor alone, and a
         # mapping reads the same from a job file, a journal event or a ledger row.
@@ -97,6 +108,13 @@ class TrainConfig:
                 values[name] = dict(values[name])
         if values.get("options") is None:
             values.pop("options", None)
+        files, recorded = dict(files or {}), run.get("files") or {}
+        if "network" in files:
+            values["network_path"] = str(files["network"])
+        if "init" in files:
+            values["init"] = str(files["init"])
+        values.setdefault("network_sha256", (recorded.get("network") or {}).get("sha256"))
+        values.setdefault("init_sha256", (recorded.get("init") or {}).get("sha256"))
         return cls(**values)
 
     def resolve(self) -> ModelConfig:
@@ -104,7 +122,8 @@ class TrainConfig:
         problems = []
         model = None
         try:
-            model = resolve_model(self.model, self.scale, self.channels, self.options)
+            model = resolve_model(self.model, self.scale, self.channels, self.options,
+                                  self.network_path, self.network_sha256)
         except ModelError as error:
             problems.extend(error.problems)
         if model is not None or isinstance(self.scale, int) and self.scale > 0:
@@ -128,6 +147,9 @@ class TrainConfig:
                 isinstance(self.clip_norm, (int, float)) and not isinstance(self.clip_norm, bool)
                 and self.clip_norm > 0):
             problems.append(f"clip_norm={self.clip_norm!r} must be a positive number")
+        if self.init_output_scale is not None and not (
+                isinstance(self.init_output_scale, (int, float)) and self.init_output_scale > 0):
+            problems.append(f"init_output_scale={self.init_output_scale!r} must be a positive number")
         if problems:
             raise ModelError("; ".join(problems), problems)
         return model
@@ -307,6 +329,10 @@ class Trainer:
             raise TrainingError(f"the run's schedule does not fit its {self.total_steps} steps: {error}") from error
         self.loss = config.loss_name(self.model_config)
         self.model = build_model(self.model_config, seed=config.seed)
+        if self.model_config.network is not None:
+            check_network(self.model_config, self.model)
+        if config.init:
+            load_init_file(self.model, config.init, config.init_sha256, config.init_output_scale)
         self.optimizer = make_optimizer(self.schedule, config.beta_1, config.clip_norm)
         self.optimizer.build(self.model.trainable_variables)
         self.step = 0
@@ -326,6 +352,9 @@ class Trainer:
             "optimizer": {"name": "adam", "learning_rate": self.config.learning_rate,
                           "beta_1": self.config.beta_1, "schedule": self.schedule.settings(),
                           "loss": self.loss, "clip_norm": self.config.clip_norm},
+            "init": None if not self.config.init else {
+                "sha256": self.config.init_sha256 or file_sha256(Path(self.config.init)),
+                "output_scale": self.config.init_output_scale},
             "step": self.step,
             "rng": {"seed": self.config.seed, "samples_seen": self.step * self.config.batch_size},
             "written_at": self.clock.now(),
