@@ -64,6 +64,12 @@ def validation_set_key(job: str, digest: str) -> str:
 def validation_pictures_key(job: str, run: str, chunk: int, generation: int, worker: str, step: int) -> str:
     """A checkpoint's validation pictures: bicubic, the network and the original, side by side (PNG)."""
     return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.val.png")
+def run_file_key(job: str, sha256: str, suffix: str) -> str:
+    """Returns the key of a file a run trains with (its own network's .py, its init weights):
+    named by its content, so every worker loads the same bytes and a changed file is a new key."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256) or not re.fullmatch(r"(\.[A-Za-z0-9]{1,8}){0,2}", suffix):
+        raise InvalidKey(f"run file {sha256!r}{suffix!r}: expected a sha256 hex digest and a plain suffix")
+    return validate_key(f"{job}/files/{sha256}{suffix}")
 
 
 def probe_key(job: str, token: str) -> str:

@@ -40,7 +40,7 @@ def one_of(*allowed) -> Callable[[Any], str | None]:
     return lambda v: None if v in allowed else "one of " + ", ".join(map(repr, allowed))
 
 
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "a list"}
 
 
 def show(value) -> str:

@@ -365,6 +365,7 @@ class Worker:
             key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
             stat = self._upload(key, info.path)
             figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
+                       "learning_rate": trainer.learning_rate_at(info.step),
                        **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
             validation = self._validate(trainer, run, idx, generation, info.step)
             if validation is not None:
@@ -378,6 +379,7 @@ class Worker:
         def on_heartbeat(progress) -> None:
             nonlocal lost
             self._write("heartbeat", run, idx, generation, step=progress.step, loss=progress.loss,
+                        learning_rate=progress.learning_rate,
                         **self._rates(progress.patches_per_second, config.batch_size), **self.identity())
             self.sync()
             self.on_progress(run, idx, progress.step, chunk["end_step"], progress.loss)
@@ -488,10 +490,18 @@ class Worker:
             return None
 
     def _train_config(self, run: str):
-        """Returns the run's training settings, read from what the plan recorded in the ledger."""
+        """Returns the run's training settings, read from what the plan recorded in the ledger;
+        the files it trains with (its own network, init weights) are fetched from the home store
+        into the cache, md5-verified, and the trainer checks their sha256 against the plan's."""
         from shardrun.train.trainer import TrainConfig
 
-        return TrainConfig.from_run(json.loads(self.ledger.run(run)["config"]))
+        settings = json.loads(self.ledger.run(run)["config"])
+        local = {}
+        for kind, f in (settings.get("files") or {}).items():
+            dest = self.job.cache_dir / "files" / f["key"].rsplit("/", 1)[-1]
+            fetch_verified(self.job.home, f["key"], dest, f["md5"])
+            local[kind] = str(dest)
+        return TrainConfig.from_run(settings, local)
 
     def _deadline(self) -> float | None:
         return self.session.deadline

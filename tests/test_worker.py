@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -27,7 +28,10 @@ RUN = dict(scale=2, channels=1, epochs=2, batch_size=16, patch_size=16, patches_
 @pytest.fixture
 def planned(tmp_path):
     write_images(tmp_path / "images", 12, size=(48, 40))
-    runs = [dict(name="a", model="srcnn-915", **RUN), dict(name="b", model="espcn", **RUN)]
+    # Run b trains on a schedule with clipping and L1: exact across chunks too.
+    runs = [dict(name="a", model="srcnn-915", **RUN),
+            dict(name="b", model="espcn", loss="l1", clip_norm=0.5,
+                 schedule={"kind": "cosine", "warmup_steps": 2, "min_lr": 1e-5}, **RUN)]
     (tmp_path / "job.toml").write_text(job_text(runs=runs, reserve_mb=0))
     job = load_job(tmp_path / "job.toml")
     plan_job(job, scan_workers=1)
@@ -92,6 +96,12 @@ def test_one_worker_trains_the_whole_job_chunk_after_chunk(planned, tmp_path):
         straight = straight_weights(planned, run, tmp_path)
         assert len(chunked) == len(straight)
         assert max(float(np.max(np.abs(x - y))) for x, y in zip(chunked, straight)) == 0.0
+    # Heartbeats carry the scheduled learning rate, and status shows the latest.
+    from shardrun.status.report import job_status
+
+    rates = {r["name"]: r["learning_rate"] for r in job_status(planned)["runs"]}
+    assert rates["a"] == {"current": 1e-3, "step": 6}
+    assert rates["b"]["step"] == 6 and rates["b"]["current"] == pytest.approx(1e-5)
 
 
 def test_a_stop_yields_the_exact_step_and_another_worker_continues(planned, tmp_path):
@@ -184,3 +194,27 @@ def test_session_deadlines_come_from_the_platform_and_the_budget():
     assert local.deadline is None
     budget = detect_session(platforms, "colab-free", budget_hours=2, environ={"COLAB_GPU": "1"}, uptime=0)
     assert budget.deadline == pytest.approx(now + 7200, abs=2) and "--budget" in budget.source
+
+
+def test_a_worker_trains_a_runs_own_network_from_the_file_the_plan_uploaded(tmp_path):
+    from tests.plan.test_job import NET
+
+    write_images(tmp_path / "images", 12, size=(48, 40))
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "mynet.py").write_text(NET)
+    runs = [dict(name="own", model="file:nets/mynet.py:build", **{**RUN, "epochs": 1})]
+    (tmp_path / "job.toml").write_text(job_text(runs=runs, reserve_mb=0))
+    job = load_job(tmp_path / "job.toml")
+    plan_job(job, scan_workers=1)
+    (tmp_path / "nets" / "mynet.py").write_text("raise SystemExit('the local copy is not what workers load')")
+    worker = new_worker(job)
+    assert worker.run() == "finished"
+    from shardrun.train.trainer import read_checkpoint
+
+    ledger = Ledger.open(job.ledger_path)
+    last = max(ledger.chunks("own"), key=lambda c: c["idx"])
+    path = tmp_path / "final.ckpt.npz"
+    LocalStore(tmp_path / "stores" / "alice").download(last["checkpoint_key"], path)
+    meta = read_checkpoint(path)[0]
+    assert meta["step"] == 3 and meta["model"]["name"] == "file:nets/mynet.py:build"
+    assert meta["model"]["sha256"] == json.loads(ledger.run("own")["config"])["files"]["network"]["sha256"]

@@ -57,6 +57,7 @@ def models(channels: str, scale: int, as_json: bool):
             "input": spec.input_kind,
             "scales": list(spec.scales),
             "options": dict(spec.defaults),
+            "loss": spec.loss,
             "summary": spec.summary,
             "citation": spec.citation,
         })
@@ -64,13 +65,13 @@ def models(channels: str, scale: int, as_json: bool):
         click.echo(json.dumps({"channels": int(channels), "scale": scale, "models": rows}, indent=2))
         return
     click.echo(f"Models for scale {scale}, {channels} channel(s):")
-    click.echo(f"{'model':<10} {'parameters':>10}  {'input':<9} {'scales':<9} options")
+    click.echo(f"{'model':<14} {'parameters':>10}  {'input':<9} {'scales':<9} options")
     for row in rows:
         count = f"{row['parameters']:,}" if row["parameters"] is not None else "-"
         options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
         scales = ",".join(map(str, row["scales"]))
-        click.echo(f"{row['name']:<10} {count:>10}  {row['input']:<9} {scales:<9} {options}")
-        click.echo(f"{'':<10} {'':>10}  {row['summary']} [{row['citation']}]")
+        click.echo(f"{row['name']:<14} {count:>10}  {row['input']:<9} {scales:<9} {options}; loss={row['loss']}")
+        click.echo(f"{'':<14} {'':>10}  {row['summary']} [{row['citation']}]")
 
 
 @click.command("bench")

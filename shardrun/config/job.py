@@ -18,14 +18,28 @@ from shardrun.storage import registry
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
 from shardrun.storage.base import Store
-from shardrun.validate import Key, check_table, non_negative, one_of, positive, read_text_file, read_toml, unknown_key_problem
+from shardrun.validate import (
+    Key,
+    check_table,
+    non_negative,
+    one_of,
+    positive,
+    read_text_file,
+    read_toml,
+    show,
+    unknown_key_problem,
+)
 
 GB = 1_000_000_000  # Drive counts quota in decimal gigabytes, and so do we
 MB = 1_000_000
 
 # Names of the model factories in shardrun.train.models, listed here so validating a job file
 # never imports TensorFlow; tests/config/test_job.py checks the two lists agree.
-MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr")
+MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr", "vdsr", "edsr-baseline")
+# A network of the team's own: `file:<path to a .py beside the job file>:<function>`.
+CUSTOM_MODEL_PREFIX = "file:"
+LOSSES = ("mse", "l1", "charbonnier")
+SCHEDULE_KINDS = ("constant", "step", "cosine")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -62,6 +76,16 @@ class RunConfig:
     precision: str = "float32"  # or "mixed_float16", "bfloat16"
     xla: bool | None = None  # XLA-compile the step; None: on an accelerator unless deterministic
     deterministic: bool = True  # op determinism: exact resume on the same hardware
+    loss: str | None = None  # None: the model's own default
+    clip_norm: float | None = None
+    schedule: dict[str, Any] | None = None  # [runs.schedule], the keys given (None: constant)
+    init: str | None = None  # weights to start from: a path relative to the job file
+    init_output_scale: float | None = None
+
+    @property
+    def custom_network(self) -> tuple[str, str] | None:
+        """Returns (file, function) of a `file:PATH:FUNC` model, or None for a built-in one."""
+        return split_custom_model(self.model)
 
     def to_payload(self) -> dict[str, Any]:
         """Returns the run's settings as plain JSON values: what the plan records for the run and
@@ -131,6 +155,29 @@ class JobConfig:
 # -- a small declarative validator --------------------------------------------------------------
 
 
+def split_custom_model(value: str) -> tuple[str, str] | None:
+    """Returns (path, function) of `file:PATH:FUNC`, or None when `value` is not of that form."""
+    if not isinstance(value, str) or not value.startswith(CUSTOM_MODEL_PREFIX):
+        return None
+    path, sep, function = value[len(CUSTOM_MODEL_PREFIX):].rpartition(":")
+    if not sep or not path.endswith(".py") or not function.isidentifier():
+        return None
+    return path, function
+
+
+def valid_model(value) -> str | None:
+    if value in MODEL_NAMES or split_custom_model(value) is not None:
+        return None
+    return ("one of " + ", ".join(map(repr, MODEL_NAMES))
+            + ", or 'file:PATH.py:FUNCTION' (your own network, a Python file beside the job file)")
+
+
+def increasing_positive_integers(value) -> str | None:
+    ok = (all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+          and all(a < b for a, b in zip(value, value[1:])) and len(value) > 0)
+    return None if ok else "a non-empty list of increasing positive integers"
+
+
 def valid_name(value) -> str | None:
     return None if _NAME.match(value) else NAME_RULE
 
@@ -162,7 +209,7 @@ ACCOUNT_KEYS = {
 }
 RUN_KEYS = {
     "name": Key(str, required=True, check=valid_name),
-    "model": Key(str, required=True, check=one_of(*MODEL_NAMES)),
+    "model": Key(str, required=True, check=valid_model),
     "scale": Key(int, required=True, check=one_of(2, 3, 4)),
     "channels": Key(int, required=True, check=one_of(1, 3)),
     "epochs": Key(int, required=True, check=positive),
@@ -176,6 +223,26 @@ RUN_KEYS = {
     "precision": Key(str, default="float32", check=one_of("float32", "mixed_float16", "bfloat16")),
     "xla": Key(bool),
     "deterministic": Key(bool, default=True),
+    "loss": Key(str, check=one_of(*LOSSES)),
+    "clip_norm": Key((int, float), check=positive),
+    "schedule": Key(dict),
+    "init": Key(str),
+    "init_output_scale": Key((int, float), check=positive),
+}
+SCHEDULE_KEYS = {
+    "kind": Key(str, default="constant", check=one_of(*SCHEDULE_KINDS)),
+    "milestones": Key(list, check=increasing_positive_integers),
+    "milestones_in": Key(str, check=one_of("epochs", "steps")),
+    "factor": Key((int, float), check=positive),
+    "warmup_steps": Key(int, check=non_negative),
+    "warmup_epochs": Key(int, check=non_negative),
+    "min_lr": Key((int, float), check=non_negative),
+}
+# The keys each kind reads; any other is a mistake, not something to ignore.
+_SCHEDULE_USES = {
+    "constant": ("kind",),
+    "step": ("kind", "milestones", "milestones_in", "factor", "warmup_steps", "warmup_epochs"),
+    "cosine": ("kind", "warmup_steps", "warmup_epochs", "min_lr"),
 }
 TOP_KEYS = ("job", "accounts", "runs")
 
@@ -206,7 +273,32 @@ def _check_unique(items: list[dict], list_name: str, field_name: str, problems: 
             seen[value] = i
 
 
+def _check_schedule(run: dict, where: str, problems: list[str]) -> None:
+    """Checks `[runs.schedule]` and leaves in `run` only the keys it gave (what the plan records);
+    what needs the run's length (milestones, warm-up) is checked by `plan`."""
+    table = run.get("schedule")
+    if table is None:
+        return
+    where = f"{where}schedule."
+    before = len(problems)
+    values = check_table(table, where, SCHEDULE_KEYS, problems)
+    kind = values.get("kind")
+    if kind in _SCHEDULE_USES:
+        for key in table:
+            if key in SCHEDULE_KEYS and key not in _SCHEDULE_USES[kind]:
+                problems.append(f"{where}{key} = {show(table[key])}: not used by kind = {kind!r}; "
+                                f"it takes: {', '.join(_SCHEDULE_USES[kind][1:]) or 'nothing else'}")
+        if kind == "step" and "milestones" not in table:
+            problems.append(f"{where}milestones: missing (required for kind = 'step', a list of increasing "
+                            "positive integers: epochs, or steps with milestones_in = 'steps')")
+        if "warmup_steps" in table and "warmup_epochs" in table:
+            problems.append(f"{where}warmup_epochs = {show(table['warmup_epochs'])}: give warmup_steps or "
+                            "warmup_epochs, not both")
+    run["schedule"] = {k: table[k] for k in table if k in SCHEDULE_KEYS} if len(problems) == before else None
+
+
 def _check_run(run: dict, where: str, problems: list[str]) -> None:
+    _check_schedule(run, where, problems)
     scale, patch = run.get("scale"), run.get("patch_size")
     if scale in (2, 3, 4) and isinstance(patch, int) and patch > 0:
         if patch % scale:
@@ -293,7 +385,9 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
         platform=job["platform"],
         accounts=tuple(AccountConfig(a["name"], a["store"], float(a["quota_gb"]),
                                      _backend_of(a).settings(a, job, base_dir)) for a in accounts),
-        runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second") and v is not None else v)
+        runs=tuple(RunConfig(**{k: (float(v) if k in ("learning_rate", "patches_per_second", "clip_norm",
+                                                  "init_output_scale")
+                                        and v is not None else v)
                                 for k, v in run.items()}) for run in runs),
         base_dir=base_dir,
         source=source,

@@ -133,9 +133,17 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    # The learning rate a run's worker reported last (heartbeats and checkpoints carry it since
+    # schedules exist), and its step, so status shows where the schedule is. Derived.
+    db["run_metrics"].add_column("learning_rate", float)
+    db["run_metrics"].add_column("learning_rate_step", int)
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
                                                                _migration_4, _migration_5, _migration_6,
-                                                               _migration_7]
+                                                               _migration_7, _migration_8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

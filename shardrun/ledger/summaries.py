@@ -145,6 +145,10 @@ class Summaries:
                 " best_loss_step = CASE WHEN best_loss IS NULL OR ? < best_loss THEN ? ELSE best_loss_step END, "
                 " best_loss = CASE WHEN best_loss IS NULL OR ? < best_loss THEN ? ELSE best_loss END WHERE run = ?",
                 (loss, step, t, loss, step, loss, loss, run))
+        rate = number(p.get("learning_rate"))
+        if rate is not None:
+            self.conn.execute("UPDATE run_metrics SET learning_rate = ?, learning_rate_step = ? WHERE run = ?",
+                              (rate, step, run))
         if sps is not None:
             self.conn.execute("UPDATE run_metrics SET patches_per_second = ?, steps_per_second = ?, rate_time = ? "
                               "WHERE run = ?", (pps, sps, t, run))

@@ -20,7 +20,7 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.config.job import JobConfig
 from shardrun.plan.dataset import DatasetChange, ScanResult, diff_datasets, scan_dataset
-from shardrun.errors import PlanError, StoreError
+from shardrun.errors import ConfigError, PlanError, StoreError
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.ledger.fold import run_identity, unchanged_runs
@@ -78,6 +78,9 @@ class PlanReport:
     notes: list[str] = field(default_factory=list)
     validation: ValidationSet | None = None
     replan: "Replan | None" = None  # how this plan differs from the one it replaces
+    # run name -> kind ("network", "init") -> the file a run trains with: file (as the job file
+    # names it), key on the home store, sha256, md5, size; a network's also its parameters
+    run_files: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,14 +129,14 @@ def _account_payload(job: JobConfig) -> list[dict]:
 
 
 def compare_plans(ledger: Ledger, job: JobConfig, runs: list[RunPlan], fingerprint: str,
-                  data: DatasetChange | None) -> Replan:
+                  data: DatasetChange | None, run_files: dict[str, dict[str, dict]]) -> Replan:
     """Returns how a plan of `runs` on `fingerprint` differs from the ledger's plan, run by run,
     by the rule the fold applies (ledger.fold.unchanged_runs): a run keeps its progress when its
     training settings and chunks are the same, on the same data."""
     current = ledger.plan()
     old = {r["name"]: run_identity(r, [(c["start_step"], c["end_step"]) for c in ledger.chunks(r["name"])])
            for r in ledger.runs()}
-    new = {p["name"]: run_identity(p, p["chunks"]) for p in map(_run_payload, runs)}
+    new = {p["name"]: run_identity(p, p["chunks"]) for p in (_run_payload(r, run_files) for r in runs)}
     kept = unchanged_runs(current["fingerprint"], old, fingerprint, new)
     was = {a["name"]: a for a in ledger.accounts()}
     now = {a["name"]: a for a in _account_payload(job)}
@@ -189,10 +192,11 @@ def _check_stores(stores: dict[str, Store]) -> None:
         raise PlanError(f"{len(lines)} {noun} cannot be used:\n" + "\n".join(lines))
 
 
-def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict]) -> str:
+def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict],
+             run_files: dict[str, dict[str, dict]] | None = None) -> str:
     body = {
         "fingerprint": fingerprint,
-        "runs": [{"config": r.run.to_payload(), "chunks": r.chunks} for r in runs],
+        "runs": [{"config": _run_config(r, run_files or {}), "chunks": r.chunks} for r in runs],
         "shards": [(s["id"], s["account"]) for s in shards],
     }
     return "plan-" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -260,6 +264,7 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     scan, vset = choose_validation(scan, job.validation, job.validation_share, job.base_dir,
                                    min_side=max(r.patch_size for r in job.runs), workers=scan_workers)
     runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
+    run_files = check_training(job, runs)
     specs = layout_shards(scan.accepted, job.shard_size_bytes)
 
     stores = open_account_stores(job)
@@ -273,7 +278,7 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
         if current["fingerprint"] != scan.fingerprint:
             old = Manifest.from_json_bytes(home.get_bytes(current["manifest_key"], current["manifest_md5"]))
             change = diff_datasets(old.images, scan)
-        replan = compare_plans(ledger, job, runs, scan.fingerprint, change)
+        replan = compare_plans(ledger, job, runs, scan.fingerprint, change, run_files)
         if replan.needs_replace and not replace:
             what = (f"the dataset changed since the job was planned: {change.summary()}" if change else
                     f"the job changed since it was planned: {replan.summary()}")
@@ -313,11 +318,13 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
                            "uploaded": spec.id not in kept})
             progress("upload", n + 1, len(specs))
 
+    if not dry_run:
+        _upload_run_files(home, job.name, run_files)
     est = estimate(runs, platform, job.parallel_workers)
-    plan_id = _plan_id(scan.fingerprint, runs, shards)
+    plan_id = _plan_id(scan.fingerprint, runs, shards, run_files)
     notes.append(vset.describe())
     report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
-                        plan_id, dry_run, change=change, notes=notes, validation=vset)
+                        plan_id, dry_run, change=change, notes=notes, validation=vset, run_files=run_files)
     if dry_run or (current and current["id"] == plan_id):
         return report
     if replan is not None:
@@ -338,6 +345,96 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
         # from the start, and a worker publishes one later when there is room.
         notes.append(f"the ledger snapshot was not published ({e}); new workers fold the journal from its start")
     return report
+
+
+def check_training(job: JobConfig, runs: list[RunPlan]) -> dict[str, dict[str, dict]]:
+    """Returns the files each run trains with (its own network, its init weights: see
+    PlanReport.run_files, keys not yet uploaded); raises ConfigError naming every run setting
+    that training would refuse (model options, loss, schedule against the run's length, a
+    network file that does not import or builds the wrong shape, init weights that do not fit),
+    all at once, before any upload.
+
+    A run with its own network or init weights has its network built here, in this process:
+    the network file is the team's own code (docs/training.md).
+    """
+    from shardrun.storage.base import digest_file
+    from shardrun.train.init import InitError
+    from shardrun.train.models import ModelError
+    from shardrun.train.schedule import ScheduleError
+    from shardrun.train.trainer import TrainConfig
+
+    problems: list[str] = []
+    run_files: dict[str, dict[str, dict]] = {}
+    for i, r in enumerate(runs):
+        where = f"runs[{i}]."
+        given = {}
+        if r.run.custom_network:
+            given["network"] = ("model", r.run.custom_network[0])
+        if r.run.init:
+            given["init"] = ("init", r.run.init)
+        files, local = {}, {}
+        for kind, (key, name) in given.items():
+            path = job.base_dir / name
+            if not path.is_file():
+                problems.append(f"{where}{key} = {r.run.model if kind == 'network' else name!r}: no such file "
+                                f"{path}; a path relative to the job file's folder")
+                continue
+            digest = digest_file(path)
+            files[kind] = {"file": name, "sha256": digest.sha256, "md5": digest.md5, "size": digest.size,
+                           "key": paths.run_file_key(job.name, digest.sha256, Path(name).suffix),
+                           "path": str(path)}
+            local[kind] = str(path)
+        if len(files) < len(given):
+            continue
+        config = TrainConfig.from_run({**r.run.to_payload(), "files": files}, local)
+        model_config = None
+        try:
+            model_config = config.resolve()
+        except ModelError as error:
+            problems.extend(f"{where[:-1]}: {part}" for part in error.problems)
+        try:
+            config.lr_schedule(r.steps_per_epoch, r.steps_total)
+        except ScheduleError as error:
+            problems.extend(f"{where}{part}" for part in error.problems)
+        if model_config is not None and files:
+            try:
+                parameters = _check_network(config, model_config)
+                files.get("network", {})["parameters"] = parameters
+            except InitError as error:
+                problems.append(f"{where}init = {r.run.init!r}: {error}")
+            except ModelError as error:
+                problems.append(f"{where}model = {r.run.model!r}: {error}")
+        if files:
+            run_files[r.run.name] = files
+    if problems:
+        raise ConfigError(job.source, problems)
+    return run_files
+
+
+def _check_network(config, model_config) -> int:
+    """Returns the trainable parameters of the run's network, built once and checked: its shape
+    (a network of the team's own) and its init weights, loaded as a worker will load them."""
+    from shardrun.train.init import load_init_file
+    from shardrun.train.models import build_model, check_network
+
+    model = build_model(model_config, seed=config.seed)
+    if model_config.network is not None:
+        check_network(model_config, model)
+    if config.init:
+        load_init_file(model, config.init, config.init_sha256, config.init_output_scale)
+    return int(sum(int(w.numpy().size) for w in model.trainable_weights))
+
+
+def _upload_run_files(home: Store, job: str, run_files: dict[str, dict[str, dict]]) -> None:
+    """Puts each run file on the home store under its content's key (kept when already there)."""
+    for name, files in run_files.items():
+        for kind, f in files.items():
+            if home.exists(f["key"]) and home.stat(f["key"]).md5 == f["md5"]:
+                continue
+            stat = home.put_file(f["key"], f["path"]) if "path" in f else None
+            if stat is not None and stat.md5 != f["md5"]:
+                raise StoreError(f"{home.url}: {kind} file {f['file']} of run {name} stored with md5 "
+                                 f"{stat.md5}, expected {f['md5']}")
 
 
 def _upload_with_fallback(spec: ShardSpec, account: str, stores: dict[str, Store],
@@ -371,10 +468,20 @@ def _manifest(scan: ScanResult, specs: list[ShardSpec], shards: list[dict]) -> M
 _RUN_COLUMNS = ("model", "scale", "channels", "epochs", "batch_size", "patch_size")
 
 
-def _run_payload(r: RunPlan) -> dict:
+def _run_config(r: RunPlan, run_files: dict[str, dict[str, dict]]) -> dict:
+    """Returns a run's settings as the plan records them: the job file's, plus the files it
+    trains with (`files`: key, hashes, size; where it has any)."""
+    settings = r.run.to_payload()
+    if r.run.name in run_files:
+        settings["files"] = {kind: {k: v for k, v in f.items() if k != "path"}
+                             for kind, f in run_files[r.run.name].items()}
+    return settings
+
+
+def _run_payload(r: RunPlan, run_files: dict[str, dict[str, dict]]) -> dict:
     """Returns the plan event's entry for one run: its settings (`config`), as the job file gave
     them, and its plan (steps, chunks)."""
-    settings = r.run.to_payload()
+    settings = _run_config(r, run_files)
     return {"name": r.run.name, **{key: settings[key] for key in _RUN_COLUMNS},
             "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total, "step_seconds": r.step_seconds,
             "config": settings, "chunks": [list(c) for c in r.chunks]}
@@ -396,7 +503,7 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "lease_seconds": job.lease_minutes * 60,
         "accounts": _account_payload(job),
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
-        "runs": [_run_payload(r) for r in report.runs],
+        "runs": [_run_payload(r, report.run_files) for r in report.runs],
         "rejected": [{"path": r.path, "reason": r.reason} for r in report.scan.rejected],
         "estimate": {"gpu_hours": est.gpu_hours, "sessions": est.sessions,
                      "calendar_hours": est.calendar_hours, "workers": est.workers},

@@ -15,7 +15,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _runs_table(status: dict) -> Table:
     runs = Table(title="Runs", title_justify="left")
-    for col in ("run", "model", "steps done", "%", "epochs", "chunks w/r/run/done", "loss", "best loss (step)",
+    for col in ("run", "model", "steps done", "%", "epochs", "chunks w/r/run/done", "loss", "best loss (step)", "lr",
                 "val PSNR dB (bicubic)", "val SSIM (bicubic)", "ETA"):
         runs.add_column(col, justify="left" if col in ("run", "model") else "right")
     for r in status["runs"]:
@@ -27,6 +27,7 @@ def _runs_table(status: dict) -> Table:
                      f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
                      _num(loss.get("current"), ".4g"),
                      "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
+                     _num((r.get("learning_rate") or {}).get("current"), ".3g"),
                      "–" if val is None else f"{val['psnr']:.2f} ({val['bicubic_psnr']:.2f})",
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
                      run_eta(status, r))

@@ -40,6 +40,7 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
     return {
         "loss": {"current": m.get("loss"), "current_step": m.get("loss_step"),
                  "best": m.get("best_loss"), "best_step": m.get("best_loss_step")},
+        "learning_rate": {"current": m.get("learning_rate"), "step": m.get("learning_rate_step")},
         "validation": validation,
         "history": [{"step": h["step_max"], "time": h["time_last"],
                      "loss": h["loss_sum"] / h["loss_n"] if h["loss_n"] else None, "loss_min": h["loss_min"],

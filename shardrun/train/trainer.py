@@ -45,7 +45,11 @@ from shardrun.train.checkpoint import (
 from shardrun.train.cache import DecodedImages
 from shardrun.train.crops import crop_dataset, device_pairs
 from shardrun.train.data import ImageSource, PatchSpec, SampleOrder, check_image_sizes, make_dataset
-from shardrun.train.models import ModelConfig, ModelError, build_model, check_patch_size, resolve_model
+from shardrun.train.init import load_init_file
+from shardrun.train.models import (ModelConfig, ModelError, build_model, check_network, check_patch_size,
+                                   resolve_model)
+from shardrun.train.optim import LOSSES, loss_function, make_optimizer
+from shardrun.train.schedule import LrSchedule, ScheduleError, lr_schedule
 
 log = logging.getLogger("shardrun.train")
 
@@ -77,9 +81,17 @@ class TrainConfig:
     precision: str = "float32"  # "mixed_float16" or "bfloat16": compute dtype; weights stay float32
     xla: bool | None = None  # XLA-compile the step; None: on an accelerator unless deterministic
     deterministic: bool = True  # op determinism: exact resume on the same hardware
+    loss: str | None = None  # None: the model's default (MSE; L1 for EDSR)
+    clip_norm: float | None = None  # clip gradients to this global norm
+    schedule: Mapping[str, Any] | None = None  # the job file's [runs.schedule] (None: constant)
+    network_path: str | None = None  # a `file:` model's Python file on this machine
+    network_sha256: str | None = None  # what its bytes must hash to (the plan's record)
+    init: str | None = None  # a weights file loaded before step 0 (see train/init.py)
+    init_sha256: str | None = None
+    init_output_scale: float | None = None  # divides the last layer: 255 for 0-255 outputs
 
     @classmethod
-    def from_run(cls, run: Mapping[str, Any]) -> "TrainConfig":
+    def from_run(cls, run: Mapping[str, Any], files: Mapping[str, str] | None = None) -> "TrainConfig":
         """Returns the training settings among a run's settings, given as plain values: the job
         file's `[[runs]]` table as the plan records it (`RunConfig.to_payload`, the ledger's
         `runs.config`).
@@ -87,6 +99,10 @@ class TrainConfig:
         Keys that are not settings of training (the run's name, its planned throughput) belong
         to planning and are left out; keys a run does not give keep their defaults here. Values
         are checked by `resolve`, not here.
+
+        `files`: where the run's files are on this machine, by kind (`network`: a `file:` model's
+        Python file, `init`: its init weights); their hashes come from the run's `files` record
+        (the plan's), so a worker's copy from the store is checked against what was planned.
         """
         # Plain values, not a config object: train/ stands on the ground floor alone, and a
         # mapping reads the same from a job file, a journal event or a ledger row.
@@ -96,8 +112,18 @@ class TrainConfig:
         if missing:
             raise TrainingError(f"the run's settings lack {', '.join(missing)}; got {sorted(run)}")
         values = {f.name: run[f.name] for f in fields if f.name in run}
-        if "options" in values:
-            values["options"] = dict(values["options"] or {})
+        for name in ("options", "schedule"):
+            if name in values and values[name] is not None:
+                values[name] = dict(values[name])
+        if values.get("options") is None:
+            values.pop("options", None)
+        files, recorded = dict(files or {}), run.get("files") or {}
+        if "network" in files:
+            values["network_path"] = str(files["network"])
+        if "init" in files:
+            values["init"] = str(files["init"])
+        values.setdefault("network_sha256", (recorded.get("network") or {}).get("sha256"))
+        values.setdefault("init_sha256", (recorded.get("init") or {}).get("sha256"))
         return cls(**values)
 
     def resolve(self) -> ModelConfig:
@@ -105,9 +131,10 @@ class TrainConfig:
         problems = []
         model = None
         try:
-            model = resolve_model(self.model, self.scale, self.channels, self.options)
+            model = resolve_model(self.model, self.scale, self.channels, self.options,
+                                  self.network_path, self.network_sha256)
         except ModelError as error:
-            problems.append(str(error))
+            problems.extend(error.problems)
         if model is not None or isinstance(self.scale, int) and self.scale > 0:
             try:
                 check_patch_size(self.patch_size, self.scale)
@@ -130,9 +157,27 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or value is None and name == "xla"):
                 problems.append(f"{name}={value!r} must be true or false")
+        if self.loss is not None and self.loss not in LOSSES:
+            problems.append(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")
+        if self.clip_norm is not None and not (
+                isinstance(self.clip_norm, (int, float)) and not isinstance(self.clip_norm, bool)
+                and self.clip_norm > 0):
+            problems.append(f"clip_norm={self.clip_norm!r} must be a positive number")
+        if self.init_output_scale is not None and not (
+                isinstance(self.init_output_scale, (int, float)) and self.init_output_scale > 0):
+            problems.append(f"init_output_scale={self.init_output_scale!r} must be a positive number")
         if problems:
-            raise ModelError("; ".join(problems))
+            raise ModelError("; ".join(problems), problems)
         return model
+
+    def loss_name(self, model: ModelConfig) -> str:
+        """Returns the loss the run trains on: its own, else its model's default."""
+        return self.loss or model.spec.loss
+
+    def lr_schedule(self, steps_per_epoch: int, total_steps: int) -> LrSchedule:
+        """Returns the learning rate per global step; raises ScheduleError where the schedule
+        does not fit a run of `total_steps` steps."""
+        return lr_schedule(self.learning_rate, self.schedule, steps_per_epoch, total_steps)
 
     def data_layout(self, num_images: int) -> dict[str, int]:
         """Returns what fixes the sample order; a resume must find the same values."""
@@ -169,6 +214,7 @@ class Progress:
     loss: float | None  # mean loss since the previous heartbeat
     patches_per_second: float | None
     elapsed_s: float
+    learning_rate: float | None = None  # the rate of the next step (the schedule at `step`)
 
 
 @dataclass(frozen=True)
@@ -256,7 +302,6 @@ class _Slice:
 def _auto_jit() -> bool:
     """Returns whether to XLA-compile the step: as Keras's `jit_compile="auto"` decides, on an
     accelerator unless op determinism is on (not every op has a deterministic XLA kernel)."""
-    import tensorflow as tf
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     return bool(_accelerators()) and not is_op_determinism_enabled()
@@ -345,15 +390,24 @@ class Trainer:
             jit_compile = config.xla
         self.images = DecodedImages(source, cache_dir) if device_input else None
         self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
+        try:
+            self.schedule = config.lr_schedule(self.order.steps_per_epoch, self.total_steps)
+        except ScheduleError as error:
+            raise TrainingError(f"the run's schedule does not fit its {self.total_steps} steps: {error}") from error
+        self.loss = config.loss_name(self.model_config)
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(PRECISIONS[config.precision])
         try:
             self.model = build_model(self.model_config, seed=config.seed)
         finally:
             keras.config.set_dtype_policy(previous)
+        if self.model_config.network is not None:
+            check_network(self.model_config, self.model)
+        if config.init:
+            load_init_file(self.model, config.init, config.init_sha256, config.init_output_scale)
         # `adam` holds the state a checkpoint keeps, in every precision; float16 wraps it in a
         # loss-scaling optimizer, whose own state (the dynamic scale) goes to the meta.
-        self.adam = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1)
+        self.adam = make_optimizer(self.schedule, config.beta_1, config.clip_norm)
         self.optimizer = (keras.optimizers.LossScaleOptimizer(self.adam)
                           if config.precision == "mixed_float16" else self.adam)
         self.optimizer.build(self.model.trainable_variables)
@@ -372,7 +426,11 @@ class Trainer:
             "model": self.model_config.identity(),
             "data": self.config.data_layout(len(self.source)),
             "optimizer": {"name": "adam", "learning_rate": self.config.learning_rate,
-                          "beta_1": self.config.beta_1},
+                          "beta_1": self.config.beta_1, "schedule": self.schedule.settings(),
+                          "loss": self.loss, "clip_norm": self.config.clip_norm},
+            "init": None if not self.config.init else {
+                "sha256": self.config.init_sha256 or file_sha256(Path(self.config.init)),
+                "output_scale": self.config.init_output_scale},
             "step": self.step,
             "rng": {"seed": self.config.seed, "samples_seen": self.step * self.config.batch_size},
             "written_at": self.clock.now(),
@@ -507,6 +565,10 @@ class Trainer:
 
     # --- training ------------------------------------------------------------------------
 
+    def learning_rate_at(self, step: int | None = None) -> float:
+        """Returns the learning rate of the step `step` (default: the next one to train)."""
+        return self.schedule.at(self.step if step is None else step)
+
     def request_stop(self) -> None:
         """Asks `train` to stop after the current step (e.g. from a heartbeat callback); asked
         before `train` is called, that call stops before its first step."""
@@ -525,6 +587,7 @@ class Trainer:
             import tensorflow as tf
 
             model, optimizer, spec = self.model, self.optimizer, self.patch_spec
+            loss_of = loss_function(self.loss)
             scaling = optimizer is not self.adam
 
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
@@ -536,7 +599,7 @@ class Trainer:
                     inputs, target = device_pairs(inputs, target, spec)
                 with tf.GradientTape() as tape:
                     output = tf.cast(model(inputs, training=True), tf.float32)
-                    loss = tf.reduce_mean(tf.square(output - target))
+                    loss = loss_of(output, target)
                     scaled = optimizer.scale_loss(loss) if scaling else loss
                 gradients = tape.gradient(scaled, model.trainable_variables)
                 optimizer.apply_gradients(zip(gradients, model.trainable_variables))
@@ -688,7 +751,7 @@ class Trainer:
             s.asked.on_heartbeat(Progress(
                 self.step, s.asked.target, s.since_beat.mean(),
                 (self.step - s.beat_step) * self.config.batch_size / seconds if seconds > 0 else None,
-                now - s.started,
+                now - s.started, self.learning_rate_at(),
             ))
         s.since_beat, s.beat_started, s.beat_step = _Tally(), now, self.step
 

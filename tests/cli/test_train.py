@@ -26,7 +26,9 @@ def test_models_lists_parameter_counts_as_json():
     result = CliRunner().invoke(main, ["models", "--json"])
     assert result.exit_code == 0, result.output
     listed = {m["name"]: m for m in json.loads(result.output)["models"]}
-    assert set(listed) == {"srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr"}
+    assert set(listed) == {"srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr", "vdsr", "edsr-baseline"}
+    assert listed["vdsr"]["parameters"] == 665_921 and listed["vdsr"]["input"] == "upsampled"
+    assert listed["edsr-baseline"]["loss"] == "l1" and listed["decusr"]["loss"] == "mse"
     assert listed["srcnn-915"]["parameters"] == 8_129
     assert listed["decusr"]["parameters"] == 39_265
     assert listed["decusr"]["options"] == {"blocks": 4, "filters": 16}

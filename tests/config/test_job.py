@@ -164,3 +164,33 @@ def test_shipped_example_jobs_are_valid():
     for path in examples:
         job = load_job(path)
         assert job.accounts and job.runs
+
+
+RUN = VALID.split("[[runs]]")[0] + "[[runs]]\n" + VALID.split("[[runs]]")[1].split("[runs.options]")[0]
+
+
+def test_schedule_loss_and_clipping_parse_into_the_run():
+    job = parse_job(RUN + 'loss = "l1"\nclip_norm = 0.4\n[runs.schedule]\nkind = "step"\nmilestones = [2, 3]\n'
+                    'factor = 0.1\n', Path("/jobs"), "job.toml", PLATFORMS)
+    run = job.runs[0]
+    assert run.loss == "l1" and run.clip_norm == 0.4
+    assert run.schedule == {"kind": "step", "milestones": [2, 3], "factor": 0.1}
+    assert run.to_payload()["schedule"] == run.schedule
+    plain = parse_job(RUN, Path("/jobs"), "job.toml", PLATFORMS).runs[0]
+    assert (plain.loss, plain.clip_norm, plain.schedule) == (None, None, None)
+
+
+def test_bad_schedules_losses_and_clipping_are_all_reported():
+    found = problems(RUN + 'loss = "l2"\nclip_norm = -1\n[runs.schedule]\nkind = "cosine"\nmilestones = [3, 2]\n'
+                     'warmup_steps = 5\nwarmup_epochs = 1\nmin_lr = "0"\n')
+    assert "runs[0].loss = 'l2': must be one of 'mse', 'l1', 'charbonnier'" in found
+    assert "runs[0].clip_norm = -1: must be a number greater than 0" in found
+    assert "runs[0].schedule.milestones = [3, 2]: must be a non-empty list of increasing positive integers" in found
+    assert "runs[0].schedule.min_lr = '0': must be an integer or a number" in found
+    assert any(p.startswith("runs[0].schedule.milestones = [3, 2]: not used by kind = 'cosine'") for p in found)
+    assert any(p.startswith("runs[0].schedule.warmup_epochs = 1: give warmup_steps or warmup_epochs") for p in found)
+    found = problems(RUN + '[runs.schedule]\nkind = "exponential"\n')
+    assert found == ["runs[0].schedule.kind = 'exponential': must be one of 'constant', 'step', 'cosine'"]
+    found = problems(RUN + '[runs.schedule]\nkind = "step"\nwarmup = 3\n')
+    assert "runs[0].schedule.milestones: missing" in found[-1]
+    assert found[0].startswith("runs[0].schedule.warmup: unknown key; did you mean")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +243,92 @@ def test_changing_the_accounts_or_removing_a_run_needs_replace(job_dir, write_jo
         plan_job(load_job(write_job(runs=[RUN_A])), scan_workers=1)
     with pytest.raises(PlanError, match=r"the accounts changed \(bob: quota_bytes\)"):
         plan_job(load_job(write_job(runs=[RUN_A, RUN_B], accounts=[("alice", 15), ("bob", 14)])), scan_workers=1)
+
+
+def test_run_settings_training_would_refuse_are_all_named_before_any_upload(job_dir, write_job):
+    from shardrun.errors import ConfigError
+
+    runs = [dict(name="a", model="decusr", scale=2, channels=1, epochs=4, batch_size=16, patch_size=32,
+                 patches_per_second=100.0, schedule={"kind": "step", "milestones": [2, 9]}),
+            dict(name="b", model="espcn", scale=2, channels=1, epochs=2, batch_size=16, patch_size=32,
+                 patches_per_second=100.0, options={"depth": 3},
+                 schedule={"kind": "cosine", "warmup_epochs": 2})]
+    with pytest.raises(ConfigError) as caught:
+        plan_job(load_job(write_job(runs=runs, reserve_mb=0)), scan_workers=1)
+    assert caught.value.problems == [
+        "runs[0].schedule.milestones = [2, 9]: 9 is past the run's end; milestones (in epochs) must be less "
+        "than 4 (48 steps in all)",
+        "runs[1]: option 'depth' is not known to espcn; allowed: n1, n2",
+        "runs[1].schedule.warmup_epochs = 2: a warm-up of 24 steps is as long as the run or longer; it must be "
+        "less than the run's 24 steps",
+    ]
+    assert files_under(job_dir / "stores") == []
+
+
+NET = '''
+import keras
+import tensorflow as tf
+
+
+def build(scale, channels, filters=4):
+    inputs = keras.Input((None, None, channels))
+    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(channels * scale * scale, 3, padding="same")(x)
+    return keras.Model(inputs, keras.layers.Lambda(lambda t: tf.nn.depth_to_space(t, scale))(x))
+
+
+def same_size(scale, channels):
+    inputs = keras.Input((None, None, channels))
+    return keras.Model(inputs, keras.layers.Conv2D(channels, 3, padding="same")(inputs))
+'''
+
+OWN = dict(name="own", model="file:nets/mynet.py:build", scale=2, channels=1, epochs=2, batch_size=16,
+           patch_size=16, patches_per_image=4, patches_per_second=100.0, seed=2)
+
+
+def test_a_runs_own_network_and_init_weights_are_checked_built_and_uploaded_with_their_hash(job_dir, write_job):
+    import numpy as np
+
+    from tests.train.test_init import keras2_h5
+
+    (job_dir / "nets").mkdir()
+    (job_dir / "nets" / "mynet.py").write_text(NET)
+    rng = np.random.default_rng(0)
+    keras2_h5(job_dir / "init.h5", [("conv2d_1", [rng.random((3, 3, 1, 3), np.float32), rng.random(3, np.float32)]),
+                                    ("conv2d_2", [rng.random((3, 3, 3, 4), np.float32), rng.random(4, np.float32)])])
+    run = {**OWN, "options": {"filters": 3}, "init": "init.h5", "init_output_scale": 255}
+    report = plan_job(load_job(write_job(runs=[run], reserve_mb=0)), scan_workers=1)
+    files = report.run_files["own"]
+    assert files["network"]["parameters"] == 3 * 9 + 3 + 4 * 27 + 4
+    home = LocalStore(job_dir / "stores" / "alice")
+    for kind, name in (("network", "nets/mynet.py"), ("init", "init.h5")):
+        assert files[kind]["key"] == paths.run_file_key("test-job", files[kind]["sha256"], Path(name).suffix)
+        assert home.get_bytes(files[kind]["key"]) == (job_dir / name).read_bytes()
+    recorded = json.loads(Ledger.open(report.job.ledger_path).run("own")["config"])
+    assert recorded["files"]["network"]["sha256"] == files["network"]["sha256"]
+    assert "path" not in recorded["files"]["init"]  # this machine's paths stay here
+
+
+def test_a_bad_network_file_or_init_file_is_named_before_any_upload(job_dir, write_job):
+    from shardrun.errors import ConfigError
+    from tests.train.test_init import keras2_h5
+    import numpy as np
+
+    (job_dir / "nets").mkdir()
+    (job_dir / "nets" / "mynet.py").write_text(NET)
+    keras2_h5(job_dir / "other.h5", [("conv2d_1", [np.zeros((5, 5, 1, 3), np.float32), np.zeros(3, np.float32)])])
+    runs = [{**OWN, "name": "a", "model": "file:nets/absent.py:build"},
+            {**OWN, "name": "b", "model": "file:nets/mynet.py:same_size"},
+            {**OWN, "name": "c", "options": {"depth": 2}},
+            {**OWN, "name": "d", "init": "other.h5"}]
+    with pytest.raises(ConfigError) as caught:
+        plan_job(load_job(write_job(runs=runs, reserve_mb=0)), scan_workers=1)
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert problems[0].startswith("runs[0].model = 'file:nets/absent.py:build': no such file")
+    assert problems[1] == ("runs[1].model = 'file:nets/mynet.py:same_size': same_size(2, 1) of nets/mynet.py turns "
+                           "a 6x5 input into 6x5 with 1 channel(s); scale 2 needs 12x10 with 1")
+    assert problems[2] == "runs[2]: option 'depth' is not taken by build of nets/mynet.py; it takes: filters"
+    assert problems[3].startswith("runs[3].init = 'other.h5': init file other.h5 does not fit this network: "
+                                  "layer 1 is ")
+    assert files_under(job_dir / "stores") == []

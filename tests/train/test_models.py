@@ -29,10 +29,45 @@ from shardrun.train.models import (
         ("decusr", 1, {"blocks": 4}, 39_265),
         ("decusr", 3, {"blocks": 4}, 40_995),
         ("decusr", 3, {"blocks": 3}, 28_739),
+        # VDSR (Kim, Lee, Lee, CVPR 2016): 20 layers of 64 3x3 filters. The paper gives no count;
+        # the comparison tables of LapSRN (Lai et al., CVPR 2017) and MemNet (Tai et al., ICCV
+        # 2017) list 665K. By hand: 9*64+64 + 18*(9*64*64+64) + 9*64+1 = 665,921.
+        ("vdsr", 1, {}, 665_921),
+        # EDSR baseline (Lim et al., CVPRW 2017), RGB x2: EDSR-PyTorch's README lists
+        # EDSR_baseline_x2 at 1.37M. By hand: head 1,792 + 16 blocks * 2 * 36,928 + 36,928 +
+        # upsampler 9*64*256+256 = 147,712 + tail 1,731 = 1,369,859.
+        ("edsr-baseline", 3, {}, 1_369_859),
     ],
 )
 def test_parameter_counts_match_the_published_networks(name, channels, options, expected):
     assert count_parameters(resolve_model(name, 2, channels, options)) == expected
+
+
+def test_edsr_baseline_x4_is_the_papers_1_5m_and_res_scale_is_a_factor():
+    # Lim et al. Table 1 gives the baseline (x4, two x2 sub-pixel stages) as 1.5M parameters.
+    assert count_parameters(resolve_model("edsr-baseline", 4, 3)) == 1_517_571
+    assert resolve_model("edsr-baseline", 2, 3, {"res_scale": 0.1}).options["res_scale"] == 0.1
+    with pytest.raises(ModelError, match=r"option res_scale=0 of edsr-baseline must be a positive number"):
+        resolve_model("edsr-baseline", 2, 3, {"res_scale": 0})
+    # The scaling is in the network: the same seed with another res_scale gives other outputs.
+    x = np.random.default_rng(0).random((1, 6, 6, 3)).astype(np.float32)
+    small = {"blocks": 2, "filters": 4}
+    outs = [np.asarray(build_model(resolve_model("edsr-baseline", 2, 3, {**small, "res_scale": r}), seed=1)(x))
+            for r in (1.0, 0.1)]
+    assert float(np.abs(outs[0] - outs[1]).max()) > 1e-6
+
+
+def test_vdsr_learns_the_residual_of_its_input():
+    model = create_model("vdsr", 2, 1, {"depth": 3, "filters": 4}, seed=0)
+    for w in model.layers[-2].weights:  # the last convolution predicts a zero residual
+        w.assign(np.zeros(w.shape, np.float32))
+    x = np.random.default_rng(0).random((1, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(model(x)), x)
+
+
+def test_losses_default_per_model():
+    assert MODELS["edsr-baseline"].loss == "l1"
+    assert {spec.loss for name, spec in MODELS.items() if name != "edsr-baseline"} == {"mse"}
 
 
 def test_fsrcnn_has_the_papers_12464_filter_weights():
@@ -80,8 +115,8 @@ def test_options_change_the_network():
 
 
 def test_unknown_model_names_the_value_and_the_choices():
-    with pytest.raises(ModelError, match=r"model='vdsr' is not a known model.*decusr"):
-        resolve_model("vdsr", 2, 1)
+    with pytest.raises(ModelError, match=r"model='srgan' is not a known model.*decusr"):
+        resolve_model("srgan", 2, 1)
 
 
 def test_unknown_option_names_it_and_the_allowed_ones():

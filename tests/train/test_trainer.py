@@ -233,3 +233,63 @@ def test_a_runs_plain_settings_make_its_train_config():
     assert TrainConfig.from_run({**run, "options": None}).options == {}
     with pytest.raises(TrainingError, match="the run's settings lack model, scale"):
         TrainConfig.from_run({"name": "x", "epochs": 2})
+
+
+SCHEDULED = dict(loss="l1", clip_norm=0.05,
+                 schedule={"kind": "step", "milestones": [3, 7], "milestones_in": "steps",
+                           "factor": 0.5, "warmup_steps": 2})
+
+
+def test_interrupted_training_with_a_schedule_clipping_and_l1_stays_bit_identical(source, tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    config = TrainConfig(**TINY, epochs=3, **SCHEDULED)
+    straight = Trainer(config, source, tmp_path / "straight")
+    rates = []
+    for step in range(straight.total_steps):
+        rates.append(float(straight.optimizer.learning_rate))
+        straight.train(step + 1, checkpoint_at_end=False)
+    assert rates[:4] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])  # warm-up, then the first milestone
+    assert len(set(rates)) >= 3
+    checkpoint = None
+    for end in (2, 5, 8, straight.total_steps):  # cut inside the warm-up and around each milestone
+        trainer = Trainer(config, source, tmp_path / "sliced")
+        if checkpoint is not None:
+            trainer.restore([checkpoint.path])
+            # The resumed trainer's rate at its step is the one training straight through used.
+            assert float(trainer.optimizer.learning_rate) == rates[trainer.step]
+            assert trainer.learning_rate_at() == pytest.approx(rates[trainer.step], rel=1e-6)
+        checkpoint = trainer.train(end).checkpoint
+    assert max_difference(weights_of(straight), weights_of(trainer)) == 0.0
+    meta = read_checkpoint(checkpoint.path)[0]
+    assert meta["optimizer"]["loss"] == "l1" and meta["optimizer"]["clip_norm"] == 0.05
+    assert meta["optimizer"]["schedule"]["milestones"] == [3, 7]
+
+
+@pytest.mark.parametrize("change", [{"loss": "mse"}, {"loss": "charbonnier"}, {"clip_norm": None},
+                                    {"schedule": None}])
+def test_the_loss_clipping_and_schedule_each_change_the_training(source, tmp_path, change):
+    base = Trainer(TrainConfig(**TINY, epochs=3, **SCHEDULED), source, tmp_path / "a")
+    other = Trainer(TrainConfig(**TINY, epochs=3, **{**SCHEDULED, **change}), source, tmp_path / "b")
+    losses = [trainer.train(4).loss for trainer in (base, other)]
+    # Charbonnier's loss is L1's but for |d| near its epsilon: its value tells them apart.
+    assert max_difference(weights_of(base), weights_of(other)) > 1e-7 or abs(losses[0] - losses[1]) > 1e-7
+
+
+def test_heartbeats_report_the_scheduled_learning_rate(source, tmp_path):
+    config = TrainConfig(**{**TINY, "learning_rate": 0.01, "epochs": 2},
+                         schedule={"kind": "cosine", "warmup_steps": 2})
+    trainer = Trainer(config, source, tmp_path)
+    beats = []
+    trainer.train(4, heartbeat_every_s=0, on_heartbeat=beats.append)
+    assert [b.learning_rate for b in beats] == [trainer.schedule.at(b.step) for b in beats]
+    assert beats[0].learning_rate == 0.01  # step 1 is the warm-up's last step
+
+
+def test_model_defaults_and_bad_optimiser_settings(source, tmp_path):
+    assert Trainer(TrainConfig(**TINY), source, tmp_path).loss == "mse"
+    with pytest.raises(ModelError) as caught:
+        Trainer(TrainConfig(**TINY, loss="l2", clip_norm=0), source, tmp_path)
+    assert "loss='l2' must be one of mse, l1, charbonnier" in str(caught.value)
+    assert "clip_norm=0 must be a positive number" in str(caught.value)
+    with pytest.raises(TrainingError, match=r"schedule.milestones = \[99\]: 99 is past the run's end"):
+        Trainer(TrainConfig(**TINY, schedule={"kind": "step", "milestones": [99]}), source, tmp_path)
