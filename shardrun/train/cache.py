@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shardrun.train.checkpoint import file_sha256
 from shardrun.train.data import DataError, ImageSource
 
 # What the local cache of decoded images may hold on disk by default.
@@ -84,14 +85,6 @@ def decode_pixels(data: bytes, name: str = "image") -> np.ndarray:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"{name} is not a readable image: {error}") from error
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DecodedImages:
@@ -199,7 +192,7 @@ class DecodedImages:
         sidecar = path.with_name(path.name + ".sha256")
         try:
             expected = sidecar.read_text("ascii").strip()
-            return path.exists() and _file_sha256(path) == expected
+            return path.exists() and file_sha256(path) == expected
         except OSError:
             return False
 
@@ -209,7 +202,7 @@ class DecodedImages:
         try:
             with open(temp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array))
-            digest = _file_sha256(temp)
+            digest = file_sha256(temp)
             os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
