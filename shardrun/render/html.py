@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from shardrun.units import human_bytes, human_duration
-from shardrun.render.status import run_eta, training_left, worker_state
+from shardrun.render.status import compute_label, run_eta, training_left, worker_state
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -282,15 +282,15 @@ def _runs_html(status: dict) -> str:
     for r in status["runs"]:
         c, loss, v = r["chunks"], r["loss"], r["validation"]
         rows.append([
-            _e(r["name"]), _e(f"{r['model']} x{r['scale']}"), f"{r['steps_done']:,} of {r['steps_total']:,}",
+            _e(r["name"]), _e(f"{r['model']} x{r['scale']}"), _e(compute_label(r)), f"{r['steps_done']:,} of {r['steps_total']:,}",
             f"{r['epochs_done']:,.2f} of {r['epochs']:,}",
             f"{c['waiting']} / {c['ready']} / {c['running']} / {c['done']}",
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
             "–" if v is None else f"{v['ssim']:.4f} ({v['bicubic_ssim']:.4f})",
             _e(run_eta(status, r))])
-    return _table(["run", "model", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
-                   "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=2)
+    return _table(["run", "model", "compute", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
+                   "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=3)
 
 
 def _eta_html(eta: dict | None) -> str:

@@ -15,14 +15,15 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _runs_table(status: dict) -> Table:
     runs = Table(title="Runs", title_justify="left")
-    for col in ("run", "model", "steps done", "%", "epochs", "chunks w/r/run/done", "loss", "best loss (step)", "lr",
+    for col in ("run", "model", "compute", "steps done", "%", "epochs", "chunks w/r/run/done", "loss",
+                "best loss (step)", "lr",
                 "val PSNR dB (bicubic)", "val SSIM (bicubic)", "ETA"):
-        runs.add_column(col, justify="left" if col in ("run", "model") else "right")
+        runs.add_column(col, justify="left" if col in ("run", "model", "compute") else "right")
     for r in status["runs"]:
         c = r["chunks"]
         pct = 100 * r["steps_done"] / r["steps_total"] if r["steps_total"] else 0
         loss, val = r.get("loss") or {}, r.get("validation")
-        runs.add_row(r["name"], f"{r['model']} x{r['scale']}", f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
+        runs.add_row(r["name"], f"{r['model']} x{r['scale']}", compute_label(r), f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
                      f"{pct:.1f}", f"{compact(r['epochs_done'])}/{compact(r['epochs'])}",
                      f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
                      _num(loss.get("current"), ".4g"),
@@ -32,6 +33,12 @@ def _runs_table(status: dict) -> Table:
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
                      run_eta(status, r))
     return runs
+
+
+def compute_label(run: dict) -> str:
+    """Returns a run's precision, XLA and determinism compactly ("fp32 · det"), or "–" in a status
+    object from before these fields."""
+    return (run.get("training") or {}).get("label", "–")
 
 
 def training_left(eta: dict) -> str:

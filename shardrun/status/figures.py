@@ -49,6 +49,28 @@ def run_figures(run: dict, metrics: dict | None, history: list[dict]) -> dict:
     }
 
 
+PRECISION_SHORT = {"float32": "fp32", "mixed_float16": "mixed16", "bfloat16": "bf16"}
+
+
+def training_settings(config_json: str | None) -> dict:
+    """Returns how a run computes, from its settings as the plan recorded them (the ledger's
+    `runs.config`): precision, XLA (`None`: as the worker decides, on an accelerator unless
+    deterministic), determinism, and a compact label such as "fp32 · det" or "mixed16 · fast · xla".
+
+    A run planned before these settings existed trained with their defaults, shown as such.
+    """
+    config = json.loads(config_json or "{}")
+    precision = config.get("precision") or "float32"
+    xla = config.get("xla")
+    deterministic = config.get("deterministic", True)
+    parts = [PRECISION_SHORT.get(precision, precision), "det" if deterministic else "fast"]
+    if xla:
+        parts.append("xla")
+    elif xla is None and not deterministic:
+        parts.append("xla auto")  # deterministic with xla unset never compiles: nothing to show
+    return {"precision": precision, "xla": xla, "deterministic": deterministic, "label": " · ".join(parts)}
+
+
 def _is_silent(row: dict, as_of: float | None, lease: float) -> bool:
     """Returns whether the journal holds an event a lease or more after the worker's last one."""
     return as_of is not None and as_of - row["last_time"] >= lease

@@ -18,6 +18,7 @@ from shardrun.status.figures import (
     lost_sessions_allowance,
     run_figures,
     sessions_summary,
+    training_settings,
     worker_rows,
 )
 from shardrun.errors import IntegrityError, StoreError
@@ -103,6 +104,7 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             "steps_done": run["steps_done"], "steps_total": run["steps_total"],
             "epochs_done": run["steps_done"] / run["steps_per_epoch"],
             "chunks": chunks, "chunks_total": sum(chunks.values()),
+            "training": training_settings(run["config"]),
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
         })
     running_chunks = ledger.chunks(state="running")

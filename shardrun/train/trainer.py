@@ -325,6 +325,31 @@ def hardware() -> str:
     return f"{len(gpus)} x {name}"
 
 
+def choose_strategy(devices=None):
+    """Returns the tf.distribute.MirroredStrategy to train under, or None for one device.
+
+    `devices`: None (auto) mirrors over every logical GPU when there are more than one; a count
+    takes the first that many logical GPUs (logical CPUs on a machine without one); a sequence of
+    device names takes those. One device is plain training, without a strategy.
+    """
+    import tensorflow as tf
+
+    if devices is None:
+        names = [d.name for d in tf.config.list_logical_devices("GPU")]
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        found = [d.name for d in tf.config.list_logical_devices(kind)]
+        if not 1 <= devices <= len(found):
+            raise TrainingError(f"devices={devices} asks for more {kind}s than the {len(found)} this "
+                                f"process sees (or fewer than one)")
+        names = found[:devices]
+    else:
+        names = list(devices)
+        if not names:
+            raise TrainingError("devices=[] names no device")
+    return tf.distribute.MirroredStrategy(names) if len(names) > 1 else None
+
+
 def set_determinism(on: bool) -> None:
     """Turns TensorFlow's op determinism on or off for the process (it is process-wide)."""
     import tensorflow as tf
@@ -347,6 +372,13 @@ class Trainer:
     the host only gathers integer crops; cropping to the patch and the bicubic degradation run in
     the compiled step, on the device (crops.py). `device_input=False` uses data.py's tf.data
     pipeline instead, which decodes and degrades on the host.
+
+    Several devices (`devices`, see `choose_strategy`; by default every GPU when there are more
+    than one): the model and optimiser are mirrored under tf.distribute.MirroredStrategy and
+    `batch_size` stays the global batch, so a run means the same on one GPU or two. Each
+    replica takes its consecutive `batch_size / replicas` samples of the batch, makes its pairs
+    and gradients, and the optimiser sums the replicas' gradients of (local mean loss /
+    replicas): the gradient of the global mean. Exact resume holds on the same device count.
     """
 
     def __init__(
@@ -361,7 +393,10 @@ class Trainer:
         jit_compile: bool | None = None,
         cache_dir: Path | str | None = None,
         device_input: bool = True,
+        devices=None,
     ):
+        import contextlib
+
         import keras
 
         self.config = config
@@ -388,6 +423,14 @@ class Trainer:
             log.warning(self.notices[-1])
         if jit_compile is None:
             jit_compile = config.xla
+        self.strategy = choose_strategy(devices)
+        self.replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
+        if config.batch_size % self.replicas:
+            raise TrainingError(
+                f"batch_size={config.batch_size} cannot be split over {self.replicas} devices: the "
+                f"global batch must be a multiple of the device count (e.g. "
+                f"{config.batch_size // self.replicas * self.replicas or self.replicas} or "
+                f"{(config.batch_size // self.replicas + 1) * self.replicas})")
         self.images = DecodedImages(source, cache_dir) if device_input else None
         self.jit_compile = _auto_jit() if jit_compile is None else jit_compile
         try:
@@ -397,20 +440,22 @@ class Trainer:
         self.loss = config.loss_name(self.model_config)
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(PRECISIONS[config.precision])
-        try:
-            self.model = build_model(self.model_config, seed=config.seed)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        if self.model_config.network is not None:
-            check_network(self.model_config, self.model)
-        if config.init:
-            load_init_file(self.model, config.init, config.init_sha256, config.init_output_scale)
-        # `adam` holds the state a checkpoint keeps, in every precision; float16 wraps it in a
-        # loss-scaling optimizer, whose own state (the dynamic scale) goes to the meta.
-        self.adam = make_optimizer(self.schedule, config.beta_1, config.clip_norm)
-        self.optimizer = (keras.optimizers.LossScaleOptimizer(self.adam)
-                          if config.precision == "mixed_float16" else self.adam)
-        self.optimizer.build(self.model.trainable_variables)
+        scope = contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
+        with scope:
+            try:
+                self.model = build_model(self.model_config, seed=config.seed)
+            finally:
+                keras.config.set_dtype_policy(previous)
+            if self.model_config.network is not None:
+                check_network(self.model_config, self.model)
+            if config.init:
+                load_init_file(self.model, config.init, config.init_sha256, config.init_output_scale)
+            # `adam` holds the state a checkpoint keeps, in every precision; float16 wraps it in
+            # a loss-scaling optimizer, whose own state (the dynamic scale) goes to the meta.
+            self.adam = make_optimizer(self.schedule, config.beta_1, config.clip_norm)
+            self.optimizer = (keras.optimizers.LossScaleOptimizer(self.adam)
+                              if config.precision == "mixed_float16" else self.adam)
+            self.optimizer.build(self.model.trainable_variables)
         self.step = 0
         self._stop = False
         self._run_steps = None
@@ -438,6 +483,7 @@ class Trainer:
             "optimizer_variables": len(self.adam.variables),
             "precision": self.config.precision,
             "hardware": hardware(),
+            "replicas": self.replicas,
             "loss_scale": [float(v.numpy()) for v in self._loss_scale_variables()],
         }
 
@@ -553,13 +599,15 @@ class Trainer:
 
     def _portability_notices(self, path: Path, meta: dict[str, Any]) -> list[str]:
         """Returns notices for a checkpoint trained in another precision or on other hardware."""
-        theirs = (meta.get("precision", "float32"), meta.get("hardware"))
-        ours = (self.config.precision, hardware())
+        theirs = (meta.get("precision", "float32"), meta.get("hardware"), meta.get("replicas", 1))
+        ours = (self.config.precision, hardware(), self.replicas)
         if theirs[1] is None or theirs == ours:
             return []
-        notice = (f"checkpoint {path} was trained in {theirs[0]} on {theirs[1]}; this run resumes "
-                  f"in {ours[0]} on {ours[1]}: it continues correctly, but bit-exactness with an "
-                  f"uninterrupted run needs the same hardware and precision")
+        notice = (f"checkpoint {path} was trained in {theirs[0]} on {theirs[1]} "
+                  f"({theirs[2]} replica{'s' if theirs[2] != 1 else ''}); this run resumes "
+                  f"in {ours[0]} on {ours[1]} ({ours[2]} replica{'s' if ours[2] != 1 else ''}): it "
+                  f"continues correctly, but bit-exactness with an uninterrupted run needs the same "
+                  f"hardware, device count and precision")
         log.warning(notice)
         return [notice]
 
@@ -593,7 +641,7 @@ class Trainer:
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
             # loop around it is a plain tf.function (the same split as Keras's fit).
             @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
-            def one_step(inputs, target):
+            def single_step(inputs, target):
                 if inputs.dtype.is_integer:
                     # Crops and their offsets (crops.py): the pairs are made here, on the device.
                     inputs, target = device_pairs(inputs, target, spec)
@@ -604,6 +652,8 @@ class Trainer:
                 gradients = tape.gradient(scaled, model.trainable_variables)
                 optimizer.apply_gradients(zip(gradients, model.trainable_variables))
                 return loss
+
+            one_step = single_step if self.strategy is None else self._mirrored_step()
 
             @tf.function
             def run_one(iterator):
@@ -625,6 +675,41 @@ class Trainer:
 
             self._run_steps = run_steps
         return self._run_steps
+
+    def _mirrored_step(self):
+        """Returns the training step under the strategy: each replica takes its consecutive share
+        of the global batch; the loss returned is the global batch's mean."""
+        import tensorflow as tf
+
+        model, optimizer, spec, strategy = self.model, self.optimizer, self.patch_spec, self.strategy
+        scaling, replicas, loss_of = optimizer is not self.adam, self.replicas, loss_function(self.loss)
+        local = self.config.batch_size // replicas
+
+        # Only the gradients are XLA-compiled: applying them all-reduces across the replicas
+        # (a merge call), which stays outside the compiled function.
+        @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+        def gradients_of(inputs, target):
+            if inputs.dtype.is_integer:
+                inputs, target = device_pairs(inputs, target, spec)
+            with tf.GradientTape() as tape:
+                output = tf.cast(model(inputs, training=True), tf.float32)
+                loss = loss_of(output, target)
+                # The optimiser sums the replicas' gradients: each gives 1/replicas of its mean.
+                share = loss / replicas
+                scaled = optimizer.scale_loss(share) if scaling else share
+            return loss, tape.gradient(scaled, model.trainable_variables)
+
+        def replica_step(inputs, target):
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group * local
+            loss, gradients = gradients_of(inputs[first:first + local], target[first:first + local])
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        def one_step(inputs, target):
+            losses = strategy.run(replica_step, args=(inputs, target))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+        return one_step
 
     def train(
         self,

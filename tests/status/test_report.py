@@ -43,10 +43,15 @@ STEPS = 100  # per chunk; 3 chunks per run
 DATA = Path(__file__).parents[1] / "data"
 
 
+# r1 as planned before precision, xla and deterministic were settings (the defaults); r2 fast
+COMPUTE = {"r1": {}, "r2": {"precision": "mixed_float16", "xla": True, "deterministic": False}}
+
+
 def plan_event() -> Event:
     runs = [{"name": r, "model": "decusr", "scale": 2, "channels": 1, "epochs": 3, "batch_size": BATCH,
              "patch_size": 32, "steps_per_epoch": STEPS, "steps_total": 3 * STEPS, "step_seconds": 0.5,
-             "config": {"patches_per_image": 4}, "chunks": [[i * STEPS, (i + 1) * STEPS] for i in range(3)]}
+             "config": {"patches_per_image": 4, **COMPUTE[r]},
+             "chunks": [[i * STEPS, (i + 1) * STEPS] for i in range(3)]}
             for r in ("r1", "r2")]
     payload = {"plan_id": "plan-1", "replaces": None, "job": "test-job", "fingerprint": "f", "images": 12,
                "image_bytes": 1000, "manifest_key": "test-job/plans/m.json", "manifest_md5": "0",
@@ -164,6 +169,20 @@ def test_status_figures_from_a_known_journal(known_status):
     assert t4["images_per_second"] == pytest.approx(100.0 / 4)
     assert t4["epoch_seconds"] == pytest.approx(STEPS * BATCH / 100.0)
     assert hardware[("Tesla P100 (GPU)", "r2")]["patches_per_second"] == 40.0
+
+
+def test_status_shows_how_each_run_computes(known_status):
+    r1, r2 = known_status["runs"]
+    assert r1["training"] == {"precision": "float32", "xla": None, "deterministic": True, "label": "fp32 · det"}
+    assert r2["training"] == {"precision": "mixed_float16", "xla": True, "deterministic": False,
+                              "label": "mixed16 · fast · xla"}
+    console = Console(width=240, record=True, file=io.StringIO())
+    console.print(status_view(known_status))
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if line.startswith(("│ r1", "│ r2"))}
+    assert "fp32 · det" in rows["r1"] and "mixed16 · fast · xla" in rows["r2"]
+    page = status_html(known_status)
+    assert "<th>compute</th>" in page or '<th class="l">compute</th>' in page
+    assert '<td class="l">fp32 · det</td>' in page and '<td class="l">mixed16 · fast · xla</td>' in page
 
 
 def test_a_worker_that_ended_cleanly_is_not_stale(job):
@@ -408,6 +427,7 @@ def test_a_real_worker_reports_what_status_shows(planned, tmp_path):
     status = job_status(planned)
     run = status["runs"][0]
     assert run["validation"]["step"] == 6 and run["validation"]["psnr"] == validated[-1]["psnr"]
+    assert run["training"] == {"precision": "float32", "xla": None, "deterministic": True, "label": "fp32 · det"}
     assert run["loss"]["best"] == min(p["loss"] for p in payloads)
     (w,) = status["workers"]
     assert w["id"] == worker.id and w["chunks_done"] == 6 and w["device"].startswith("CPU")
