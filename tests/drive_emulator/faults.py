@@ -63,7 +63,8 @@ class Faults:
         methods: fnmatch patterns over API method names (see the package docstring), e.g. "upload.*".
         retry_after=N (error kinds) adds a Retry-After header.
     clear()                   drops every rule.
-    listing_lag               seconds a new or rewritten file stays out of files.list (files.get sees it).
+    listing_lag               seconds a new or rewritten file stays out of files.list (files.get sees it);
+                              lowering it shortens the lag of files already written too (0: list all now).
     fired(kind=None)          how many injected faults fired, in all or of one kind.
     """
 
@@ -111,4 +112,4 @@ class Faults:
 
     @listing_lag.setter
     def listing_lag(self, seconds: float) -> None:
-        self._drive.listing_lag = float(seconds)
+        self._drive.set_listing_lag(float(seconds))

@@ -124,6 +124,15 @@ class Drive:
         self.listing_lag = 0.0          # seconds a new or rewritten file stays out of files.list
         self.clock_offset = 0.0         # seconds added to the server's clock (a skewed server)
 
+    def set_listing_lag(self, seconds: float) -> None:
+        """Sets the listing lag; files already written are listed no later than `seconds` from now,
+        so a lag of 0 lists everything at once (a test can compare readers deterministically)."""
+        with self.lock:
+            self.listing_lag = seconds
+            latest = time.monotonic() + seconds
+            for drive_file in self.files.values():
+                drive_file.listed_after = min(drive_file.listed_after, latest)
+
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset)
