@@ -630,26 +630,41 @@ class Trainer:
         return make_dataset(self.source, self.order, self.patch_spec, start,
                             parallel=self.parallel_input)
 
+    def _loss_and_gradients(self, replicas: int = 1):
+        """Returns f(inputs, target) -> (loss, gradients) for one device's share of a batch: the
+        pairs made on the device from uint8 crops where needed, the run's loss, loss scaling
+        under mixed_float16, and (with several replicas) each replica's 1/replicas of its mean,
+        since the optimiser sums the replicas' gradients."""
+        import tensorflow as tf
+
+        model, optimizer, spec = self.model, self.optimizer, self.patch_spec
+        loss_of, scaling = loss_function(self.loss), self.optimizer is not self.adam
+
+        def loss_and_gradients(inputs, target):
+            if inputs.dtype.is_integer:
+                # Crops and their offsets (crops.py): the pairs are made here, on the device.
+                inputs, target = device_pairs(inputs, target, spec)
+            with tf.GradientTape() as tape:
+                output = tf.cast(model(inputs, training=True), tf.float32)
+                loss = loss_of(output, target)
+                share = loss / replicas if replicas > 1 else loss
+                scaled = optimizer.scale_loss(share) if scaling else share
+            return loss, tape.gradient(scaled, model.trainable_variables)
+
+        return loss_and_gradients
+
     def _compiled(self):
         if self._run_steps is None:
             import tensorflow as tf
 
-            model, optimizer, spec = self.model, self.optimizer, self.patch_spec
-            loss_of = loss_function(self.loss)
-            scaling = optimizer is not self.adam
+            model, optimizer = self.model, self.optimizer
+            loss_and_gradients = self._loss_and_gradients()
 
             # The step itself may be XLA-compiled; fetching from the iterator cannot be, so the
             # loop around it is a plain tf.function (the same split as Keras's fit).
             @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
             def single_step(inputs, target):
-                if inputs.dtype.is_integer:
-                    # Crops and their offsets (crops.py): the pairs are made here, on the device.
-                    inputs, target = device_pairs(inputs, target, spec)
-                with tf.GradientTape() as tape:
-                    output = tf.cast(model(inputs, training=True), tf.float32)
-                    loss = loss_of(output, target)
-                    scaled = optimizer.scale_loss(loss) if scaling else loss
-                gradients = tape.gradient(scaled, model.trainable_variables)
+                loss, gradients = loss_and_gradients(inputs, target)
                 optimizer.apply_gradients(zip(gradients, model.trainable_variables))
                 return loss
 
@@ -681,23 +696,12 @@ class Trainer:
         of the global batch; the loss returned is the global batch's mean."""
         import tensorflow as tf
 
-        model, optimizer, spec, strategy = self.model, self.optimizer, self.patch_spec, self.strategy
-        scaling, replicas, loss_of = optimizer is not self.adam, self.replicas, loss_function(self.loss)
+        model, optimizer, strategy, replicas = self.model, self.optimizer, self.strategy, self.replicas
         local = self.config.batch_size // replicas
-
         # Only the gradients are XLA-compiled: applying them all-reduces across the replicas
         # (a merge call), which stays outside the compiled function.
-        @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
-        def gradients_of(inputs, target):
-            if inputs.dtype.is_integer:
-                inputs, target = device_pairs(inputs, target, spec)
-            with tf.GradientTape() as tape:
-                output = tf.cast(model(inputs, training=True), tf.float32)
-                loss = loss_of(output, target)
-                # The optimiser sums the replicas' gradients: each gives 1/replicas of its mean.
-                share = loss / replicas
-                scaled = optimizer.scale_loss(share) if scaling else share
-            return loss, tape.gradient(scaled, model.trainable_variables)
+        gradients_of = tf.function(self._loss_and_gradients(replicas), jit_compile=self.jit_compile,
+                                   reduce_retracing=True)
 
         def replica_step(inputs, target):
             first = tf.distribute.get_replica_context().replica_id_in_sync_group * local
