@@ -193,12 +193,16 @@ def _check_stores(stores: dict[str, Store]) -> None:
 
 
 def _plan_id(fingerprint: str, runs: list[RunPlan], shards: list[dict],
-             run_files: dict[str, dict[str, dict]] | None = None) -> str:
+             run_files: dict[str, dict[str, dict]] | None = None, validation: ValidationSet | None = None) -> str:
     body = {
         "fingerprint": fingerprint,
         "runs": [{"config": _run_config(r, run_files or {}), "chunks": r.chunks} for r in runs],
         "shards": [(s["id"], s["account"]) for s in shards],
     }
+    # A held-out set is part of the fingerprint already (its images left the scan); a folder of
+    # its own is not, and a plan that ignored a changed folder would keep scoring the old one.
+    if validation is not None and validation.source == "folder":
+        body["validation"] = sorted(i.sha256 for i in validation.images)
     return "plan-" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -321,7 +325,7 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     if not dry_run:
         _upload_run_files(home, job.name, run_files)
     est = estimate(runs, platform, job.parallel_workers)
-    plan_id = _plan_id(scan.fingerprint, runs, shards, run_files)
+    plan_id = _plan_id(scan.fingerprint, runs, shards, run_files, vset)
     notes.append(vset.describe())
     report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
                         plan_id, dry_run, change=change, notes=notes, validation=vset, run_files=run_files)

@@ -73,6 +73,17 @@ def test_a_validation_folder_is_used_and_an_overlap_is_refused(tmp_path):
         plan(tmp_path, validation="val/")
 
 
+def test_a_changed_validation_folder_makes_a_new_plan_that_keeps_the_runs(tmp_path):
+    write_images(tmp_path / "images", 12, size=(48, 40))
+    write_images(tmp_path / "val", 3, size=(64, 60), seed=7)
+    first, recorded, _, names, _ = plan(tmp_path, validation="val/")
+    assert plan(tmp_path, validation="val/")[0].plan_id == first.plan_id  # unchanged: no new plan
+    write_images(tmp_path / "val", 4, size=(64, 60), seed=8)  # the team adds images to val/
+    second, recorded_again, _, names_again, _ = plan(tmp_path, validation="val/")
+    assert second.plan_id != first.plan_id and recorded_again["images"] == len(names_again) > len(names)
+    assert second.replan is not None and not second.replan.needs_replace  # no run starts over
+
+
 def test_the_crop_is_where_the_texture_is_not_the_centre():
     rng = np.random.default_rng(0)
     image = np.zeros((300, 400, 3))
