@@ -3,6 +3,11 @@ what goes, and that nothing a resume or a lagging reader may still need goes (do
 
 from __future__ import annotations
 
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shardrun import paths
 from shardrun.ledger.retention import RetentionRule, best_checkpoint, decide, kept_checkpoints, run_view
 from shardrun.storage.base import Stat
@@ -129,3 +134,123 @@ def test_objects_of_other_shapes_or_runs_are_left_alone_and_a_recent_plan_delete
     old = listing((key(90), 90))
     assert judged(replanned, old, now=10_000).later == [key(90)]
     assert judged(replanned, old, now=10_100).delete == [key(90)]
+
+
+# -- readers that lag: a property ----------------------------------------------------------------
+
+MAX_LAG = 0.9 * LEASE  # the premise of the safety argument: listings lag less than the horizon
+
+
+def simulate(seed: int) -> tuple[list, dict[str, float]]:
+    """Returns a random history of chunk 0-2 of run r1 (STEPS steps each): the events, in store time,
+    and every checkpoint object uploaded (key -> its store time). Owners checkpoint, heartbeat,
+    yield, finish or die (sometimes right after an upload, before its event); a loser of a claim
+    writes what the fold fences off; any worker may try to expire a lease, early or not. What is
+    accepted is what the real fold of the events so far says. A writer may also stall (a laptop
+    asleep) between an upload and its event, which then lands minutes later."""
+    rng = random.Random(seed)
+    events, objects = [plan_event(lease=LEASE)], {}
+    truth = fold(events)
+    t, fresh = 1.0, iter(range(100, 10**6))
+    alive = ["w1", "w2", "w3"]
+    progress: dict[str, int] = {}  # a worker's step in the chunk it trains
+    stalled: dict[str, tuple[float, object]] = {}  # worker -> (when its event lands, the event)
+
+    def add(event):
+        events.append(event)
+        truth.add_events([event])
+
+    while t < 4000 and any(c["state"] != "done" for c in truth.chunks("r1")):
+        t += rng.uniform(1.0, 45.0)
+        for worker, (due, event) in list(stalled.items()):
+            if due <= t:
+                add(event)
+                del stalled[worker]
+        chunks = truth.chunks("r1")
+        ready = [c for c in chunks if c["state"] == "ready"]
+        running = [c for c in chunks if c["state"] == "running"]
+        roll = rng.random()
+        if ready and roll < 0.5:
+            c = ready[0]
+            for claimer in rng.sample(alive, rng.choice([1, 1, 2])):  # now and then two claim at once
+                add(ev("claim", t + rng.uniform(0, 5), worker=claimer, chunk=c["idx"], generation=c["generation"]))
+                progress[claimer] = max(c["step_reached"], c["start_step"])
+            t += 5
+            continue
+        if not running:
+            continue
+        c = running[0]
+        owner, idx, gen = c["owner"], c["idx"], c["generation"]
+        writer = owner if owner in alive and owner not in stalled else None
+        if rng.random() < 0.15:  # a loser that believes it owns the chunk writes all the same
+            writer = rng.choice([w for w in alive if w not in stalled] or [None])
+            progress.setdefault(writer, c["step_reached"])
+        if writer is None or roll > 0.93:
+            if writer is None and rng.random() < 0.7:
+                continue  # no other worker is about to free the chunk of a silent owner
+            add(ev("expire", t, worker=rng.choice(alive), chunk=idx, generation=gen))
+            continue
+        step = min(c["end_step"], progress.get(writer, c["step_reached"]) + rng.randint(1, 12))
+        progress[writer] = step
+        k = key(step, idx, gen, writer)
+        objects.setdefault(k, t - 0.5)
+        fate = rng.random()
+        if fate < 0.06:  # killed right after the upload, before the event
+            alive.remove(writer)
+            alive.append(f"w{next(fresh)}")
+        elif step == c["end_step"]:
+            add(ev("done", t, worker=writer, chunk=idx, generation=gen, step=step, key=k, md5="m"))
+        elif fate < 0.16:
+            add(ev("yield", t, worker=writer, chunk=idx, generation=gen, step=step, key=k, md5="m"))
+        elif fate < 0.22:  # stalls between the upload and the event
+            due = t + rng.uniform(30, 400)
+            stalled[writer] = (due, checkpoint(due, step, idx, gen, writer))
+        else:
+            add(checkpoint(t, step, idx, gen, writer))
+            if fate < 0.26:  # and dies silently after it
+                alive.remove(writer)
+                alive.append(f"w{next(fresh)}")
+    return events, objects
+
+
+def lagging_view(events: list, at: float, rng: random.Random):
+    """Returns the ledger of a reader at store time `at` whose listing shows each event MAX_LAG
+    after its write at most (each event its own lag), so it may miss any of the newest."""
+    return fold([e for e in events if e.server_time + rng.uniform(0, MAX_LAG) <= at])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_no_checkpoint_a_lagging_reader_may_resume_from_is_ever_deleted(seed):
+    events, objects = simulate(seed)
+    rng = random.Random(seed ^ 0x5EED)
+    end = max(e.server_time for e in events)
+    accepted_in_the_end = {cp["key"] for cp in fold(events).checkpoints("r1")}
+    deleted_some = False
+    for at in sorted(rng.uniform(0, end + 2 * LEASE) for _ in range(12)):
+        # The deleter lags too, and judges by the latest store time it has folded.
+        deleter = lagging_view(events, at, rng)
+        now, view = deleter.latest_time(), run_view(deleter, "r1")
+        if view is None:
+            continue  # it has not seen the plan yet
+        listed = [Stat(k, 10, t) for k, t in objects.items() if t <= at]
+        verdict = decide(view, listed, now, RULE)
+        deleted = set(verdict.delete)
+        deleted_some |= bool(deleted)
+        # An object no accepted event named goes only if none ever will: its writer is done with it.
+        orphans = deleted - {cp["key"] for cp in deleter.checkpoints("r1")}
+        assert not orphans & accepted_in_the_end, orphans & accepted_in_the_end
+        for later in (at, at + rng.uniform(0, LEASE)):
+            reader = lagging_view(events, later, rng)
+            for c in reader.chunks("r1"):
+                if c["state"] in ("ready", "running"):
+                    resume = max(c["step_reached"], c["start_step"])
+                    tried = [cp["key"] for cp in reader.checkpoints("r1", up_to_step=resume)][:RULE.fallbacks]
+                    assert not deleted & set(tried), (c, tried, deleted)
+                assert c["start_checkpoint_key"] not in deleted
+                assert c["state"] != "done" or c["checkpoint_key"] not in deleted
+            newest = reader.checkpoints("r1")[:1]
+            assert not newest or newest[0]["key"] not in deleted  # `export --checkpoint latest`
+    # Nothing to check in a history where nothing ever went: hypothesis draws many where much does.
+    if len(events) > 30:
+        assert deleted_some
