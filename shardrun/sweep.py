@@ -70,9 +70,11 @@ class Sweeper:
         folders = {}
         for chunk in view.chunks:
             folder = paths.checkpoints_prefix(self.job, run, chunk["idx"])
-            if chunk["attempts"] == 0 and folder not in self._known:
-                continue  # never claimed: nothing was written there
-            in_play = chunk["state"] in ("ready", "running")
+            # In play: ready or running with an attempt behind it. A chunk never claimed under this
+            # plan is listed once all the same: a replaced plan may have left checkpoints there.
+            in_play = chunk["state"] in ("ready", "running") and chunk["attempts"] > 0
+            if in_play:
+                self._clean.discard(folder)  # new objects appear there: listed on every pass
             if in_play or (folder not in self._clean and budget[0] > 0):
                 budget[0] -= 0 if in_play else 1
                 try:
@@ -101,8 +103,9 @@ class Sweeper:
         waiting = set(verdict.later)
         for folder, chunk in folders.items():
             # A done chunk's folder is clean once its end is settled and nothing in it waits: all
-            # that is left stays for good until retention lets it go, which needs no listing.
-            if (chunk["state"] == "done" and chunk["done_time"] is not None and chunk["done_time"] <= settled
-                    and not waiting.intersection(self._known[folder])):
+            # that is left stays for good until retention lets it go, which needs no listing. So is
+            # a folder of a chunk never claimed, once nothing in it waits: a claim puts it in play.
+            ended = chunk["state"] == "done" and chunk["done_time"] is not None and chunk["done_time"] <= settled
+            if (ended or chunk["attempts"] == 0) and not waiting.intersection(self._known[folder]):
                 self._clean.add(folder)
         return True

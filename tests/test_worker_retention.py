@@ -21,7 +21,6 @@ from shardrun.plan.job import plan_job
 from shardrun.product.checkpoints import fetch_checkpoint
 from shardrun.session import Session
 from shardrun.storage.memory import MemoryStore
-from shardrun.sweep import Sweeper
 from shardrun.worker import Worker, WorkerJob, WorkerSettings
 from tests.conftest import job_text, write_images
 from tests.lagging_store import LaggingStore
@@ -192,11 +191,14 @@ def test_a_long_job_keeps_the_homes_checkpoints_bounded_and_every_resume_finds_i
     assert len(files_written) >= 120 and meter.most_files <= meter.bound and 4 * meter.bound < len(files_written)
     assert meter.largest_file <= report.retained.largest  # plan's size estimate is an upper bound
 
-    # Two horizons later one pass of a new reader leaves exactly what the rule keeps for good:
-    # every chunk's final, the latest three, the best, and their pictures; the killed worker's
-    # upload (no event) and its pictures are gone.
+    # Two horizons later the last worker's sweeper, passing again (it lists a few done chunks'
+    # folders a pass), leaves exactly what the rule keeps for good: every chunk's final, the
+    # latest three, the best, and their pictures; the killed worker's upload (no event) and its
+    # pictures are gone.
     clock.advance(2 * LEASE)
-    Sweeper(store, job.name, listings_per_pass=10).tidy(ledger, clock.now())
+    dave.sync()
+    for _ in range(3):
+        dave.sweeper.tidy(dave.ledger, clock.now())  # the store time of a later event
     kept = kept_checkpoints(run_view(ledger, "a"), clock.now(), RetentionRule())
     left = {s.key for s in store.list(paths.checkpoints_prefix(job.name, "a"))}
     assert {k for k in left if k.endswith(".ckpt")} == set(kept)
@@ -206,9 +208,12 @@ def test_a_long_job_keeps_the_homes_checkpoints_bounded_and_every_resume_finds_i
     for choice in ("final", "latest", "best"):
         fetched = fetch_checkpoint(job, ledger, "a", choice, tmp_path / f"export-{choice}")
         assert fetched.notices == [], choice
-    figures = (f"checkpoint files: {len(files_written)} written ({sum(written[k] for k in files_written):,} bytes), "
-               f"at most {meter.most_files} on the home at once ({meter.most_bytes:,} bytes with pictures; "
-               f"bound {meter.bound}), {len(kept)} at the end")
+    pictures_written = [k for k in written if k.endswith(".val.png")]
+    figures = (f"checkpoint files: {len(files_written)} written ({sum(written[k] for k in files_written):,} bytes; "
+               f"with {len(pictures_written)} pictures {sum(written.values()):,} bytes), at most {meter.most_files} "
+               f"files and {meter.most_pictures} pictures on the home at once ({meter.most_bytes:,} bytes; bound "
+               f"{meter.bound} files), {len(kept)} files at the end "
+               f"({sum(s.size for s in store.list(paths.checkpoints_prefix(job.name, 'a'))):,} bytes with pictures)")
     print(figures)
 
 
