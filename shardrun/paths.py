@@ -56,6 +56,27 @@ def checkpoint_key(job: str, run: str, chunk: int, generation: int, worker: str,
     return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.ckpt")
 
 
+def checkpoints_prefix(job: str, run: str, chunk: int | None = None) -> str:
+    """Returns the folder of a run's checkpoints (and their validation pictures), or of one chunk's."""
+    folder = f"{job}/checkpoints/{run}/"
+    return validate_prefix(folder if chunk is None else f"{folder}chunk-{chunk:05d}/")
+
+
+_CHECKPOINT_OBJECT = re.compile(r"checkpoints/(?P<run>[^/]+)/chunk-(?P<chunk>\d+)/g(?P<generation>\d+)-(?P<worker>[^/]+)"
+                                r"/step-(?P<step>\d+)\.(?P<kind>ckpt|val\.png)")
+
+
+def checkpoint_object_of(job: str, key: str) -> dict | None:
+    """Returns what a key under the job's checkpoints folder names (run, chunk, generation, worker,
+    step and kind: "ckpt" or "val.png"; the inverse of checkpoint_key and validation_pictures_key),
+    or None for a key of another shape."""
+    found = _CHECKPOINT_OBJECT.fullmatch(key[len(job) + 1:]) if key.startswith(f"{job}/") else None
+    if found is None:
+        return None
+    parts = found.groupdict()
+    return {**parts, "chunk": int(parts["chunk"]), "generation": int(parts["generation"]), "step": int(parts["step"])}
+
+
 def validation_set_key(job: str, digest: str) -> str:
     """The validation crops the plan chose (an .npz), named by the content they were cut from."""
     return validate_key(f"{job}/validation/set-{digest[:24]}.npz")
@@ -64,6 +85,8 @@ def validation_set_key(job: str, digest: str) -> str:
 def validation_pictures_key(job: str, run: str, chunk: int, generation: int, worker: str, step: int) -> str:
     """A checkpoint's validation pictures: bicubic, the network and the original, side by side (PNG)."""
     return validate_key(f"{job}/checkpoints/{run}/chunk-{chunk:05d}/g{generation}-{worker}/step-{step:012d}.val.png")
+
+
 def run_file_key(job: str, sha256: str, suffix: str) -> str:
     """Returns the key of a file a run trains with (its own network's .py, its init weights):
     named by its content, so every worker loads the same bytes and a changed file is a new key."""

@@ -375,6 +375,7 @@ class Worker:
                 final.update(figures)
             else:
                 self._write("checkpoint", run, idx, generation, **figures)
+                self._tidy()
 
         def on_heartbeat(progress) -> None:
             nonlocal lost
@@ -415,8 +416,18 @@ class Worker:
                         **{**self.identity(), **final})
             result_name = "yield"
         self.sync()
+        self._tidy()
         self.on_progress(run, idx, trainer.step, chunk["end_step"], result.loss)
         return ChunkOutcome(run, idx, generation, start_step, trainer.step, result_name, train_seconds, notices)
+
+    def _tidy(self) -> None:
+        """Deletes the checkpoints that no resume or user can need any more (retention: shardrun.sweep
+        and docs/worker.md); never fatal, and judged in the store's time only."""
+        if getattr(self, "sweeper", None) is None:
+            from shardrun.sweep import Sweeper
+
+            self.sweeper = Sweeper(self.job.home, self.job.name)
+        self.sweeper.tidy(self.ledger)
 
     @staticmethod
     def _rates(patches_per_second: float | None, batch_size: int) -> dict[str, float | None]:

@@ -40,6 +40,7 @@ WINGS = {
     "shardrun.advice": "advice",
     "shardrun.status": "status",
     "shardrun.worker": "worker",
+    "shardrun.sweep": "sweep",  # deletes what retention (ledger/retention.py) lets go; the worker calls it
     "shardrun.accounts": "accounts",
     "shardrun.product": "product",
     "shardrun.demo": "demo",
@@ -61,13 +62,14 @@ ALLOWED = {
     "plan": {GROUND, "storage", "config", "journal", "ledger", "train"},
     "status": {GROUND, "storage", "config", "journal", "ledger", "plan"},
     "advice": {GROUND, "storage", "config", "plan"},
-    "worker": {GROUND, "storage", "config", "train", "journal", "ledger", "session", "plan"},
+    "sweep": {GROUND, "storage", "config", "journal", "ledger"},
+    "worker": {GROUND, "storage", "config", "train", "journal", "ledger", "session", "plan", "sweep"},
     "accounts": {GROUND, "storage", "config"},
     # a run's product (export, upscale, evaluate): reads the ledger, fetches from the store, runs train/
     "product": {GROUND, "storage", "config", "train", "journal", "ledger", "plan"},
-    "demo": _LIBRARY_FLOORS | {"plan", "status", "worker", "product"},
+    "demo": _LIBRARY_FLOORS | {"plan", "status", "worker", "sweep", "product"},
     "notebook": set(),  # runs before shardrun's own dependencies are installed
-    "render": _LIBRARY_FLOORS | {"plan", "status", "advice", "accounts", "product"},
+    "render": _LIBRARY_FLOORS | {"plan", "status", "advice", "accounts", "sweep", "product"},
     "cli": set(),  # filled below: the command line may import every wing
 }
 ALLOWED["cli"] = set(ALLOWED) - {"cli"}

@@ -75,11 +75,17 @@ def accepted_dones(ledger: Ledger) -> dict[tuple[str, int], int]:
 
 
 def unverified_checkpoints(ledger: Ledger, store: Store) -> set[str]:
-    """Returns the keys of the checkpoints the ledger refers to that are missing or damaged on the store."""
+    """Returns the keys of the checkpoints the ledger refers to (every chunk's, and the accepted
+    ones retention keeps: the others may have been deleted, docs/worker.md) that are missing or
+    damaged on the store."""
+    from shardrun.ledger.retention import RetentionRule, kept_checkpoints, run_view
+
     chunks = ledger.chunks()
     referenced = {(c["checkpoint_key"], c["checkpoint_md5"]) for c in chunks if c["checkpoint_key"]}
     referenced |= {(c["start_checkpoint_key"], c["start_checkpoint_md5"]) for c in chunks if c["start_checkpoint_key"]}
-    referenced |= {(k["key"], k["md5"]) for r in ledger.runs() for k in ledger.checkpoints(r["name"])}
+    for r in ledger.runs():
+        kept = kept_checkpoints(run_view(ledger, r["name"]), ledger.latest_time(), RetentionRule())
+        referenced |= {(k["key"], k["md5"]) for k in ledger.checkpoints(r["name"]) if k["key"] in kept}
     bad = set()
     for key, md5 in referenced:
         try:

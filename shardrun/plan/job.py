@@ -34,6 +34,7 @@ from shardrun.plan.placement import (
     plan_run,
 )
 from shardrun.config.platforms import Platform, Profile, load_platforms, load_profile
+from shardrun.plan.space import RetainedSpace, home_space, home_too_small, retained_space, room_for_shards
 from shardrun.plan.validation import ValidationSet, choose_validation, upload_validation_set
 from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
 from shardrun.errors import QuotaExceeded
@@ -81,6 +82,8 @@ class PlanReport:
     # run name -> kind ("network", "init") -> the file a run trains with: file (as the job file
     # names it), key on the home store, sha256, md5, size; a network's also its parameters
     run_files: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # What retention keeps on the home account at most (plan/space.py), counted in its space
+    retained: RetainedSpace | None = None
 
 
 @dataclass
@@ -268,7 +271,8 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     scan, vset = choose_validation(scan, job.validation, job.validation_share, job.base_dir,
                                    min_side=max(r.patch_size for r in job.runs), workers=scan_workers)
     runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
-    run_files = check_training(job, runs)
+    checkpoint_sizes: dict[str, int] = {}
+    run_files = check_training(job, runs, checkpoint_sizes)
     specs = layout_shards(scan.accepted, job.shard_size_bytes)
 
     stores = open_account_stores(job)
@@ -296,8 +300,16 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     usages = {name: store.usage() for name, store in stores.items()}
     spaces = [AccountSpace(a.name, a.quota_bytes, usages[a.name].used_bytes, job.reserve_bytes)
               for a in job.accounts]
+    # The home keeps room for the checkpoints retention keeps (this job's already there among them).
+    retained = retained_space(runs, checkpoint_sizes, job.lease_minutes * 60)
+    existing = sum(s.size for r in runs for s in home.list(paths.checkpoints_prefix(job.name, r.run.name)))
+    home_now = home_space(next(s for s in spaces if s.name == job.home.name), existing)
+    spaces = [room_for_shards(home_now, retained) if s.name == job.home.name else s for s in spaces]
     placement = place_shards([ShardToPlace(s.id, s.size) for s in specs], spaces,
                              {**damaged, **{sid: acct for sid, (acct, _) in kept.items()}})
+    problem = home_too_small(home_now, retained)
+    if problem:
+        raise PlanError(problem)
 
     accounts = {a.name: AccountReport(a.name, a.store, a.quota_bytes, usages[a.name].used_bytes,
                                       job.reserve_bytes) for a in job.accounts}
@@ -327,8 +339,10 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     est = estimate(runs, platform, job.parallel_workers)
     plan_id = _plan_id(scan.fingerprint, runs, shards, run_files, vset)
     notes.append(vset.describe())
+    notes.append(f"the home account {job.home.name} keeps room for the checkpoints retention keeps: {retained.describe()}")
     report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
-                        plan_id, dry_run, change=change, notes=notes, validation=vset, run_files=run_files)
+                        plan_id, dry_run, change=change, notes=notes, validation=vset, run_files=run_files,
+                        retained=retained)
     if dry_run or (current and current["id"] == plan_id):
         return report
     if replan is not None:
@@ -351,7 +365,8 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     return report
 
 
-def check_training(job: JobConfig, runs: list[RunPlan]) -> dict[str, dict[str, dict]]:
+def check_training(job: JobConfig, runs: list[RunPlan],
+                   checkpoint_sizes: dict[str, int] | None = None) -> dict[str, dict[str, dict]]:
     """Returns the files each run trains with (its own network, its init weights: see
     PlanReport.run_files, keys not yet uploaded); raises ConfigError naming every run setting
     that training would refuse (model options, loss, schedule against the run's length, a
@@ -359,7 +374,8 @@ def check_training(job: JobConfig, runs: list[RunPlan]) -> dict[str, dict[str, d
     all at once, before any upload.
 
     A run with its own network or init weights has its network built here, in this process:
-    the network file is the team's own code (docs/training.md).
+    the network file is the team's own code (docs/training.md). Into `checkpoint_sizes` goes each
+    run's checkpoint size (train/checkpoint.estimated_size of its network, built once).
     """
     from shardrun.storage.base import digest_file
     from shardrun.train.init import InitError
@@ -402,12 +418,18 @@ def check_training(job: JobConfig, runs: list[RunPlan]) -> dict[str, dict[str, d
             problems.extend(f"{where}{part}" for part in error.problems)
         if model_config is not None and files:
             try:
-                parameters = _check_network(config, model_config)
+                parameters, model = _check_network(config, model_config)
                 files.get("network", {})["parameters"] = parameters
             except InitError as error:
                 problems.append(f"{where}init = {r.run.init!r}: {error}")
             except ModelError as error:
                 problems.append(f"{where}model = {r.run.model!r}: {error}")
+            else:
+                _record_size(checkpoint_sizes, r.run.name, model)
+        elif model_config is not None and checkpoint_sizes is not None:
+            from shardrun.train.models import build_model
+
+            _record_size(checkpoint_sizes, r.run.name, build_model(model_config, seed=config.seed))
         if files:
             run_files[r.run.name] = files
     if problems:
@@ -415,9 +437,17 @@ def check_training(job: JobConfig, runs: list[RunPlan]) -> dict[str, dict[str, d
     return run_files
 
 
-def _check_network(config, model_config) -> int:
-    """Returns the trainable parameters of the run's network, built once and checked: its shape
-    (a network of the team's own) and its init weights, loaded as a worker will load them."""
+def _record_size(sizes: dict[str, int] | None, run: str, model) -> None:
+    if sizes is not None:
+        from shardrun.train.checkpoint import estimated_size
+
+        sizes[run] = estimated_size(model)
+
+
+def _check_network(config, model_config):
+    """Returns the trainable parameters of the run's network and the network, built once and
+    checked: its shape (a network of the team's own) and its init weights, loaded as a worker
+    will load them."""
     from shardrun.train.init import load_init_file
     from shardrun.train.models import build_model, check_network
 
@@ -426,7 +456,7 @@ def _check_network(config, model_config) -> int:
         check_network(model_config, model)
     if config.init:
         load_init_file(model, config.init, config.init_sha256, config.init_output_scale)
-    return int(sum(int(w.numpy().size) for w in model.trainable_weights))
+    return int(sum(int(w.numpy().size) for w in model.trainable_weights)), model
 
 
 def _upload_run_files(home: Store, job: str, run_files: dict[str, dict[str, dict]]) -> None:

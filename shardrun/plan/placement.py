@@ -27,11 +27,18 @@ class AccountSpace:
     name: str
     quota_bytes: int
     used_bytes: int  # everything on the account now, this job's existing shards included
-    reserve_bytes: int  # kept free for checkpoints, the journal and ledger snapshots
+    reserve_bytes: int  # kept free for the journal, ledger snapshots (and checkpoints)
+    checkpoint_bytes: int = 0  # the home's: kept for the checkpoints retention keeps (plan/space.py)
 
     @property
     def free_for_shards(self) -> int:
+        """What the account has free after its reserve: which account a shard prefers."""
         return max(0, self.quota_bytes - self.reserve_bytes - self.used_bytes)
+
+    @property
+    def room_for_shards(self) -> int:
+        """What shards may fill: the free space less the room the home keeps for checkpoints."""
+        return max(0, self.free_for_shards - self.checkpoint_bytes)
 
 
 @dataclass(frozen=True)
@@ -46,20 +53,24 @@ def place_shards(shards: list[ShardToPlace], accounts: list[AccountSpace],
 
     Shards already on an account (`existing`) stay there, so re-running a plan after an
     interruption uploads only what is missing. Each other shard goes, in order, to the account
-    with the most free space left (ties: the earlier account), which spreads consecutive shards
-    over the team and keeps every account within quota minus reserve.
+    with the most free space left (ties: the earlier account) among those with room for it, which
+    spreads consecutive shards over the team and keeps every account within quota minus reserve
+    (and, on the home, minus the room kept for checkpoints: `checkpoint_bytes`).
     """
     existing = existing or {}
     free = {a.name: a.free_for_shards for a in accounts}
+    room = {a.name: a.room_for_shards for a in accounts}
     order = {a.name: i for i, a in enumerate(accounts)}
     placement = {s.id: existing[s.id] for s in shards if s.id in existing}
     pending = [s for s in shards if s.id not in placement]
     for shard in pending:
-        best = min(free, key=lambda name: (-free[name], order[name]))
-        if free[best] < shard.size:
-            raise PlanError(_shortfall_message(pending, free, accounts, shard))
+        fitting = [name for name in free if room[name] >= shard.size]
+        if not fitting:
+            raise PlanError(_shortfall_message(pending, room, accounts, shard))
+        best = min(fitting, key=lambda name: (-free[name], order[name]))
         placement[shard.id] = best
         free[best] -= shard.size
+        room[best] -= shard.size
     return placement
 
 
@@ -74,7 +85,7 @@ def _shortfall_message(pending: list[ShardToPlace], free_now: dict[str, int],
     says which `shard_size_mb` would fit instead of changing it behind the user's back.
     """
     needed = sum(s.size for s in pending)
-    total_free = sum(a.free_for_shards for a in accounts)
+    total_free = sum(a.room_for_shards for a in accounts)
     no_room = [a for a in accounts if a.reserve_bytes >= a.quota_bytes]
     reserve_note = ""
     if no_room:
@@ -102,12 +113,12 @@ def _shortfall_message(pending: list[ShardToPlace], free_now: dict[str, int],
 def _unfit_shard_message(accounts: list[AccountSpace], free_now: dict[str, int], stuck: ShardToPlace,
                          needed: int, total_free: int) -> str:
     """Returns the message for a team with room in total but no account with room for the next shard."""
-    largest = max(accounts, key=lambda a: a.free_for_shards)
+    largest = max(accounts, key=lambda a: a.room_for_shards)
     room = (f"the team has {human_bytes(total_free)} free for {human_bytes(needed)} of shards, but a shard of "
             f"{human_bytes(stuck.size)} ({stuck.id}) fits in no account")
-    if stuck.size > largest.free_for_shards:
-        room += f": the most any account has free is {human_bytes(largest.free_for_shards)} (account {largest.name})"
-        size = largest.free_for_shards // MB
+    if stuck.size > largest.room_for_shards:
+        room += f": the most any account has free is {human_bytes(largest.room_for_shards)} (account {largest.name})"
+        size = largest.room_for_shards // MB
         fix = (f"Set shard_size_mb = {size} (or less) in the job file so that shards fit, or make room on the "
                "accounts" if size >= 1 else "Make room on the accounts (none has 1 MB free)")
     else:

@@ -3,7 +3,6 @@ hash-verified, falling back to the previous accepted one when a file fails its h
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from shardrun.config.job import JobConfig
 from shardrun.errors import IntegrityError, NotFound, ShardrunError
 from shardrun.ledger.db import Ledger
-from shardrun.ledger.summaries import validation_of
+from shardrun.ledger.retention import best_checkpoint, checkpoint_validations
 
 CHOICES = ("final", "latest", "best")
 
@@ -49,14 +48,7 @@ def parse_choice(text: str) -> str | int:
 
 def validations(ledger: Ledger, run: str) -> dict[str, dict]:
     """Returns checkpoint key -> the validation scores its checkpoint (or done/yield) event carried."""
-    found = {}
-    for row in ledger.db.query(
-            "SELECT payload FROM events WHERE run = ? AND kind IN ('checkpoint', 'done', 'yield')", [run]):
-        payload = json.loads(row["payload"])
-        scores = validation_of(payload)
-        if scores is not None and isinstance(payload.get("key"), str):
-            found[payload["key"]] = scores
-    return found
+    return checkpoint_validations(ledger, run)
 
 
 def _run_row(ledger: Ledger, run: str) -> dict:
@@ -88,11 +80,11 @@ def candidates(ledger: Ledger, run: str, choice: str | int) -> tuple[list[dict],
     elif choice == "latest":
         chosen = accepted[0]
     elif choice == "best":
-        scored = [cp for cp in accepted if cp["validation"] is not None]
-        if not scored:
+        # The same choice as retention's (ledger.retention), which keeps this checkpoint on the store.
+        chosen = best_checkpoint(accepted, scores)
+        if chosen is None:
             raise ProductError(f"run {run!r} has no checkpoint with validation scores; "
                                "use --checkpoint latest or a step")
-        chosen = max(scored, key=lambda cp: (cp["validation"]["psnr"], cp["step"]))
     else:
         matching = [cp for cp in accepted if cp["step"] == choice]
         if not matching:

@@ -86,3 +86,20 @@ def write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+# What a checkpoint file holds besides its arrays' bytes: per array, the zip entry and .npy
+# headers (measured about 280-330 bytes), and the meta (JSON: model, data layout, RNG state).
+ARRAY_OVERHEAD_BYTES = 512
+META_BYTES = 16 * 1024
+
+
+def estimated_size(model) -> int:
+    """Returns about how many bytes (a little more, never less) a checkpoint of `model` takes: its
+    weights, the optimizer's two float32 moments per trainable weight and its step and rate, as
+    `Trainer.save_checkpoint` writes them (uncompressed .npz)."""
+    weights = [int(np.prod(w.shape)) * np.dtype(w.dtype.name if hasattr(w.dtype, "name") else w.dtype).itemsize
+               for w in model.weights]
+    trainable = [int(np.prod(w.shape)) for w in model.trainable_weights]
+    arrays = len(weights) + 2 * len(trainable) + 2
+    return sum(weights) + 8 * sum(trainable) + 8 + arrays * ARRAY_OVERHEAD_BYTES + META_BYTES

@@ -332,3 +332,36 @@ def test_a_bad_network_file_or_init_file_is_named_before_any_upload(job_dir, wri
     assert problems[3].startswith("runs[3].init = 'other.h5': init file other.h5 does not fit this network: "
                                   "layer 1 is ")
     assert files_under(job_dir / "stores") == []
+
+
+def test_a_home_too_small_for_the_checkpoints_retention_keeps_is_refused_in_one_line(job_dir, write_job):
+    # DECUSR (39,265 parameters): about 0.5 MB a checkpoint, some twenty kept at most: the home
+    # (alice, 5 MB) cannot hold them, though bob could take every shard.
+    job = load_job(write_job(accounts=[("alice", 0.005), ("bob", 15)], reserve_mb=0))
+    with pytest.raises(PlanError) as refused:
+        plan_job(job, scan_workers=1)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("The home account alice is too small for the checkpoints retention keeps there: up to ")
+    assert "raise its quota_gb, lower reserve_mb, or list a larger account first" in message
+    assert message.endswith("Nothing was written.")
+    assert files_under(job_dir / "stores") == []
+
+
+def test_the_home_keeps_room_for_its_checkpoints_and_shards_fill_only_the_rest(job_dir, write_job):
+    shutil.rmtree(job_dir / "images")
+    write_images(job_dir / "images", 60, size=(140, 140))
+    keys = dict(**SMALL_SHARDS, validation_share=0)
+    dry = plan_job(load_job(write_job(**keys)), dry_run=True, scan_workers=1)
+    from shardrun.train.checkpoint import estimated_size
+    from shardrun.train.models import build_model, count_parameters, resolve_model
+
+    decusr = resolve_model("decusr", 2, 1)
+    # Counted from the network: 12 bytes a parameter (weights, Adam's two moments) and the file's layout.
+    assert 12 * count_parameters(decusr) < dry.retained.largest == estimated_size(build_model(decusr, 1))
+    assert any(f"keeps room for the checkpoints retention keeps: up to {dry.retained.files} checkpoints" in n
+               for n in dry.notes)
+    # A home with room for the checkpoints and half a shard: every shard goes to bob.
+    quota_gb = (dry.retained.bytes + 512 * 1024) / 1e9
+    report = plan_job(load_job(write_job(accounts=[("alice", quota_gb), ("bob", 15)], **keys)), scan_workers=1)
+    assert report.written and {s["account"] for s in report.shards} == {"bob"}
