@@ -287,6 +287,49 @@ def test_evaluate_scores_runs_and_bicubic_on_a_folder(job, tmp_path):
     assert result.exit_code == 1 and "holds no usable image" in result.output
 
 
+def benchmark_folder(folder: Path) -> Path:
+    import skimage
+
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()[:64, :80]).save(folder / f"{name}.png")
+    return folder
+
+
+def test_evaluate_prints_the_published_figures_beside_the_measured_ones(job, tmp_path):
+    jobfile = str(job.base_dir / "job.toml")
+    result = CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(benchmark_folder(tmp_path / "Set5"))])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    report = json.loads(CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(tmp_path / "Set5"),
+                                                   "--json"]).output)
+    for r in report["results"]:  # y (DECUSR) and rgb (ESPCN), both ×2: Set5 ×2 has bicubic only for them
+        title = next(i for i, line in enumerate(lines) if f"{r['label']} on Set5 ×2" in line)
+        table = lines[title:next((i for i, line in enumerate(lines) if i > title and " on Set5 " in line), None)]
+        mean = next(line for line in table if "mean" in line)
+        assert f"{r['psnr']:.2f}" in mean and f"{r['bicubic_psnr']:.2f}" in mean
+        published = next(line for line in table if "published bicubic" in line)
+        assert "33.66" in published and "0.9299" in published  # configs/published.toml, Set5 ×2
+        assert any("VDSR paper" in line for line in table)  # its source, under the table
+    # the folder's name is matched without case: set14 is Set14
+    result = CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(benchmark_folder(tmp_path / "set14")),
+                                       "--json"])
+    assert [f["psnr"] for f in json.loads(result.output)["results"][0]["published"]] == [30.24]
+
+
+def test_a_run_is_shown_its_own_familys_published_figures(job, tmp_path, monkeypatch):
+    from shardrun.config import published
+
+    shipped = published.load_published()
+    espcn_x2 = published.PublishedFigure("espcn", "Set5", 2, 36.0, None, "a paper, for this test")
+    monkeypatch.setattr(published, "load_published", lambda text=None: [*shipped, espcn_x2])
+    result = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data",
+                                       str(benchmark_folder(tmp_path / "Set5")), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = {r["run"]: {f["model"] for f in r["published"]} for r in json.loads(result.output)["results"]}
+    assert shown == {"y": {"bicubic"}, "rgb": {"bicubic", "espcn"}}  # decusr has none; espcn its own
+
+
 def test_evaluate_html_shows_each_runs_scores_and_crops_in_chromium(job, tmp_path):
     import re
 
