@@ -25,10 +25,13 @@ class PublishedFigure:
 def load_published(text: str | None = None) -> list[PublishedFigure]:
     """Returns the shipped published figures (or those in `text`)."""
     if text is None:
-        try:
+        # A source checkout reads its own configs/ (an editable install may map the package's
+        # `shardrun.configs` to another checkout's); an installed shardrun reads its package data.
+        checkout = Path(__file__).resolve().parents[2] / "configs" / "published.toml"
+        if checkout.is_file():
+            text = checkout.read_text("utf-8")
+        else:
             text = resources.files("shardrun.configs").joinpath("published.toml").read_text("utf-8")
-        except FileNotFoundError:  # a source checkout whose editable install maps configs/ elsewhere
-            text = (Path(__file__).resolve().parents[2] / "configs" / "published.toml").read_text("utf-8")
     try:
         rows = tomllib.loads(text).get("figures", [])
         return [PublishedFigure(str(r["model"]), str(r["dataset"]), int(r["scale"]), float(r["psnr"]),

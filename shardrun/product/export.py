@@ -98,18 +98,57 @@ def _write_savedmodel(model, path: Path) -> None:
     model.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
 
 
+def _with_resize_upsampling(model):
+    """Returns `model` with each nearest-neighbour UpSampling2D replaced by the same enlargement
+    through `tf.image.resize` (TFLite's builtin RESIZE_NEAREST_NEIGHBOR), weights shared.
+
+    Keras's UpSampling2D repeats rows and columns with `tf.repeat`, whose reshape loses the
+    static channel count; the Conv2D after DECUSR's concatenation then needs TensorFlow Select
+    ops, which the interpreter of the `tensorflow` pip package (2.21) cannot run (no Flex
+    delegate). Nearest resize by an integer factor picks the same source pixel as the repeat
+    (floor((y + 0.5) / s) = floor(y / s)), so the result is unchanged.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not any(isinstance(layer, keras.layers.UpSampling2D) for layer in model.layers):
+        return model
+
+    class ResizeUpsampling(keras.layers.Layer):
+        def __init__(self, size, **kwargs):
+            super().__init__(**kwargs)
+            self.size = tuple(size)
+
+        def call(self, x):
+            shape = tf.shape(x)
+            return tf.image.resize(x, [shape[1] * self.size[0], shape[2] * self.size[1]], method="nearest")
+
+        def compute_output_shape(self, shape):
+            grow = lambda n, f: None if n is None else n * f  # noqa: E731
+            return (shape[0], grow(shape[1], self.size[0]), grow(shape[2], self.size[1]), shape[3])
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest":
+            return ResizeUpsampling(layer.size, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _write_tflite(model, path: Path) -> None:
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as scratch:
-        _write_savedmodel(model, Path(scratch) / "saved")
+        _write_savedmodel(_with_resize_upsampling(model), Path(scratch) / "saved")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "saved"))
         try:
             path.write_bytes(converter.convert())
         except Exception:  # noqa: BLE001 - ConverterError: some op needs TensorFlow's own kernels
-            # DECUSR's concatenation after UpSampling2D loses its static channel count, which the
-            # builtin Conv2D needs: fall back to TF Select ops, which the `tensorflow` package's
-            # interpreter runs (a mobile runtime needs the Flex delegate; docs/models-out.md).
+            # A network of the user's own with an op TFLite has no builtin for: fall back to TF
+            # Select ops. Such a file needs an interpreter with the Flex delegate linked (LiteRT's
+            # select-ops build; the `tensorflow` 2.21 pip interpreter has none): docs/models-out.md.
             converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "saved"))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
             path.write_bytes(converter.convert())

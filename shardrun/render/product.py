@@ -40,6 +40,9 @@ def evaluate_view(report: dict) -> list[Table]:
         for f in r["published"]:
             ssim = "" if f["ssim"] is None else f"{f['ssim']:.4f}"
             table.add_row(f"published {f['model']}", f"{f['psnr']:.2f}", ssim, "", "")
+        if r["published"]:
+            table.caption = "\n".join(f"published {f['model']}: {f['source']}" for f in r["published"])
+            table.caption_justify = "left"
         tables.append(table)
     return tables
 

@@ -66,8 +66,8 @@ def test_keras_export_loads_in_plain_keras_without_shardrun(job, tmp_path):
     assert len(described["checkpoint"]["sha256"]) == 64 and described["validation"]["psnr"] > 0
 
 
-@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
-def test_every_format_matches_the_checkpoint(job, tmp_path, fmt):
+@pytest.mark.parametrize("run, fmt", [("rgb", "savedmodel"), ("rgb", "tflite"), ("rgb", "onnx"), ("y", "tflite")])
+def test_every_format_matches_the_checkpoint(job, tmp_path, run, fmt):
     import tensorflow as tf
 
     from shardrun.product.export import TOLERANCE, export_run
@@ -75,9 +75,14 @@ def test_every_format_matches_the_checkpoint(job, tmp_path, fmt):
     if fmt == "onnx":
         import onnxruntime as ort  # in the test extra: the ONNX export is checked, never skipped
     out = tmp_path / {"savedmodel": "m", "tflite": "m.tflite", "onnx": "m.onnx"}[fmt]
-    # ESPCN (RGB): DECUSR's TFLite export needs TF Select ops (see docs/models-out.md).
-    export_run(job, "rgb", "final", fmt, out)
-    x = np.random.default_rng(1).random((1, 19, 23, 3)).astype(np.float32)
+    # ESPCN (RGB) in every format, and DECUSR (Y) in TFLite: its UpSampling2D is exported as a
+    # builtin nearest resize, so the file needs no TF Select ops, which the `tensorflow` pip
+    # interpreter could not run (no Flex delegate; docs/models-out.md).
+    export_run(job, run, "final", fmt, out)
+    if fmt == "tflite":
+        assert b"Flex" not in out.read_bytes()
+    channels = 3 if run == "rgb" else 1
+    x = np.random.default_rng(1).random((1, 19, 23, channels)).astype(np.float32)
     if fmt == "savedmodel":
         y = list(tf.saved_model.load(str(out)).signatures["serving_default"](image=tf.constant(x)).values())[0].numpy()
     elif fmt == "tflite":
@@ -91,7 +96,7 @@ def test_every_format_matches_the_checkpoint(job, tmp_path, fmt):
     else:
         session = ort.InferenceSession(str(out))
         y = session.run(None, {session.get_inputs()[0].name: x})[0]
-    ref = reference(job, "rgb", x)
+    ref = reference(job, run, x)
     assert y.shape == ref.shape and np.abs(y - ref).max() <= TOLERANCE[fmt]
 
 
@@ -133,6 +138,76 @@ def test_tiled_upscaling_is_bit_identical_to_whole_image(job):
     whole = enlarge_pixels(model, image, tile=1000)
     assert whole.shape == (90, 122, 3)
     assert np.array_equal(enlarge_pixels(model, image, tile=16), whole)
+
+
+def test_a_4000x3000_photo_reaches_the_network_only_in_tiles():
+    """The network never sees more than a tile and its margins of a 4000×3000 photo (fails if
+    tiling is removed: the whole image would be one 3000×4000 call)."""
+    from shardrun.product.upscale import DEFAULT_TILE, LoadedModel, enlarge_quantized
+    from shardrun.train.tiles import margin_for
+
+    seen = []
+
+    def nearest(x):  # stands in for a ×2 network: records what it is fed
+        seen.append(x.shape[1:3])
+        return np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+
+    model = LoadedModel("nearest", nearest, 2, 3, "low", radius=5, notices=[])
+    values = np.random.default_rng(4).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    out = enlarge_quantized(model, values.astype(np.float32) / 255, bits=8)
+    assert out.shape == (6000, 8000, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[::2, ::2], values) and np.array_equal(out[1::2, 1::2], values)
+    side = DEFAULT_TILE + 2 * margin_for(model.radius, 2, "low")
+    assert len(seen) == -(-3000 // DEFAULT_TILE) * -(-4000 // DEFAULT_TILE)
+    assert max(h for h, _ in seen) <= side and max(w for _, w in seen) <= side
+
+
+_PEAK_RSS = """
+import json, resource, sys, time
+import numpy as np
+from shardrun.product.upscale import load_model_source, upscale_images
+model = load_model_source(sys.argv[1])
+model.predict(np.zeros((1, 16, 16, model.channels), np.float32))  # TensorFlow warmed up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.monotonic()
+[result] = upscale_images(model, [sys.argv[2]], __import__("pathlib").Path(sys.argv[3]), tile=int(sys.argv[4]))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"error": result.error, "size": result.size, "before_kib": before, "after_kib": after,
+                  "seconds": time.monotonic() - start}))
+"""
+
+
+@pytest.mark.slow  # about a minute on two cores: ESPCN (64, 32) over 12 million input pixels
+def test_upscaling_a_4000x3000_photo_keeps_peak_memory_bounded(job, tmp_path):
+    """Peak RSS (the process's, TensorFlow's allocations included) grows by what the images
+    themselves need plus a bounded allowance for the tiles, not by the network's activations
+    over the whole photo. Measured on 2 cores: about 0.55 GB with 256-pixel tiles; the same
+    photo in one tile (the whole image at once) took 10.8 GB."""
+    from shardrun.product.upscale import DEFAULT_TILE
+
+    height, width, scale = 3000, 4000, 2
+    small = np.random.default_rng(5).integers(0, 256, (height // 10, width // 10, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((width, height), Image.BICUBIC).save(tmp_path / "photo.png")
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, f"{job.base_dir / 'job.toml'}:rgb", str(tmp_path / "photo.png"),
+         str(tmp_path / "out"), str(DEFAULT_TILE)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["error"] is None and report["size"] == [width * scale, height * scale]
+    with Image.open(tmp_path / "out" / "photo_x2.png") as im:
+        assert im.size == (width * scale, height * scale)
+    grown = (report["after_kib"] - report["before_kib"]) * 1024
+    pixels = height * width * 3
+    # What the photo itself costs: decoded (uint8), as float32, and the 8-bit ×2 output, twice
+    # (the array and the image written from it); then an allowance for the tiles in flight.
+    images = pixels * (1 + 4 + 2 * scale * scale)
+    tiles = 400 * 2**20
+    # Whole-image inference would hold ESPCN's 64 + 32 + 3·scale² float32 maps over every input
+    # pixel (5.2 GB, before TensorFlow's working copies): far above the bound.
+    whole = height * width * (64 + 32 + 3 * scale * scale) * 4
+    assert images + tiles < whole / 4
+    assert grown < images + tiles, f"peak RSS grew by {grown / 2**20:.0f} MiB ({report})"
 
 
 def test_upscale_keeps_format_depth_and_orientation_and_reports_bad_files(job, tmp_path):
@@ -210,6 +285,49 @@ def test_evaluate_scores_runs_and_bicubic_on_a_folder(job, tmp_path):
     (empty / "readme.txt").write_text("no pictures")
     result = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data", str(empty)])
     assert result.exit_code == 1 and "holds no usable image" in result.output
+
+
+def benchmark_folder(folder: Path) -> Path:
+    import skimage
+
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()[:64, :80]).save(folder / f"{name}.png")
+    return folder
+
+
+def test_evaluate_prints_the_published_figures_beside_the_measured_ones(job, tmp_path):
+    jobfile = str(job.base_dir / "job.toml")
+    result = CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(benchmark_folder(tmp_path / "Set5"))])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    report = json.loads(CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(tmp_path / "Set5"),
+                                                   "--json"]).output)
+    for r in report["results"]:  # y (DECUSR) and rgb (ESPCN), both ×2: Set5 ×2 has bicubic only for them
+        title = next(i for i, line in enumerate(lines) if f"{r['label']} on Set5 ×2" in line)
+        table = lines[title:next((i for i, line in enumerate(lines) if i > title and " on Set5 " in line), None)]
+        mean = next(line for line in table if "mean" in line)
+        assert f"{r['psnr']:.2f}" in mean and f"{r['bicubic_psnr']:.2f}" in mean
+        published = next(line for line in table if "published bicubic" in line)
+        assert "33.66" in published and "0.9299" in published  # configs/published.toml, Set5 ×2
+        assert any("VDSR paper" in line for line in table)  # its source, under the table
+    # the folder's name is matched without case: set14 is Set14
+    result = CliRunner().invoke(main, ["evaluate", jobfile, "--data", str(benchmark_folder(tmp_path / "set14")),
+                                       "--json"])
+    assert [f["psnr"] for f in json.loads(result.output)["results"][0]["published"]] == [30.24]
+
+
+def test_a_run_is_shown_its_own_familys_published_figures(job, tmp_path, monkeypatch):
+    from shardrun.config import published
+
+    shipped = published.load_published()
+    espcn_x2 = published.PublishedFigure("espcn", "Set5", 2, 36.0, None, "a paper, for this test")
+    monkeypatch.setattr(published, "load_published", lambda text=None: [*shipped, espcn_x2])
+    result = CliRunner().invoke(main, ["evaluate", str(job.base_dir / "job.toml"), "--data",
+                                       str(benchmark_folder(tmp_path / "Set5")), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = {r["run"]: {f["model"] for f in r["published"]} for r in json.loads(result.output)["results"]}
+    assert shown == {"y": {"bicubic"}, "rgb": {"bicubic", "espcn"}}  # decusr has none; espcn its own
 
 
 def test_evaluate_html_shows_each_runs_scores_and_crops_in_chromium(job, tmp_path):
