@@ -132,8 +132,11 @@ def _with_resize_upsampling(model):
             return ResizeUpsampling(layer.size, name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+        copy.set_weights(model.get_weights())
+    except Exception:  # noqa: BLE001 - a network of the user's own that does not clone: convert it as is
+        return model
     return copy
 
 
