@@ -3,6 +3,14 @@
 Workers cannot reach a server, only the store, so every state change is an event written once
 and never changed. An event's order is (server time, id): the server time is the store's time of
 the write (from its Stat), never the writer's clock.
+
+The layout (docs/worker.md, "The journal's layout") keeps every folder and every listing bounded:
+events go to hour buckets, `journal/v2/<YYYY-MM>/<DDTHH>/<id>.json`, by the writer's estimate of
+the store's time (its clock corrected by the store times its own writes came back with). A bucket
+only places an event, it never orders one. An object whose bucket lies more than SKEW_S from its
+store time is misplaced, and every reader refuses it alike (a bounded reader might never list its
+bucket); a writer that finds it wrote one writes the same event again in the right bucket.
+Journals of earlier shardrun versions kept every event flat in `journal/` (v1): still read.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from shardrun import paths
@@ -21,6 +30,13 @@ from shardrun.storage.base import Store
 
 KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound
+
+# The bucketed layout's two tolerances (docs/worker.md): an object's bucket must lie within SKEW_S
+# of its store time, and a listing may miss an object for up to LAG_S after its write. A sync
+# therefore lists the buckets from its cursor minus WINDOW_S on.
+SKEW_S = 3600.0
+LAG_S = 3600.0
+WINDOW_S = SKEW_S + LAG_S
 
 
 @dataclass(frozen=True)
@@ -188,14 +204,38 @@ def event_problem(e: Event) -> str | None:
     return None
 
 
-def new_event_id(clock: Clock, after_us: int = 0) -> str:
-    """Returns a unique id whose time prefix (microseconds) is above `after_us`.
+def new_event_id(clock: Clock | float, after_us: int = 0) -> str:
+    """Returns a unique id whose time prefix (microseconds: `clock`'s time, or the time given) is
+    above `after_us`.
 
     The store's time decides the order; the id breaks ties, which happen: file times tick every
     few milliseconds, and a test's fake clock not at all.
     """
-    micros = max(int(clock.now() * 1e6), after_us + 1)
+    now = clock if isinstance(clock, (int, float)) else clock.now()
+    micros = max(int(now * 1e6), after_us + 1)
     return f"{micros:016x}-{os.getpid() % 0x10000:04x}-{uuid.uuid4().hex[:12]}"
+
+
+def well_placed(bucket: int, store_time: float) -> bool:
+    """Returns whether the hour bucket starting at `bucket` lies within SKEW_S of `store_time`."""
+    return bucket <= store_time + SKEW_S and bucket + paths.BUCKET_SECONDS > store_time - SKEW_S
+
+
+MISPLACED = "misplaced: "
+
+
+def misplaced_reason(bucket: int, store_time: float) -> str:
+    hours = (store_time - bucket) / 3600
+    return (f"{MISPLACED}written to the hour bucket {paths.bucket_folder(bucket)} at store time "
+            f"{paths.bucket_folder(paths.bucket_start(store_time))} (by a clock about {abs(hours):.0f} h "
+            f"{'behind' if hours > 0 else 'ahead of'} the store's; a bucket within {SKEW_S / 3600:g} h is placed)")
+
+
+def next_month(first: int) -> int:
+    """Returns the start of the month after the one starting at `first` (UTC)."""
+    d = datetime.fromtimestamp(first, timezone.utc)
+    year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp())
 
 
 class Journal:
@@ -207,36 +247,93 @@ class Journal:
         # The plan every event written names: the one in force as this writer last synced
         # (Ledger.sync sets it), so the fold can ignore what a writer did under a replaced plan.
         self.plan: str | None = None
+        # The store's time minus this machine's clock, learnt from the last write's Stat: events
+        # are placed (and their ids stamped) by the store's time as this writer best knows it.
+        self.offset: float | None = None
+        # A store time known to have passed (Ledger.sync sets it: the newest event it has seen);
+        # before its first write a writer whose clock is behind it places by it instead.
+        self.store_time_hint: float | None = None
+        self.last_write_time: float | None = None  # the store time of this writer's last write
+
+    def store_now(self) -> float:
+        """Returns this writer's estimate of the store's time now."""
+        local = self.clock.now()
+        if self.offset is not None:
+            return local + self.offset
+        return max(local, self.store_time_hint) if self.store_time_hint is not None else local
 
     def append(self, kind: str, worker: str, run: str | None = None, chunk: int | None = None,
                generation: int | None = None, payload: dict | None = None) -> Event:
-        """Writes a new event and returns it with the store's time of the write."""
+        """Writes a new event in the bucket of the store's time and returns it with the store's time
+        of the write. A first write that came back misplaced (this machine's clock more than
+        SKEW_S off the store's) is written once more, same event, in the bucket of its store time."""
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
-        event = Event(new_event_id(self.clock, self._last_us), kind, worker, run, chunk, generation, payload or {},
+        now = self.store_now()
+        event = Event(new_event_id(now, self._last_us), kind, worker, run, chunk, generation, payload or {},
                       plan=(payload or {}).get("plan_id") if kind == "plan" else self.plan)
         self._last_us = int(event.id.split("-", 1)[0], 16)
-        stat = self.store.put_bytes(paths.event_key(self.job, event.id), event.to_bytes())
+        data = event.to_bytes()
+        bucket = paths.bucket_start(now)
+        local = self.clock.now()
+        stat = self.store.put_bytes(paths.bucket_event_key(self.job, bucket, event.id), data)
+        self.offset = stat.mtime - local
+        if not well_placed(bucket, stat.mtime):
+            # Every reader refuses the misplaced copy; this one, in the right bucket, is the event.
+            stat = self.store.put_bytes(paths.bucket_event_key(self.job, paths.bucket_start(stat.mtime), event.id),
+                                        data)
+        self.last_write_time = stat.mtime
         return replace(event, server_time=stat.mtime)
 
     def keys(self) -> list[str]:
-        """Returns the key of every event object (cheap: names only, nothing is read)."""
-        return self.store.list_keys(paths.journal_prefix(self.job))
+        """Returns the key of every event object, flat and bucketed (a walk of the whole journal:
+        for rebuilding a ledger and for tests; a sync lists a few buckets instead)."""
+        v2 = paths.journal_v2_prefix(self.job)
+        return [k for k in self.store.list_keys(paths.journal_prefix(self.job))
+                if not k.startswith(v2) or paths.bucket_of_key(self.job, k) is not None]
 
-    def listing(self) -> dict[str, float | None]:
-        """Returns each event object's key with its store time where the store may keep two
-        copies of one key (Drive: Store.duplicate_copies), else with None (names only, as keys())."""
-        if not getattr(self.store, "duplicate_copies", False):
-            return dict.fromkeys(self.keys())
-        return {stat.key: stat.mtime for stat in self.store.list(paths.journal_prefix(self.job))}
+    def buckets(self, since: float | None) -> list[int]:
+        """Returns the starts of the hour buckets that exist and end after `since` (all: None), in
+        time order: one listing of journal/v2/ (a folder a month) and one of each month they fall in."""
+        v2 = paths.journal_v2_prefix(self.job)
+        starts = []
+        for month in self.store.list_folder(v2).folders:
+            first = paths.month_start(month)
+            if first is None or (since is not None and next_month(first) <= since):
+                continue
+            for hour in self.store.list_folder(f"{v2}{month}/").folders:
+                start = paths.bucket_start_of(month, hour)
+                if start is not None and (since is None or start + paths.BUCKET_SECONDS > since):
+                    starts.append(start)
+        return sorted(starts)
+
+    def listing(self, since: float | None = None) -> dict[str, float]:
+        """Returns each event object's key in the buckets that end after `since` (every bucket:
+        None), with its store time as the listing gives it (on Drive, the copy that is the key's)."""
+        starts = self.buckets(since)
+        if not starts:
+            return {}
+        with ThreadPoolExecutor(min(READ_THREADS, len(starts))) as pool:
+            folders = list(pool.map(lambda b: self.store.list_folder(paths.bucket_prefix(self.job, b)), starts))
+        return {stat.key: stat.mtime for folder in folders for stat in folder.objects}
+
+    def flat_listing(self) -> dict[str, float]:
+        """Returns each object directly in journal/ (the flat v1 layout) with its store time."""
+        return {stat.key: stat.mtime for stat in self.store.list_folder(paths.journal_prefix(self.job)).objects}
 
     def read(self, keys: Iterable[str]) -> tuple[list[Event], list[tuple[str, str]]]:
-        """Returns the events under `keys`, and (key, reason) for objects that are not events."""
+        """Returns the events under `keys`, and (key, reason) for objects that are not events, or are
+        misplaced (in a bucket more than SKEW_S from their store time; the reason starts with
+        MISPLACED, and the ledger ignores them: a bounded reader may never list such a bucket, so
+        no reader may count them, not even as bad events)."""
         keys = list(keys)
 
         def load(key: str):
+            data, stat = self.store.get_with_stat(key)  # the store's time of the write orders events
+            bucket = paths.bucket_of_key(self.job, key)
+            if bucket is not None and not well_placed(bucket, stat.mtime):
+                return None, (key, misplaced_reason(bucket, stat.mtime))
             try:
-                data, stat = self.store.get_with_stat(key)  # the store's time of the write orders events
                 event = Event.from_bytes(data, stat.mtime)
             except (ValueError, UnicodeDecodeError) as e:
                 return None, (key, f"malformed event: {e}")
@@ -244,6 +341,8 @@ class Journal:
                 return None, (key, f"event id {event.id!r} does not match its key")
             return event, None
 
+        if not keys:
+            return [], []
         with ThreadPoolExecutor(min(READ_THREADS, max(1, len(keys)))) as pool:
             results = list(pool.map(load, keys))
         events = [e for e, _ in results if e is not None]

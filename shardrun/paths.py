@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 
 from shardrun.errors import InvalidKey
@@ -21,7 +22,74 @@ def journal_prefix(job: str) -> str:
 
 
 def event_key(job: str, event_id: str) -> str:
+    """Returns the key of an event in the journal's flat folder (journal v1: `<job>/journal/<id>.json`),
+    where shardrun before the bucketed layout wrote every event; readers still read it."""
     return validate_key(f"{job}/journal/{event_id}.json")
+
+
+# The bucketed journal (docs/worker.md, "The journal's layout"): `journal/v2/<YYYY-MM>/<DDTHH>/<id>.json`,
+# one folder per month holding one folder per hour, so no folder and no listing grows with the job.
+BUCKET_SECONDS = 3600
+
+
+def journal_v2_prefix(job: str) -> str:
+    return f"{job}/journal/v2/"
+
+
+def bucket_start(t: float) -> int:
+    """Returns the start (seconds since the epoch, UTC) of the hour bucket holding time `t`."""
+    return int(t // BUCKET_SECONDS) * BUCKET_SECONDS
+
+
+def bucket_folder(start: int) -> str:
+    """Returns `<YYYY-MM>/<DDTHH>` of the bucket starting at `start` (UTC)."""
+    d = _dt.datetime.fromtimestamp(start, _dt.timezone.utc)
+    return f"{d.year:04d}-{d.month:02d}/{d.day:02d}T{d.hour:02d}"
+
+
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_HOUR = re.compile(r"(\d{2})T(\d{2})")
+
+
+def month_start(name: str) -> int | None:
+    """Returns the start of the month a month folder (`YYYY-MM`) names, or None for another name."""
+    m = _MONTH.fullmatch(name)
+    if not m or not 1 <= int(m[2]) <= 12 or int(m[1]) < 1970:
+        return None
+    return int(_dt.datetime(int(m[1]), int(m[2]), 1, tzinfo=_dt.timezone.utc).timestamp())
+
+
+def bucket_start_of(month: str, hour: str) -> int | None:
+    """Returns the start of the bucket `<month>/<hour>` names (`2024-06`, `05T13`), or None."""
+    first = month_start(month)
+    m = _HOUR.fullmatch(hour)
+    if first is None or not m or int(m[2]) > 23 or int(m[1]) < 1:
+        return None
+    d = _dt.datetime.fromtimestamp(first, _dt.timezone.utc)
+    try:
+        start = d.replace(day=int(m[1]), hour=int(m[2]))
+    except ValueError:  # the 31st of a 30-day month
+        return None
+    return int(start.timestamp())
+
+
+def bucket_prefix(job: str, start: int) -> str:
+    return f"{journal_v2_prefix(job)}{bucket_folder(start)}/"
+
+
+def bucket_event_key(job: str, start: int, event_id: str) -> str:
+    """Returns the key of an event written in the bucket starting at `start`."""
+    return validate_key(f"{bucket_prefix(job, start)}{event_id}.json")
+
+
+def bucket_of_key(job: str, key: str) -> int | None:
+    """Returns the bucket start of a bucketed journal key, or None if `key` is not one (a flat v1
+    key, or a name under journal/v2/ that is no bucket)."""
+    prefix = journal_v2_prefix(job)
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix):].split("/")
+    return bucket_start_of(parts[0], parts[1]) if len(parts) == 3 else None
 
 
 def event_id_of(key: str) -> str:

@@ -11,6 +11,11 @@ at the chunk's end it writes `done`, which readies the next chunk of the run.
 
 `Worker.loop()` does one unit of work and returns what happened, so tests drive it step by step;
 `Worker.run()` loops until the job is finished, the session ends or it is asked to stop.
+
+Threads: while a chunk trains, its heartbeats come from a thread of their own (`_Heartbeat`), so a
+long checkpoint upload or validation never starves the lease; the training thread only reads the
+flag that thread sets when the chunk was lost. Both threads share the ledger (one SQLite
+connection) and the journal, so every use of either goes through the worker's lock.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import logging
 import os
 import re
 import socket
+import statistics
+import threading
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,10 +40,10 @@ except ImportError:  # Windows: one worker per cache folder
     fcntl = None
 
 from shardrun import paths
-from shardrun.clock import Clock, SystemClock
+from shardrun.clock import Clock, SystemClock, wait_on
 from shardrun.config.job import JobConfig
 from shardrun.errors import ShardrunError
-from shardrun.journal import Journal
+from shardrun.journal import Event, Journal
 from shardrun.ledger.db import Ledger
 from shardrun.session import Session
 from shardrun.plan.shards import Manifest
@@ -48,6 +55,9 @@ from shardrun.storage.base import digest_file
 
 log = logging.getLogger("shardrun.worker")
 
+DEFAULT_HEARTBEAT_S = 120.0  # heartbeats every 2 min, or a third of the lease when that is shorter
+MIN_HEARTBEAT_S = 0.2  # the heartbeat thread never beats more often (heartbeat_seconds=0: tests)
+
 
 class WorkerError(ShardrunError):
     """The worker cannot go on (no plan, unknown account, unusable store)."""
@@ -56,8 +66,16 @@ class WorkerError(ShardrunError):
 @dataclass
 class WorkerSettings:
     settle_seconds: float = 10.0  # between writing a claim and trusting the listing
-    heartbeat_seconds: float = 120.0
-    checkpoint_seconds: float = 600.0  # a SIGKILL loses at most this much training
+    # None: min(2 min, a third of the plan's lease); more than a third of the lease is refused.
+    heartbeat_seconds: float | None = None
+    # None: adaptive (Worker.checkpoint_interval): checkpointing takes at most `checkpoint_share` of
+    # the session, and a SIGKILL loses at most `checkpoint_cap_seconds` of training where a
+    # checkpoint costs little enough; never more often than every `checkpoint_floor_seconds`.
+    # A number: a checkpoint every that many seconds (--checkpoint-minutes).
+    checkpoint_seconds: float | None = None
+    checkpoint_share: float = 0.02
+    checkpoint_floor_seconds: float = 60.0
+    checkpoint_cap_seconds: float = 120.0  # also the first interval, before any checkpoint was measured
     checkpoint_steps: int | None = None
     poll_seconds: float = 30.0  # when every ready chunk is taken, look again after this
     min_upload_margin_s: float = 30.0  # kept back before the deadline for the last upload, at least
@@ -68,6 +86,9 @@ class WorkerSettings:
     validation_images: int = 4
     validation_crop: int = 128
     progress_seconds: float = 2.0  # how often training tells the live display (on_update)
+    # The ledger snapshot on the home store (what a new worker and `status` start from) is
+    # published by some worker whenever it is this many minutes of store time old (0: never).
+    snapshot_minutes: float = 30.0
 
 
 @dataclass
@@ -111,7 +132,9 @@ class ChunkOutcome:
     generation: int
     start_step: int  # where training started (after restoring)
     step: int  # where it stopped
-    result: str  # "done", "yield" (deadline or stop), "lost" (another worker owns the chunk)
+    # "done", "yield" (deadline or stop), "lost" (another worker owns the chunk), "failed" (no
+    # usable checkpoint to resume it from: a `fail` event says why, and this worker moves on)
+    result: str
     train_seconds: float
     notices: list[str] = field(default_factory=list)
 
@@ -164,6 +187,92 @@ def worker_identity(account: str) -> str:
     return f"{account}-{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class _Heartbeat:
+    """Heartbeats of the chunk a worker trains, written from a thread of their own.
+
+    The training thread reports its progress (`report`, cheap: no I/O); every `interval` on the
+    worker's clock the thread writes a heartbeat with the latest step, the mean loss since the
+    previous heartbeat and the speed, syncs, and sets `lost` when the worker no longer owns the
+    chunk. It waits with `clock.wait`, so on a FakeClock it beats only when the test advances the
+    clock; `beat()` is one heartbeat, callable directly. An error (the store gone) stops the thread
+    and is kept in `error` for the training thread to raise.
+    """
+
+    def __init__(self, worker: "Worker", chunk: dict, interval: float, batch_size: int, step: int):
+        self.worker, self.chunk, self.batch_size = worker, chunk, batch_size
+        self.interval = max(interval, MIN_HEARTBEAT_S)
+        self.lost = threading.Event()
+        self.error: BaseException | None = None
+        self.beats = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._step = self._beat_step = self._loss_step = step
+        self._learning_rate: float | None = None
+        self._loss_total, self._loss_steps = 0.0, 0
+        self._beat_time = worker.clock.monotonic()
+
+    def report(self, progress) -> None:
+        """Takes the trainer's progress (a Progress: its loss is the mean since its previous report)."""
+        with self._lock:
+            steps = progress.step - self._loss_step
+            if progress.loss is not None and steps > 0:
+                self._loss_total += progress.loss * steps
+                self._loss_steps += steps
+            self._loss_step = progress.step
+            self._step = max(self._step, progress.step)
+            self._learning_rate = progress.learning_rate
+
+    def reached(self, step: int, learning_rate: float | None) -> None:
+        """Takes the step a checkpoint was written at (the trainer reports no progress while it uploads)."""
+        with self._lock:
+            if step > self._step:
+                self._step, self._learning_rate = step, learning_rate
+
+    def beat(self) -> None:
+        """Writes one heartbeat, syncs, and sets `lost` if another worker now owns the chunk."""
+        w, c = self.worker, self.chunk
+        now = w.clock.monotonic()
+        with self._lock:
+            step, seconds = self._step, now - self._beat_time
+            loss = self._loss_total / self._loss_steps if self._loss_steps else None
+            pps = (step - self._beat_step) * self.batch_size / seconds if seconds > 0 and step > self._beat_step else None
+            learning_rate = self._learning_rate
+            self._loss_total, self._loss_steps, self._beat_time, self._beat_step = 0.0, 0, now, step
+        w._write("heartbeat", c["run"], c["idx"], c["generation"], step=step, loss=loss, learning_rate=learning_rate,
+                 **w._rates(pps, self.batch_size), **w.identity())
+        w.sync()
+        self.beats += 1
+        if not w._owns(c):
+            self.lost.set()
+
+    def _run(self) -> None:
+        clock = self.worker.clock
+        due = clock.monotonic() + self.interval
+        try:
+            while not wait_on(clock, self._stop, due - clock.monotonic()):
+                self.beat()
+                if self.lost.is_set():
+                    return
+                # The next one is due an interval after this one was; if that time has passed
+                # already (a slow write), at once, and then an interval on.
+                now = clock.monotonic()
+                due = due + self.interval if due + self.interval > now else now
+        except BaseException as e:  # noqa: BLE001 - raised again in the training thread
+            log.warning("the heartbeat failed: %s", e)
+            self.error = e
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.worker.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class Worker:
     def __init__(self, job: WorkerJob, account: str, session: Session, *, settings: WorkerSettings | None = None,
                  clock: Clock | None = None, on_outcome: Callable[[ChunkOutcome], None] | None = None,
@@ -193,6 +302,11 @@ class Worker:
         self._checkpoint_bytes = 0
         self._device: str | None = None
         self._validation: list | None = None
+        # The ledger's connection and the journal are shared with the heartbeat thread.
+        self._lock = threading.RLock()
+        self._failed: dict[tuple[str, int], str] = {}  # chunks this worker could not resume, and why
+        self.checkpoint_costs: list[float] = []  # seconds each checkpoint held training up (this session)
+        self._heartbeat: _Heartbeat | None = None
         if self.settings.deterministic:
             import tensorflow as tf
 
@@ -204,6 +318,7 @@ class Worker:
         if account not in {a["name"] for a in self.ledger.accounts()}:
             raise WorkerError(f"--account {account!r} is not an account of job {job.name!r}; it has: "
                               + ", ".join(a["name"] for a in self.ledger.accounts()))
+        self.heartbeat_interval()  # an interval the lease cannot tolerate is refused before any claim
         if not job.stores:
             recorded = [Account(a["name"], a["store"], a["quota_bytes"], job.name) for a in self.ledger.accounts()]
             # Accounts with no credentials here are reached as ours.
@@ -213,8 +328,26 @@ class Worker:
     # -- time and the journal --
 
     def sync(self) -> None:
-        self.ledger.sync(self.journal)
-        self._forget_if_replanned()
+        with self._lock:
+            self.ledger.sync(self.journal)
+            self._forget_if_replanned()
+            self._publish_snapshot()
+
+    def _publish_snapshot(self) -> None:
+        """Publishes the ledger snapshot when the store's is older than snapshot_minutes (store
+        time: the snapshot's own against the newest event). Looked at once per interval;
+        best-effort: a failure is logged and training goes on."""
+        interval = self.settings.snapshot_minutes * 60
+        seen = self.ledger.seen_time()
+        last = getattr(self, "_snapshot_looked", None)
+        if interval <= 0 or seen is None or (last is not None and seen - last < interval):
+            return
+        self._snapshot_looked = seen
+        try:
+            if self.ledger.publish_if_stale(self.job.home, self.job.name, interval):
+                log.info("published the ledger snapshot (%s events folded)", self.ledger.event_count())
+        except Exception as e:  # noqa: BLE001 - a snapshot only spares new readers time
+            log.warning("the ledger snapshot was not published (%s: %s); training goes on", type(e).__name__, e)
 
     def _forget_if_replanned(self) -> None:
         # -- journal v2 hook (readers branch): a new plan may change the data, the shards or a
@@ -229,9 +362,15 @@ class Worker:
 
     def _write(self, kind: str, run: str | None = None, chunk: int | None = None, generation: int | None = None,
                **payload) -> None:
-        local = self.clock.now()
-        event = self.journal.append(kind, self.id, run, chunk, generation, payload)
-        self._server_offset = event.server_time - local
+        with self._lock:
+            local = self.clock.now()
+            event = self.journal.append(kind, self.id, run, chunk, generation, payload)
+            self._server_offset = event.server_time - local
+            # Folded at once: a worker knows its own events even while the store's listings hide
+            # them (Drive's lag), so it never loses its own claim, nor holds a chunk it forgot.
+            # Folded as every reader reads it (from its bytes: JSON, keys sorted), so this ledger
+            # stays row for row the same as any other reader's.
+            self.ledger.add_events([Event.from_bytes(event.to_bytes(), event.server_time)])
 
     def identity(self) -> dict[str, str]:
         """Returns what every event of this worker says about where it runs (status shows it)."""
@@ -245,6 +384,36 @@ class Worker:
         """Returns the store's time now, estimated from our last write (never another machine's clock)."""
         return None if self._server_offset is None else self.clock.now() + self._server_offset
 
+    def heartbeat_interval(self) -> float:
+        """Returns the seconds between heartbeats: `heartbeat_seconds`, or by default min(2 min, a
+        third of the plan's lease). Raises WorkerError for more than a third of the lease: two
+        late heartbeats would then lose the chunk."""
+        with self._lock:
+            lease = self.ledger.plan()["lease_seconds"]
+        asked = self.settings.heartbeat_seconds
+        if asked is None:
+            return min(DEFAULT_HEARTBEAT_S, lease / 3)
+        if asked > lease / 3 * (1 + 1e-9):
+            raise WorkerError(f"a heartbeat every {asked / 60:g} min is more than a third of the plan's lease "
+                              f"({lease / 60:g} min, lease_minutes in the job file): use --heartbeat-minutes "
+                              f"{lease / 180:g} or less")
+        return asked
+
+    def checkpoint_interval(self) -> float:
+        """Returns the seconds between periodic checkpoints: `checkpoint_seconds` where set; else
+        max(cost / checkpoint_share, checkpoint_floor_seconds), where cost is the median time a
+        recent checkpoint of this session held training up (writing, upload, validation, event),
+        so checkpointing takes at most the share of the session; before any was measured,
+        checkpoint_cap_seconds. A cost of up to cap × share (2.4 s) keeps the interval within the
+        cap (2 min): the most training a SIGKILL loses."""
+        s = self.settings
+        if s.checkpoint_seconds is not None:
+            return s.checkpoint_seconds
+        if not self.checkpoint_costs:
+            return s.checkpoint_cap_seconds
+        cost = statistics.median(self.checkpoint_costs[-9:])
+        return max(cost / s.checkpoint_share, s.checkpoint_floor_seconds)
+
     def request_stop(self) -> None:
         """Asks the worker to checkpoint, yield and stop (a signal handler calls this)."""
         self._stop = True
@@ -254,15 +423,18 @@ class Worker:
     # -- one unit of work --
 
     def loop(self) -> str:
-        """Does one unit of work; returns "trained", "lost", "idle", "finished" or "stopped"."""
+        """Does one unit of work; returns "trained", "lost", "failed", "idle", "finished" or "stopped"."""
         if self._stop:
             return "stopped"
         self.sync()
         chunks = self.ledger.chunks()
         if chunks and all(c["state"] == "done" for c in chunks):
             return "finished"
+        self.heartbeat_interval()  # a new plan may have shortened the lease
         self._expire_stale(chunks)
-        ready = [c for c in self.ledger.chunks() if c["state"] == "ready"]
+        # A chunk this worker could not resume is left to others (their copies of the store may
+        # serve them better); it waits in status with the reason.
+        ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed]
         if not ready:
             return "idle"
         # Different workers prefer different runs, so simultaneous claims rarely collide.
@@ -280,7 +452,7 @@ class Worker:
         outcome = self._train(chunk)
         self.outcomes.append(outcome)
         self.on_outcome(outcome)
-        return "trained" if outcome.result != "lost" else "lost"
+        return {"lost": "lost", "failed": "failed"}.get(outcome.result, "trained")
 
     def run(self, max_chunks: int | None = None) -> str:
         """Works until the job is finished, the session ends, `max_chunks` are trained or a stop;
@@ -299,7 +471,8 @@ class Worker:
             left = self.session.seconds_left(self.clock)
             if left is not None and left <= self._upload_margin() + self.settings.settle_seconds:
                 return "deadline"
-            if max_chunks is not None and len([o for o in self.outcomes if o.result != "lost"]) >= max_chunks:
+            if max_chunks is not None and len([o for o in self.outcomes
+                                               if o.result not in ("lost", "failed")]) >= max_chunks:
                 return "max-chunks"
             result = self.loop()
             if result in ("finished", "stopped"):
@@ -309,7 +482,8 @@ class Worker:
                 self.clock.sleep(self.settings.poll_seconds)
 
     def _owns(self, chunk: dict) -> bool:
-        now = self.ledger.chunk(chunk["run"], chunk["idx"])
+        with self._lock:
+            now = self.ledger.chunk(chunk["run"], chunk["idx"])
         return (now is not None and now["state"] == "running" and now["owner"] == self.id
                 and now["generation"] == chunk["generation"])
 
@@ -317,7 +491,13 @@ class Worker:
         lease = self.ledger.plan()["lease_seconds"]
         server_now = self.server_now()
         for c in chunks:
-            if c["state"] != "running" or c["owner"] == self.id:
+            if c["state"] == "running" and c["owner"] == self.id:
+                # Between chunks this worker trains nothing: a chunk the ledger says it owns (a
+                # claim it gave up on that surfaced later) is handed back now, not a lease later.
+                self._write("yield", c["run"], c["idx"], c["generation"], reason="not trained: handed back",
+                            **self.identity())
+                continue
+            if c["state"] != "running":
                 continue
             # Without an estimate of the store's time yet, write the expiry anyway: the fold
             # accepts it only if the store's time of this very event proves the lease over.
@@ -349,6 +529,19 @@ class Worker:
                               f"{trainer.total_steps}; was the plan made with other shards?")
         restored, restore_notices = self._restore(trainer, run, chunk)
         notices += restore_notices
+        if not restored and chunk["start_step"] > 0:
+            # Training again from step 0 of a later chunk would silently redo the run's earlier
+            # chunks: fail the chunk instead, with the reason, and move on.
+            reason = (f"no checkpoint of run {run} at or before step {max(chunk['step_reached'], chunk['start_step'])} "
+                      f"can be restored" + (f" ({len(restore_notices)} tried; newest: {restore_notices[0]})"
+                                            if restore_notices else " (none accepted)"))
+            reason = " ".join(reason.split())
+            self._write("fail", run, idx, generation, reason=reason, **self.identity())
+            self._failed[(run, idx)] = reason
+            notices.append(f"{run} chunk {idx} failed: {reason}")
+            log.warning(notices[-1])
+            self.sync()
+            return ChunkOutcome(run, idx, generation, chunk["start_step"], chunk["start_step"], "failed", 0.0, notices)
         if not restored and trainer.step != 0:
             trainer = fresh_trainer()
         start_step = trainer.step
@@ -356,57 +549,72 @@ class Worker:
         self._start_display(run, idx, start_step, chunk["end_step"])
         lost = False
         final: dict = {}
+        beat = _Heartbeat(self, chunk, self.heartbeat_interval(), config.batch_size, start_step)
 
         def on_checkpoint(info) -> None:
-            nonlocal lost
             if lost:
                 return
+            started = self.clock.monotonic()
+            beat.reached(info.step, trainer.learning_rate_at(info.step))
             self._tell(activity="checkpoint", step=info.step)
             key = paths.checkpoint_key(self.job.name, run, idx, generation, self.id, info.step)
-            stat = self._upload(key, info.path)
+            stat = self._upload(key, info.path)  # heartbeats go on meanwhile, from their thread
             figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
                        "learning_rate": trainer.learning_rate_at(info.step),
                        **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
             validation = self._validate(trainer, run, idx, generation, info.step)
             if validation is not None:
                 figures["validation"] = validation
-            self._checkpointed(info.step, validation)
             if info.final:
                 final.update(figures)
             else:
                 self._write("checkpoint", run, idx, generation, **figures)
+            # What this checkpoint cost the training: the adaptive interval follows it.
+            self.checkpoint_costs.append((info.seconds or 0.0) + self.clock.monotonic() - started)
+            self._checkpointed(info.step, validation)
+            if not info.final:
                 self._tidy()
 
         def on_heartbeat(progress) -> None:
+            # The training thread's side of the heartbeat: hand the progress to the heartbeat
+            # thread, and stop if that thread found the chunk lost (or could not write).
             nonlocal lost
-            self._write("heartbeat", run, idx, generation, step=progress.step, loss=progress.loss,
-                        learning_rate=progress.learning_rate,
-                        **self._rates(progress.patches_per_second, config.batch_size), **self.identity())
-            self.sync()
+            beat.report(progress)
             self.on_progress(run, idx, progress.step, chunk["end_step"], progress.loss)
-            if not self._owns(chunk):
+            if lost:
+                return
+            if beat.lost.is_set():
                 lost = True
                 trainer.request_stop()
                 notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
+            elif beat.error is not None:
+                trainer.request_stop()
 
         if self._stop:
             trainer.request_stop()
         started = self.clock.monotonic()
+        self._heartbeat = beat
         try:
-            result = trainer.train(
-                until_step=chunk["end_step"], deadline=self._deadline(), reserve_s=self._upload_margin(),
-                checkpoint_every_steps=self.settings.checkpoint_steps,
-                checkpoint_every_s=self.settings.checkpoint_seconds,
-                heartbeat_every_s=self.settings.heartbeat_seconds,
-                on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat,
-                on_report=lambda p: self._tell(activity="training", step=p.step, loss=p.loss,
-                                               patches_per_second=p.patches_per_second),
-                report_every_s=self.settings.progress_seconds)
+            with beat:
+                result = trainer.train(
+                    until_step=chunk["end_step"], deadline=self._deadline(), reserve_s=self._upload_margin(),
+                    checkpoint_every_steps=self.settings.checkpoint_steps,
+                    checkpoint_every_s=self.checkpoint_interval,
+                    heartbeat_every_s=min(self.heartbeat_interval(), self.settings.progress_seconds),
+                    on_checkpoint=on_checkpoint, on_heartbeat=on_heartbeat,
+                    on_report=lambda p: self._tell(activity="training", step=p.step, loss=p.loss,
+                                                   patches_per_second=p.patches_per_second),
+                    report_every_s=self.settings.progress_seconds)
         finally:
             self._trainer = None
+            self._heartbeat = None
+        if beat.error is not None:
+            raise beat.error
         train_seconds = self.clock.monotonic() - started
         self.sync()
-        if lost or not self._owns(chunk):
+        if lost or beat.lost.is_set() or not self._owns(chunk):
+            if not lost:
+                notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
         if result.reason == "target":
             self._write("done", run, idx, generation, **{**self.identity(), **final})
@@ -427,7 +635,8 @@ class Worker:
             from shardrun.sweep import Sweeper
 
             self.sweeper = Sweeper(self.job.home, self.job.name)
-        self.sweeper.tidy(self.ledger)
+        with self._lock:
+            self.sweeper.tidy(self.ledger)
 
     @staticmethod
     def _rates(patches_per_second: float | None, batch_size: int) -> dict[str, float | None]:
@@ -443,7 +652,8 @@ class Worker:
         if self._validation is None:
             from shardrun.plan.validation import CROP, read_validation_file
 
-            recorded = json.loads(self.ledger.plan().get("payload") or "{}").get("validation")
+            with self._lock:
+                recorded = json.loads(self.ledger.plan().get("payload") or "{}").get("validation")
             if recorded:
                 names, crops = read_validation_file(self.job.home.get_bytes(recorded["key"], recorded["md5"]))
                 self._validation = (recorded["name"], names, crops)
@@ -539,10 +749,11 @@ class Worker:
 
         if self._source is not None:
             return self._source
-        plan = self.ledger.plan()
+        with self._lock:
+            plan, shards = self.ledger.plan(), self.ledger.shards()
         manifest = Manifest.from_json_bytes(self.job.home.get_bytes(plan["manifest_key"], plan["manifest_md5"]))
         shard_dir = self.job.cache_dir / "shards"
-        for shard in self.ledger.shards():
+        for shard in shards:
             self._fetch_shard(shard, shard_dir / f"{shard['id']}.tar")
         self._source = ShardImageSource(manifest.images, shard_dir)
         return self._source
@@ -554,29 +765,33 @@ class Worker:
             self._verified_shards.add(shard["id"])
 
     def _restore(self, trainer, run: str, chunk: dict) -> tuple[bool, list[str]]:
-        """Restores the newest verified checkpoint at or before the chunk's resume point.
+        """Restores the newest usable accepted checkpoint at or before the chunk's resume point.
 
-        Returns whether one was restored, and notices about checkpoints that were skipped.
+        Every candidate is tried, newest first, each fetched only when the newer ones failed: one
+        that fails its hash or is missing on the store, and one that reads but cannot be resumed
+        here (unreadable, another format version, another model or data layout), is skipped with
+        a notice. Returns whether one was restored, and the notices.
         """
+        from shardrun.train.checkpoint import CheckpointError
+
         notices: list[str] = []
         resume_at = max(chunk["step_reached"], chunk["start_step"])
-        local = []
-        for ckpt in self.ledger.checkpoints(run, up_to_step=resume_at):
+        with self._lock:
+            candidates = self.ledger.checkpoints(run, up_to_step=resume_at)
+        for ckpt in candidates:
             dest = self.job.cache_dir / "restore" / ckpt["key"].replace("/", "_")
             try:
                 fetch_verified(self.job.home, ckpt["key"], dest, ckpt["md5"])
-            except (IntegrityError, NotFound) as e:
-                notices.append(f"checkpoint {ckpt['key']} is unusable ({e}); falling back to the previous one")
+                result = trainer.restore([dest])
+            except (IntegrityError, NotFound, CheckpointError) as e:
+                why = " ".join(str(e).removeprefix("none of the 1 checkpoint(s) can be read: ").split())
+                notices.append(f"checkpoint {ckpt['key']} is unusable ({why}); falling back to the previous one")
                 log.warning(notices[-1])
                 continue
-            local.append(dest)
-            if len(local) >= 2:
-                break  # the trainer falls back once more by itself if the newest file is unreadable
-        if local:
-            notices += list(trainer.restore(local).notices)
+            notices += list(result.notices)
             return True, notices
-        if chunk["start_step"] > 0:
-            notices.append(f"{run}: no checkpoint could be read; training again from step 0")
+        if chunk["start_step"] == 0 and resume_at > 0:
+            notices.append(f"{run}: no checkpoint could be restored; training again from step 0")
             log.warning(notices[-1])
         return False, notices
 
@@ -600,9 +815,8 @@ class Worker:
         """Passes what the worker is doing to on_update; a failing display never stops training."""
         self._shown.update(changes)
         due = None
-        if (self._shown.get("activity") == "training" and self.settings.checkpoint_seconds
-                and self._last_checkpoint_at is not None):
-            due = max(0.0, self.settings.checkpoint_seconds - (self.clock.monotonic() - self._last_checkpoint_at))
+        if self._shown.get("activity") == "training" and self._last_checkpoint_at is not None:
+            due = max(0.0, self.checkpoint_interval() - (self.clock.monotonic() - self._last_checkpoint_at))
         try:
             self.on_update(WorkerProgress(self.id, **{"activity": "starting", **self._shown},
                                           next_checkpoint_s=due, seconds_left=self.session.seconds_left(self.clock)))

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import job_text, write_images
 from tests.lagging_store import LaggingStore
+from shardrun import paths
 from shardrun.clock import FakeClock
 from shardrun.config.job import load_job
 from shardrun.plan.job import plan_job
@@ -332,6 +333,9 @@ class SkewedClock:
     def sleep(self, seconds: float) -> None:
         self.store_clock.sleep(seconds)
 
+    def wait(self, event, seconds: float) -> bool:
+        return self.store_clock.wait(event, seconds)
+
 
 @pytest.mark.parametrize("skew_hours", [5.0, -5.0])
 def test_a_clock_hours_off_judges_leases_only_in_the_store_time(tmp_path, skew_hours):
@@ -391,3 +395,140 @@ def test_two_workers_under_one_account_name_are_two_identities_and_corrupt_nothi
     for run in ("a", "b"):
         assert same_weights(final_weights(ledger, home_store(job), run, tmp_path),
                             straight_weights(job, run, tmp_path))
+
+
+# -- a worker's own events, hidden from its own listings -------------------------------------------
+
+
+def test_a_worker_owns_its_claim_at_once_though_the_listing_hides_it(tmp_path):
+    job = plan_test_job(tmp_path, [RUN])
+    stores = {a.name: open_store(Account(a.name, a.store, base_dir=job.base_dir)) for a in job.accounts}
+    # Its own writes stay out of its own listings for an hour: only what it folded itself tells it.
+    home = LaggingStore(stores[job.home.name], 3600, min_lag_s=3600, lag_own_writes=True)
+    stores[job.home.name] = home
+    worker = Worker(WorkerJob(job.name, home, stores, job.ledger_path, tmp_path / "cache"), "alice", NO_LIMIT,
+                    settings=FAST)
+
+    def held_while_idle() -> list:
+        # What a reader without lag sees: a chunk running with this worker as owner, while it trains nothing.
+        full = fold_journal(job, tmp_path / f"reader-{uuid.uuid4().hex[:6]}.db")
+        return [(c["run"], c["idx"]) for c in full.chunks() if c["state"] == "running" and c["owner"] == worker.id]
+
+    for chunk in range(3):  # 6 steps in 3 chunks
+        assert worker.loop() == "trained"
+        assert worker.outcomes[-1].chunk == chunk and worker.outcomes[-1].result == "done"
+        assert held_while_idle() == []
+    assert worker.loop() == "finished"
+    assert home.hidden  # the lag really hid its own events
+    ledger = fold_journal(job, tmp_path / "all-events.db")
+    check_finished(ledger, home_store(job))
+    assert same_weights(final_weights(ledger, home_store(job), "a", tmp_path), straight_weights(job, "a", tmp_path))
+
+
+def test_a_chunk_the_worker_owns_but_does_not_train_is_handed_back(tmp_path):
+    job = plan_test_job(tmp_path, [RUN])
+    worker = Worker(WorkerJob.from_config(job), "alice", NO_LIMIT, settings=FAST)
+    # A claim of this worker it never heard back about (the create's answer was lost) surfaces.
+    journal = Journal(home_store(job), job.name)
+    journal.plan = worker.ledger.plan()["id"]
+    journal.append("claim", worker.id, "a", 0, 0)
+    assert worker.loop() == "trained"  # it handed chunk 0 back (generation 1), claimed it again and trained it
+    assert [(o.chunk, o.generation, o.result) for o in worker.outcomes] == [(0, 1, "done")]
+    ledger = fold_journal(job, tmp_path / "all-events.db")
+    assert ledger.chunk("a", 0)["state"] == "done"
+
+
+# -- checkpoints that cannot be resumed ------------------------------------------------------------
+
+
+def _ghost_attempt(job, ledger: Ledger, chunk: int, files: list[tuple[int, Path]]) -> None:
+    """Another worker claims `chunk`, uploads `files` as its checkpoints (step, file) with their own
+    md5 (damaged before upload, or of another model: the store serves them intact) and yields."""
+    home = home_store(job)
+    journal = Journal(home, job.name)
+    journal.plan = ledger.plan()["id"]
+    ghost = "carol-elsewhere-1-abcdef"
+    journal.append("claim", ghost, "a", chunk, 0)
+    for step, path in files:
+        key = paths.checkpoint_key(job.name, "a", chunk, 0, ghost, step)
+        stat = home.put_file(key, path)
+        journal.append("checkpoint", ghost, "a", chunk, 0, {"step": step, "key": key, "md5": stat.md5})
+    journal.append("yield", ghost, "a", chunk, 0, {"step": files[-1][0], "reason": "stopped"})
+
+
+def _first_chunk(job, tmp_path) -> tuple[Ledger, Path]:
+    """Trains chunk 0 (checkpoints at steps 1 and 2); returns the ledger and a copy of the step-2 file."""
+    first = Worker(WorkerJob.from_config(job), "alice", NO_LIMIT, settings=FAST)
+    assert first.run(max_chunks=1) == "max-chunks"
+    chunk0 = first.ledger.chunk("a", 0)
+    good = tmp_path / "step-2.ckpt.npz"
+    home_store(job).download(chunk0["checkpoint_key"], good, expected_md5=chunk0["checkpoint_md5"])
+    return first.ledger, good
+
+
+def test_a_chunk_whose_newest_two_checkpoints_are_corrupt_resumes_from_the_third(tmp_path):
+    job = plan_test_job(tmp_path, [RUN])
+    ledger, good = _first_chunk(job, tmp_path)
+    truncated, flipped = tmp_path / "step-4.ckpt.npz", tmp_path / "step-3.ckpt.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    flipped.write_bytes(good.read_bytes())
+    corrupt(flipped)
+    _ghost_attempt(job, ledger, 1, [(3, flipped), (4, truncated)])  # chunk 1 would resume at step 4
+
+    second = Worker(WorkerJob.from_config(job), "bob", NO_LIMIT, settings=FAST)
+    assert second.run() == "finished"
+    resumed = next(o for o in second.outcomes if o.chunk == 1)
+    assert (resumed.start_step, resumed.result) == (2, "done")  # steps 4 and 3 skipped, step 2 restored
+    skipped = [n for n in resumed.notices if "falling back" in n]
+    assert len(skipped) == 2 and "step-000000000004" in skipped[0] and "step-000000000003" in skipped[1]
+    assert "not a zip file" in skipped[0] and "CRC" in skipped[1]  # what was wrong with each, in one line
+    full = fold_journal(job, tmp_path / "all-events.db")
+    assert {c["state"] for c in full.chunks()} == {"done"}
+    assert same_weights(final_weights(full, home_store(job), "a", tmp_path), straight_weights(job, "a", tmp_path))
+
+
+def test_a_checkpoint_of_another_model_makes_no_worker_crash(tmp_path):
+    import json
+
+    from shardrun.train.trainer import TrainConfig, Trainer
+
+    job = plan_test_job(tmp_path, [RUN])
+    ledger, _ = _first_chunk(job, tmp_path)
+    probe = Worker(WorkerJob.from_config(job), "bob", NO_LIMIT, settings=FAST)
+    other = Trainer(TrainConfig.from_run({**json.loads(ledger.run("a")["config"]), "model": "srcnn-915"}),
+                    probe._image_source(), tmp_path / "other-model")
+    other.train(3)
+    _ghost_attempt(job, ledger, 1, [(3, other.save_checkpoint().path)])  # srcnn's step 3, for espcn's run
+
+    assert probe.run() == "finished"
+    resumed = next(o for o in probe.outcomes if o.chunk == 1)
+    assert (resumed.start_step, resumed.result) == (2, "done")
+    assert any("falling back" in n and "SRCNN" in n.upper() for n in resumed.notices), resumed.notices
+    full = fold_journal(job, tmp_path / "all-events.db")
+    check_finished(full, home_store(job))
+    assert same_weights(final_weights(full, home_store(job), "a", tmp_path), straight_weights(job, "a", tmp_path))
+
+
+def test_a_chunk_with_no_usable_checkpoint_fails_with_the_reason_and_the_worker_moves_on(tmp_path):
+    from shardrun.status.report import job_status
+
+    job = plan_test_job(tmp_path, [RUN])
+    ledger, _ = _first_chunk(job, tmp_path)
+    for ckpt in ledger.checkpoints("a"):  # steps 2 and 1: both damaged on the store
+        corrupt(tmp_path / "stores" / "alice" / ckpt["key"])
+
+    worker = Worker(WorkerJob.from_config(job), "bob", NO_LIMIT, settings=FAST)
+    assert worker.loop() == "failed"  # not trained again from step 0: that would redo chunk 0 unasked
+    (outcome,) = worker.outcomes
+    assert (outcome.chunk, outcome.result, outcome.step) == (1, "failed", 2)
+    assert worker.loop() == "idle"  # it does not claim that chunk again; nothing else is ready
+    assert len(worker.outcomes) == 1
+    full = fold_journal(job, tmp_path / "all-events.db")
+    chunk = full.chunk("a", 1)
+    assert (chunk["state"], chunk["generation"], chunk["owner"]) == ("ready", 1, None)
+    assert "no checkpoint of run a at or before step 2 can be restored" in chunk["last_error"]
+    assert "\n" not in chunk["last_error"]
+    (fail,) = full.db.execute("SELECT payload FROM events WHERE kind = 'fail'").fetchall()
+    assert chunk["last_error"] in fail[0]
+    notes = job_status(job)["notes"]
+    assert any(n.startswith("run a chunk 1 failed: no checkpoint of run a") for n in notes), notes

@@ -58,10 +58,11 @@ class ProgressDisplay:
 @click.option("--account", required=True, help="Your account in the job (the person running this session).")
 @click.option("--budget", type=float, help="Stop after this many hours, if earlier than the platform's session limit.")
 @click.option("--max-chunks", type=int, help="Stop after training this many chunks.")
-@click.option("--checkpoint-minutes", type=float, default=10.0, show_default=True,
-              help="Minutes between checkpoints: the most training a crash can lose.")
-@click.option("--heartbeat-minutes", type=float, default=2.0, show_default=True,
-              help="Minutes between heartbeats (the plan's lease is 5 of them).")
+@click.option("--checkpoint-minutes", type=float, default=None,
+              help="Minutes between checkpoints: the most training a crash can lose. Default: adapts to what a "
+                   "checkpoint costs (at most 2% of the session), every 1 to 2 minutes where it costs under 2.4 s.")
+@click.option("--heartbeat-minutes", type=float, default=None,
+              help="Minutes between heartbeats; default min(2, a third of the plan's lease), at most a third of it.")
 @click.option("--settle-seconds", type=float, default=10.0, show_default=True,
               help="Seconds between writing a claim and trusting the store's listing; raise it where listings lag.")
 @click.option("--poll-seconds", type=float, default=30.0, show_default=True,
@@ -90,7 +91,8 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
         config = load_job(job)
         worker_job, platform = WorkerJob.from_config(config, account), config.platform
     session = detect_session(load_platforms(), platform or "colab-free", budget)
-    settings = WorkerSettings(checkpoint_seconds=checkpoint_minutes * 60, heartbeat_seconds=heartbeat_minutes * 60,
+    settings = WorkerSettings(checkpoint_seconds=None if checkpoint_minutes is None else checkpoint_minutes * 60,
+                              heartbeat_seconds=None if heartbeat_minutes is None else heartbeat_minutes * 60,
                               settle_seconds=settle_seconds, poll_seconds=poll_seconds)
 
     display = ProgressDisplay(make_console())

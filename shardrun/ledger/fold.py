@@ -40,7 +40,7 @@ def unchanged_runs(old_fingerprint: str | None, old_runs: dict[str, str], new_fi
     if old_fingerprint != new_fingerprint:
         return set()
     return {name for name, identity in new_runs.items() if old_runs.get(name) == identity}
-from shardrun.ledger.summaries import Summaries
+from shardrun.ledger.summaries import Summaries, validation_of
 
 
 def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
@@ -184,11 +184,15 @@ class Fold:
             self.summary.progress(event, chunk, step, checkpoint=True)
 
     def _record_checkpoint(self, chunk: dict, event: Event, step: int) -> None:
+        # The first event naming a key records it; the latest validation reported for it is kept.
+        validation = validation_of(event.payload)
         self.conn.execute(
-            "INSERT OR IGNORE INTO checkpoints (run, step, key, md5, chunk, generation, worker, server_time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO checkpoints (run, step, key, md5, chunk, generation, worker, server_time, validation) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET validation = COALESCE(excluded.validation, validation)",
             (chunk["run"], step, event.payload["key"], event.payload.get("md5"), chunk["idx"],
-             chunk["generation"], event.worker, event.server_time))
+             chunk["generation"], event.worker, event.server_time,
+             None if validation is None else json.dumps(validation, sort_keys=True)))
 
     def _release(self, chunk: dict, event: Event, error: str | None) -> None:
         """Returns a running chunk to ready at the next generation, resuming from its checkpoint."""

@@ -23,6 +23,7 @@ writer's clock.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -70,19 +71,10 @@ class Verdict:
 
 
 def checkpoint_validations(ledger, run: str) -> dict[str, dict]:
-    """Returns checkpoint key -> the validation scores its checkpoint (or done/yield) event carried."""
-    import json
-
-    from shardrun.ledger.summaries import validation_of
-
-    found = {}
-    for (payload,) in ledger.db.execute(
-            "SELECT payload FROM events WHERE run = ? AND kind IN ('checkpoint', 'done', 'yield')", [run]):
-        payload = json.loads(payload)
-        scores = validation_of(payload)
-        if scores is not None and isinstance(payload.get("key"), str):
-            found[payload["key"]] = scores
-    return found
+    """Returns checkpoint key -> the validation scores its checkpoint (or done/yield) event carried
+    (the fold keeps them with the accepted checkpoint: a ledger drops events behind its base)."""
+    return {row["key"]: json.loads(row["validation"]) for row in ledger.db.query(
+        "SELECT key, validation FROM checkpoints WHERE run = ? AND validation IS NOT NULL", [run])}
 
 
 def best_checkpoint(accepted: list[dict], scores: dict[str, dict]) -> dict | None:

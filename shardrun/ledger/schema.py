@@ -141,9 +141,29 @@ def _migration_8(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
+def _migration_9(db: sqlite_utils.Database) -> None:
+    # The bucketed journal (docs/worker.md, "The journal's layout"). A ledger now drops the events
+    # its base (a copy of the derived tables at a fold point hours back) already holds, so:
+    # - flat_ids: the ids of events read from the flat v1 folder, kept when those events are
+    #   dropped, so that a later look at that folder reads only what is new. Every event of an
+    #   older ledger came from it.
+    # - checkpoints.validation: each accepted checkpoint's validation, which product/ read from
+    #   the events themselves. Derived: the refold below fills it.
+    # - fold_state 'seen_time': the store time of the newest event, where the sync cursor starts.
+    # - misplaced: journal objects in a bucket far from their store time, which every reader
+    #   ignores (journal.MISPLACED); kept here only so that a sync does not read them again.
+    db["flat_ids"].create({"id": str}, pk="id")
+    db["misplaced"].create({"key": str, "reason": str}, pk="key")
+    db.execute("INSERT OR IGNORE INTO flat_ids (id) SELECT id FROM events")
+    db.execute("INSERT OR REPLACE INTO fold_state (name, value) SELECT 'seen_time', MAX(server_time) FROM events "
+               "HAVING MAX(server_time) IS NOT NULL")
+    db["checkpoints"].add_column("validation", str)
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
                                                                _migration_4, _migration_5, _migration_6,
-                                                               _migration_7, _migration_8]
+                                                               _migration_7, _migration_8, _migration_9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

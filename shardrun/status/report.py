@@ -116,6 +116,12 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     alive = sum(1 for w in workers if w["state"] in ("running", "alive"))
     allowance = lost_sessions_allowance(ledger.attempt_totals())
     eta = estimate_eta(runs, ledger_runs, metrics, running, alive, allowance, as_of, now)
+    # A chunk whose latest attempt failed (a worker found no checkpoint it could resume it from)
+    # waits for a worker that can, with the reason.
+    for c in ledger.db.query(
+            "SELECT c.run, c.idx, c.last_error FROM chunks c JOIN attempts a ON a.run = c.run AND a.chunk = c.idx "
+            "AND a.generation = c.generation - 1 WHERE c.state = 'ready' AND a.outcome = 'fail' ORDER BY c.run, c.idx"):
+        notes.append(f"run {c['run']} chunk {c['idx']} failed: {c['last_error']}")
     if running_chunks and as_of is not None and now - as_of >= lease:
         notes.append(f"the journal's latest event is {(now - as_of) / 60:.0f} min old by this machine's clock: "
                      f"its workers may all have stopped (a lease is {lease / 60:g} min)")

@@ -3,6 +3,8 @@
 A store holds objects under relative keys (`a/b/c`) for one account. Backends implement five
 primitives (`_write`, `_read`, `_stat`, `_list`, `_delete`, plus `usage`); everything else
 (key validation, hashing, verification, resumable downloads, `exists`, ...) is written here.
+Backends with real folders (local, Drive, fsspec) also override `_list_folder`, one folder's
+listing, so that reading a few folders of a large tree costs those folders only.
 
 Guarantees every backend gives (and tests/storage/test_contract.py checks):
 - `put` is atomic: a reader sees the old object or the new one, never a torn one.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from shardrun.errors import IntegrityError, NotFound, QuotaExceeded
+from shardrun.errors import IntegrityError, InvalidKey, NotFound, QuotaExceeded
 from shardrun.paths import validate_key, validate_prefix
 
 COPY_BUFFER = 1024 * 1024
@@ -43,6 +45,15 @@ class Stat:
     mtime: float
     md5: str | None = None
     sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One folder's listing (Store.list_folder): the objects directly in it, sorted by key, and the
+    names of its sub-folders, sorted."""
+
+    objects: list[Stat]
+    folders: list[str]
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,28 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[Stat]:
         """Returns the Stats of objects under `prefix`, sorted by key."""
         return sorted(self._list(validate_prefix(prefix)), key=lambda s: s.key)
+
+    def list_folder(self, prefix: str = "") -> Folder:
+        """Returns the objects directly under the folder `prefix` ('' or a key ending in '/') and
+        the names of its sub-folders (those holding objects; a backend with real folders may also
+        name an empty one). On a backend with folders it lists that folder alone, whatever lies
+        deeper: on Drive one files.list per 1,000 children."""
+        validate_prefix(prefix)
+        if prefix and not prefix.endswith("/"):
+            raise InvalidKey(f"list_folder takes a folder ('' or a key ending in '/'), got {prefix!r}")
+        found = self._list_folder(prefix)
+        return Folder(sorted(found.objects, key=lambda s: s.key), sorted(set(found.folders)))
+
+    def _list_folder(self, prefix: str) -> Folder:
+        """One folder's listing; this default reads the whole tree under `prefix` (right, not cheap)."""
+        objects, folders = [], set()
+        for stat in self._list(prefix):
+            rest = stat.key[len(prefix):]
+            if "/" in rest:
+                folders.add(rest.split("/", 1)[0])
+            else:
+                objects.append(stat)
+        return Folder(objects, sorted(folders))
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Returns the keys under `prefix`, sorted; backends override it where names are cheaper than Stats."""

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 from shardrun.storage.account import Account
 from shardrun.storage.backend import Backend
-from shardrun.storage.base import COPY_BUFFER, Digest, Stat, Store, Usage, digest_bytes, digest_file
+from shardrun.storage.base import COPY_BUFFER, Digest, Folder, Stat, Store, Usage, digest_bytes, digest_file
 from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceeded, StoreError
 from shardrun.paths import validate_key, validate_prefix
 
@@ -268,6 +268,26 @@ class LocalStore(Store):
 
     def list_keys(self, prefix: str = "") -> list[str]:
         return sorted(key for key, _ in self._listed(validate_prefix(prefix)))
+
+    def _list_folder(self, prefix: str) -> Folder:
+        # One scandir of the folder itself: sub-folders are named, not walked.
+        try:
+            entries = list(os.scandir(self.root / prefix)) if prefix else list(os.scandir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return Folder([], [])
+        objects, folders = [], []
+        for entry in entries:
+            if not prefix and entry.name.startswith(RESERVED_PREFIX):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.name)
+                    continue
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted during the listing
+            objects.append(Stat(prefix + entry.name, st.st_size, st.st_mtime_ns / 1e9))
+        return Folder(objects, folders)
 
     def _listed(self, prefix: str):
         # Walk only the folder the prefix names, so listing journal/ ignores shards/ entirely.

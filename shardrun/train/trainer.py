@@ -203,6 +203,7 @@ class CheckpointInfo:
     final: bool
     loss: float | None = None  # mean loss of the steps since the previous checkpoint (set by `train`)
     patches_per_second: float | None = None  # this call's training speed so far (set by `train`)
+    seconds: float | None = None  # how long writing the file took (the clock's monotonic seconds)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class _Asked:
     deadline: float | None
     reserve_s: float
     checkpoint_every_steps: int | None
-    checkpoint_every_s: float | None
+    checkpoint_every_s: float | Callable[[], float | None] | None
     heartbeat_every_s: float | None
     steps_per_call: int
     on_checkpoint: Callable[[CheckpointInfo], None] | None
@@ -511,9 +512,10 @@ class Trainer:
         write_atomically(path, arrays)
         if path.parent == self.checkpoint_dir:
             self._remember(path)
-        self._slowest_save_s = max(self._slowest_save_s, self.clock.monotonic() - started)
+        seconds = self.clock.monotonic() - started
+        self._slowest_save_s = max(self._slowest_save_s, seconds)
         return CheckpointInfo(path, self.step, path.stat().st_size, file_sha256(path), reason,
-                              final)
+                              final, seconds=seconds)
 
     def _remember(self, path: Path) -> None:
         # Keep the newest `keep` files this trainer wrote: the previous one is the fallback when
@@ -722,7 +724,7 @@ class Trainer:
         deadline: float | None = None,
         reserve_s: float = DEFAULT_RESERVE_S,
         checkpoint_every_steps: int | None = None,
-        checkpoint_every_s: float | None = None,
+        checkpoint_every_s: float | Callable[[], float | None] | None = None,
         heartbeat_every_s: float | None = None,
         on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
         on_heartbeat: Callable[[Progress], None] | None = None,
@@ -740,6 +742,10 @@ class Trainer:
         checkpoint. Whenever this call did any step, the final state is passed to `on_checkpoint`
         once with `final=True` (and is `result.checkpoint`). `on_report` gets the same figures as
         `on_heartbeat`, every `report_every_s` (for a live display: it writes nothing).
+        `checkpoint_every_s` may be a function, asked after every call of steps, so the interval can
+        change while training (a worker adapts it to what its checkpoints cost); None: no periodic
+        checkpoint by time. Checkpoints never change the training: the weights after any number of
+        steps are the same whatever the cadence.
         `steps_per_call` steps run in one compiled call (fewer host round trips on a GPU);
         `batches` replaces the input pipeline and `checkpoint_at_end=False` skips the final
         checkpoint (benchmarks only: without it the steps done are lost).
@@ -816,6 +822,8 @@ class Trainer:
         """Writes a periodic checkpoint and reports it, if one is due before the target (where
         the final one follows anyway)."""
         every_steps, every_s = s.asked.checkpoint_every_steps, s.asked.checkpoint_every_s
+        if callable(every_s):
+            every_s = every_s()
         if every_steps and self.step % every_steps == 0:
             reason = "steps"
         elif every_s is not None and now - s.last_checkpoint >= every_s:

@@ -203,5 +203,5 @@ def test_what_a_journal_writes_after_a_sync_names_the_plan_in_force():
     ledger.sync(journal)
     event = journal.append("claim", "w1", "r1", 0, 0)
     assert event.plan == "plan-1"
-    data, _ = store.get_with_stat(paths.event_key("j", event.id))
+    data, _ = store.get_with_stat(paths.bucket_event_key("j", paths.bucket_start(event.server_time), event.id))
     assert Event.from_bytes(data, 1.0).plan == "plan-1"

@@ -129,6 +129,27 @@ def test_list_returns_sorted_stats_under_prefix(store):
     assert len(store.list()) == 5
 
 
+def test_list_folder_lists_one_level_objects_and_sub_folders(store):
+    for key in ["j/journal/a.json", "j/journal/v2/2024-06/05T13/e.json", "j/journal/v2/2024-06/05T14/f.json",
+                "j/journal/v2/2024-07/01T00/g.json", "j/shards/s.tar", "j/x", "top.bin"]:
+        store.put_bytes(key, key.encode())
+    journal = store.list_folder("j/journal/")
+    assert [s.key for s in journal.objects] == ["j/journal/a.json"] and journal.folders == ["v2"]
+    assert journal.objects[0].size == len("j/journal/a.json") and journal.objects[0].mtime > 0
+    v2 = store.list_folder("j/journal/v2/")
+    assert v2.objects == [] and v2.folders == ["2024-06", "2024-07"]
+    assert store.list_folder("j/journal/v2/2024-06/").folders == ["05T13", "05T14"]
+    leaf = store.list_folder("j/journal/v2/2024-06/05T13/")
+    assert [s.key for s in leaf.objects] == ["j/journal/v2/2024-06/05T13/e.json"] and leaf.folders == []
+    assert leaf.objects[0].mtime == store.stat("j/journal/v2/2024-06/05T13/e.json").mtime
+    root = store.list_folder("")
+    assert [s.key for s in root.objects] == ["top.bin"] and root.folders == ["j"]
+    nothing = store.list_folder("j/nothing/")
+    assert nothing.objects == [] and nothing.folders == []
+    with pytest.raises(InvalidKey):
+        store.list_folder("j/journal")  # a folder ends in '/'
+
+
 def test_delete_removes_object_and_its_usage(store):
     store.put_bytes("d/x", b"12345")
     assert store.usage().used_bytes == 5

@@ -35,7 +35,7 @@ import time
 from datetime import datetime
 from typing import Any, BinaryIO, Iterator
 
-from shardrun.storage.base import Digest, Stat, Store, Usage
+from shardrun.storage.base import Digest, Folder, Stat, Store, Usage
 from shardrun.errors import (
     IntegrityError,
     NotFound,
@@ -278,6 +278,15 @@ class DriveStore(Store):
         yield from self._walk_folder(ids, f"{folder}/" if folder else "", start, fields)
 
     def _walk_folder(self, ids: list[str], rel: str, start: str, fields: str) -> Iterator[tuple[str, dict]]:
+        files, folders = self._one_folder(ids, rel, start, fields)
+        yield from files
+        for name, sub_ids in folders:
+            yield from self._walk_folder(sub_ids, f"{rel}{name}/", "", fields)
+
+    def _one_folder(self, ids: list[str], rel: str, start: str,
+                    fields: str) -> tuple[list[tuple[str, dict]], list[tuple[str, list[str]]]]:
+        """Lists the folder (all its copies) once: (key, winner) of each object named `start...`,
+        and (name, ids oldest first) of each sub-folder, remembered for the lookups that follow."""
         files: dict[str, list[dict]] = {}
         folders: dict[str, list[dict]] = {}
         for child in self._children(ids, fields=fields):
@@ -288,6 +297,7 @@ class DriveStore(Store):
                 folders.setdefault(name, []).append(child)
             elif _is_object(child):
                 files.setdefault(name, []).append(child)
+        objects = []
         for name, same in files.items():
             key = rel + name
             winner = _oldest_first(same)[0]
@@ -296,11 +306,23 @@ class DriveStore(Store):
                 if len(self._listed) >= LISTED_KEPT:
                     self._listed.clear()
                 self._listed[key] = winner
-            yield key, winner
+            objects.append((key, winner))
+        subfolders = []
         for name, same in folders.items():
             sub_ids = [f["id"] for f in _oldest_first(same)]
             self._remember_folder(rel + name, sub_ids)
-            yield from self._walk_folder(sub_ids, f"{rel}{name}/", "", fields)
+            subfolders.append((name, sub_ids))
+        return objects, subfolders
+
+    def _list_folder(self, prefix: str) -> Folder:
+        # One files.list per 1,000 children of the folder (of every copy of it), however deep the
+        # tree below: the journal's sync lists a few hour folders of a year-long job this way.
+        folder = prefix.rstrip("/")
+        ids = self._folder_ids(folder)
+        if ids is None:
+            return Folder([], [])
+        objects, folders = self._one_folder(ids, prefix, "", FILE_FIELDS)
+        return Folder([self._stat_of(key, meta) for key, meta in objects], [name for name, _ in folders])
 
     def _read(self, key: str, offset: int = 0) -> BinaryIO:
         return self._reader(key, self._find(key), offset)

@@ -37,7 +37,7 @@ from tenacity import wait_random_exponential
 
 from shardrun.errors import InvalidKey, NotFound, PermissionDenied, QuotaExceeded, StoreError, TransientError
 from shardrun.storage.account import Account
-from shardrun.storage.base import COPY_BUFFER, Digest, Stat, Store, Usage
+from shardrun.storage.base import COPY_BUFFER, Digest, Folder, Stat, Store, Usage
 from shardrun.storage.fsspec_store.settings import (
     LOCAL_PROTOCOLS,
     OBJECT_STORES,
@@ -397,6 +397,29 @@ class FsspecStore(Store):
                 continue
             stats.append(self._stat_of(key, info, need_md5=False))
         return stats
+
+    def _list_folder(self, prefix: str) -> Folder:
+        # fsspec's `ls` lists one level (on S3 and GCS a delimiter listing: sub-folders are named,
+        # not walked).
+        self._ensure_bucket()
+        base = f"{self.root}/{prefix.rstrip('/')}" if prefix else self.root
+        try:
+            found = self._call(f"listing {prefix or '/'}", lambda: self.fs.ls(base, detail=True, refresh=True), _Empty)
+        except _Empty:
+            return Folder([], [])
+        objects, folders = [], []
+        for info in found:
+            key = self._key_of(info["name"])
+            if key is None or not key.startswith(prefix) or key == prefix.rstrip("/"):
+                continue
+            name = key[len(prefix):]
+            if "/" in name:
+                continue
+            if info.get("type") == "directory":
+                folders.append(name)
+            elif info.get("type") == "file":
+                objects.append(self._stat_of(key, info, need_md5=False))
+        return Folder(objects, folders)
 
     def _delete(self, key: str) -> None:
         info = self._info(key)  # S3's DELETE succeeds on a missing key: look first, so NotFound is told

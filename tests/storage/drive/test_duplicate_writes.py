@@ -77,8 +77,7 @@ def test_lost_create_answers_with_three_contending_workers_leave_every_reader_ag
     assert fresh.bad_events() == [] and live.bad_events() == []
     assert live.dump() == fresh.dump()  # every derived table, row by row
     assert live.runs() == fresh.runs()
-    journal_names = [emu.metadata(i)["name"] for i in emu.file_ids(_journal_folder(emu, accounts["alice"].folder))
-                     if not emu.metadata(i)["trashed"]]
+    journal_names = _file_names(emu, _journal_folder(emu, accounts["alice"].folder))  # every bucket's
     assert len(journal_names) == len(set(journal_names))  # no event stored twice, though 8 answers were lost
     folded = {row[0] for row in fresh.db.execute("SELECT id FROM events")}
     assert {f"{i}.json" for i in folded} <= set(journal_names)
@@ -88,3 +87,17 @@ def _journal_folder(emu, root: str) -> str:
     (job,) = [i for i in emu.file_ids(root) if emu.metadata(i)["name"] == "dups"]
     (journal,) = [i for i in emu.file_ids(job) if emu.metadata(i)["name"] == "journal"]
     return journal
+
+
+def _file_names(emu, folder: str) -> list[str]:
+    """Returns the names of the untrashed files in `folder` and every folder below it."""
+    names = []
+    for i in emu.file_ids(folder):
+        meta = emu.metadata(i)
+        if meta["trashed"]:
+            continue
+        if meta["mimeType"] == "application/vnd.google-apps.folder":
+            names += _file_names(emu, i)
+        else:
+            names.append(meta["name"])
+    return names
