@@ -210,6 +210,8 @@ class _Heartbeat:
         self._step = self._beat_step = self._loss_step = step
         self._learning_rate: float | None = None
         self._loss_total, self._loss_steps = 0.0, 0
+        self._loss: float | None = None  # the last heartbeat's figures, repeated while no step is
+        self._pps: float | None = None   # taken (an upload, a validation): status shows no gap
         self._beat_time = worker.clock.monotonic()
 
     def report(self, progress) -> None:
@@ -235,9 +237,11 @@ class _Heartbeat:
         now = w.clock.monotonic()
         with self._lock:
             step, seconds = self._step, now - self._beat_time
-            loss = self._loss_total / self._loss_steps if self._loss_steps else None
-            pps = (step - self._beat_step) * self.batch_size / seconds if seconds > 0 and step > self._beat_step else None
-            learning_rate = self._learning_rate
+            if self._loss_steps:
+                self._loss = self._loss_total / self._loss_steps
+            if seconds > 0 and step > self._beat_step:
+                self._pps = (step - self._beat_step) * self.batch_size / seconds
+            loss, pps, learning_rate = self._loss, self._pps, self._learning_rate
             self._loss_total, self._loss_steps, self._beat_time, self._beat_step = 0.0, 0, now, step
         w._write("heartbeat", c["run"], c["idx"], c["generation"], step=step, loss=loss, learning_rate=learning_rate,
                  **w._rates(pps, self.batch_size), **w.identity())

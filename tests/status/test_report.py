@@ -416,11 +416,16 @@ def test_a_real_worker_reports_what_status_shows(planned, tmp_path):
     worker = new_worker(planned)
     assert worker.run() == "finished"
     ledger = Ledger.open(planned.ledger_path)
-    payloads = [json.loads(p) for (p,) in ledger.db.execute(
-        "SELECT payload FROM events WHERE kind IN ('heartbeat', 'checkpoint', 'done') AND run = 'a'")]
+    rows = [(kind, json.loads(p)) for (kind, p) in ledger.db.execute(
+        "SELECT kind, payload FROM events WHERE kind IN ('heartbeat', 'checkpoint', 'done') AND run = 'a'")]
+    payloads = [p for _, p in rows]
     assert payloads and all(p["platform"] == "local" and p["device"].startswith("CPU") and p["account"] == "alice"
                             for p in payloads)
-    assert all(p["loss"] > 0 and p["patches_per_second"] > 0 and p["steps_per_second"] > 0 for p in payloads)
+    figures = ("loss", "patches_per_second", "steps_per_second")
+    # Checkpoints and dones always carry figures; a heartbeat may come while the first step still
+    # compiles (none yet), and afterwards repeats the last ones while no step is taken.
+    assert all(p[f] > 0 for kind, p in rows if kind != "heartbeat" for f in figures)
+    assert all(p[f] is None or p[f] > 0 for kind, p in rows if kind == "heartbeat" for f in figures)
     validated = [p["validation"] for p in payloads if "validation" in p]
     assert len(validated) == 6 and all(v["images"] == 4 and v["bicubic_psnr"] > 10 for v in validated)
     assert len({round(v["bicubic_psnr"], 9) for v in validated}) == 1  # the same images every time
@@ -428,7 +433,7 @@ def test_a_real_worker_reports_what_status_shows(planned, tmp_path):
     run = status["runs"][0]
     assert run["validation"]["step"] == 6 and run["validation"]["psnr"] == validated[-1]["psnr"]
     assert run["training"] == {"precision": "float32", "xla": None, "deterministic": True, "label": "fp32 · det"}
-    assert run["loss"]["best"] == min(p["loss"] for p in payloads)
+    assert run["loss"]["best"] == min(p["loss"] for p in payloads if p["loss"] is not None)
     (w,) = status["workers"]
     assert w["id"] == worker.id and w["chunks_done"] == 6 and w["device"].startswith("CPU")
     assert {h["run"] for h in status["hardware"]} == {"a", "b"}
