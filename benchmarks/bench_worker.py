@@ -197,7 +197,8 @@ def kill_trial(job, folder: Path, n: int, checkpoint_minutes: float | None, rng:
     home = open_store(Account(job.home.name, job.home.store, base_dir=job.base_dir))
     journal = Journal(home, job.name)
     log = folder / f"killed-{n}.log"
-    interval = checkpoint_minutes * 60 if checkpoint_minutes else WorkerSettings().checkpoint_cap_seconds
+    # What the kill may lose: the fixed interval, or the adaptive default's promise (2 min).
+    interval = checkpoint_minutes * 60 if checkpoint_minutes else 120.0
     flags = ["--checkpoint-minutes", str(checkpoint_minutes)] if checkpoint_minutes else []
     with open(log, "w") as out:
         child = subprocess.Popen(

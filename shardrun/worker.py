@@ -69,13 +69,13 @@ class WorkerSettings:
     # None: min(2 min, a third of the plan's lease); more than a third of the lease is refused.
     heartbeat_seconds: float | None = None
     # None: adaptive (Worker.checkpoint_interval): checkpointing takes at most `checkpoint_share` of
-    # the session, and a SIGKILL loses at most `checkpoint_cap_seconds` of training where a
-    # checkpoint costs little enough; never more often than every `checkpoint_floor_seconds`.
+    # the session, never more often than every `checkpoint_floor_seconds` (also the first interval,
+    # before any checkpoint was measured). A SIGKILL loses the interval plus a checkpoint's cost:
+    # at most 2 min where a checkpoint costs up to 2.35 s.
     # A number: a checkpoint every that many seconds (--checkpoint-minutes).
     checkpoint_seconds: float | None = None
     checkpoint_share: float = 0.02
     checkpoint_floor_seconds: float = 60.0
-    checkpoint_cap_seconds: float = 120.0  # also the first interval, before any checkpoint was measured
     checkpoint_steps: int | None = None
     poll_seconds: float = 30.0  # when every ready chunk is taken, look again after this
     min_upload_margin_s: float = 30.0  # kept back before the deadline for the last upload, at least
@@ -407,14 +407,14 @@ class Worker:
         """Returns the seconds between periodic checkpoints: `checkpoint_seconds` where set; else
         max(cost / checkpoint_share, checkpoint_floor_seconds), where cost is the median time a
         recent checkpoint of this session held training up (writing, upload, validation, event),
-        so checkpointing takes at most the share of the session; before any was measured,
-        checkpoint_cap_seconds. A cost of up to cap × share (2.4 s) keeps the interval within the
-        cap (2 min): the most training a SIGKILL loses."""
+        so checkpointing takes at most the share of the session; before any was measured, the
+        floor. What a SIGKILL loses is the interval plus that cost (until the checkpoint is
+        durable): within 2 min for a cost up to 120 s × share / (1 + share), 2.35 s."""
         s = self.settings
         if s.checkpoint_seconds is not None:
             return s.checkpoint_seconds
         if not self.checkpoint_costs:
-            return s.checkpoint_cap_seconds
+            return s.checkpoint_floor_seconds
         cost = statistics.median(self.checkpoint_costs[-9:])
         return max(cost / s.checkpoint_share, s.checkpoint_floor_seconds)
 

@@ -213,10 +213,10 @@ def test_the_default_heartbeat_is_two_minutes_under_a_long_lease(tmp_path):
 
 
 @pytest.mark.parametrize(("upload_s", "periodic_steps", "interval_s"), [
-    # Cheap checkpoints: every minute (the floor); the first comes at 2 min, before any was measured.
-    (0.5, [13, 19, 25, 31, 37, 43, 49, 55], 60.0),
+    # Cheap checkpoints: every minute (the floor), the first too, before any was measured.
+    (0.5, [7, 13, 19, 25, 31, 37, 43, 49, 55], 60.0),
     # A 3 s checkpoint every 2 min would take 2.5% of the session: every 150 s, so it takes 2%.
-    (3.0, [13, 28, 43, 58], 150.0),
+    (3.0, [7, 22, 37, 52], 150.0),
 ])
 def test_the_checkpoint_interval_adapts_to_what_a_checkpoint_costs(tmp_path, upload_s, periodic_steps, interval_s):
     # One chunk of 60 steps (platform local: no session limit); each step "takes" 10 s.
@@ -224,7 +224,7 @@ def test_the_checkpoint_interval_adapts_to_what_a_checkpoint_costs(tmp_path, upl
     settings = WorkerSettings(settle_seconds=1, heartbeat_seconds=10, progress_seconds=0, validation_images=0)
     worker = Worker(hooked_job(job, lambda key: clock.advance(upload_s)), "alice", NO_LIMIT, settings=settings,
                     clock=clock, on_progress=lambda run, chunk, step, end, loss: clock.advance(10))
-    assert worker.checkpoint_interval() == 120.0  # nothing measured yet
+    assert worker.checkpoint_interval() == 60.0  # nothing measured yet: the floor
     assert worker.loop() == "trained"
     assert worker.outcomes[-1].result == "done" and worker.outcomes[-1].step == 60
     steps = [e.payload["step"] for e in journal_events(job, "checkpoint", worker.id)]

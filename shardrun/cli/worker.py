@@ -60,7 +60,7 @@ class ProgressDisplay:
 @click.option("--max-chunks", type=int, help="Stop after training this many chunks.")
 @click.option("--checkpoint-minutes", type=float, default=None,
               help="Minutes between checkpoints: the most training a crash can lose. Default: adapts to what a "
-                   "checkpoint costs (at most 2% of the session), every 1 to 2 minutes where it costs under 2.4 s.")
+                   "checkpoint costs (at most 2% of the session), every 1 to 2 minutes where it costs under 2.35 s.")
 @click.option("--heartbeat-minutes", type=float, default=None,
               help="Minutes between heartbeats; default min(2, a third of the plan's lease), at most a third of it.")
 @click.option("--settle-seconds", type=float, default=10.0, show_default=True,
