@@ -354,8 +354,8 @@ class Worker:
             log.warning("the ledger snapshot was not published (%s: %s); training goes on", type(e).__name__, e)
 
     def _forget_if_replanned(self) -> None:
-        # -- journal v2 hook (readers branch): a new plan may change the data, the shards or a
-        # run's settings, so what was built for the old one is dropped and built again on use.
+        # A new plan may change the data, the shards or a run's settings, so what was built for
+        # the old one is dropped and built again on use.
         plan = self.ledger.plan()
         plan_id = plan["id"] if plan else None
         if getattr(self, "_plan_id", plan_id) != plan_id:

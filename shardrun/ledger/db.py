@@ -502,7 +502,7 @@ class Ledger:
         show when an earlier copy of a known event has surfaced: it is read and refolded.
         """
         result = self.rebuild(journal) if self._state("rebuild") else self._sync(journal)
-        # -- journal v2 hook: what the journal's writer writes next names the plan now in force.
+        # What the journal's writer writes next names the plan now in force.
         plan = self.plan()
         journal.plan = plan["id"] if plan else None
         journal.store_time_hint = self.seen_time()
