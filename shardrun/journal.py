@@ -288,9 +288,11 @@ class Journal:
     def keys(self) -> list[str]:
         """Returns the key of every event object, flat and bucketed (a walk of the whole journal:
         for rebuilding a ledger and for tests; a sync lists a few buckets instead)."""
-        v2 = paths.journal_v2_prefix(self.job)
-        return [k for k in self.store.list_keys(paths.journal_prefix(self.job))
-                if not k.startswith(v2) or paths.bucket_of_key(self.job, k) is not None]
+        # Only what a sync can list: objects directly in journal/ and in the buckets (a folder
+        # copied in elsewhere under journal/ is no part of it, for a rebuild as for a sync).
+        flat = paths.journal_prefix(self.job)
+        return [k for k in self.store.list_keys(flat)
+                if "/" not in k[len(flat):] or paths.bucket_of_key(self.job, k) is not None]
 
     def buckets(self, since: float | None) -> list[int]:
         """Returns the starts of the hour buckets that exist and end after `since` (all: None), in

@@ -205,7 +205,7 @@ class Ledger:
                          ((k, paths.event_id_of(k)) for k in keys))
         unknown = [k for (k,) in conn.execute(
             "SELECT key FROM temp.probe p WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = p.id) "
-            "AND NOT EXISTS (SELECT 1 FROM bad_events b WHERE b.key = p.key) "
+            "AND NOT EXISTS (SELECT 1 FROM bad_events b WHERE b.key = p.key OR b.key = p.id) "
             "AND NOT EXISTS (SELECT 1 FROM flat_ids f WHERE f.id = p.id) "
             "AND NOT EXISTS (SELECT 1 FROM misplaced m WHERE m.key = p.key) "
             "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = p.key) ORDER BY key")]

@@ -378,3 +378,19 @@ def test_the_bucketed_journal_on_a_local_store(tmp_path):
     assert ledger.chunk("r1", 0)["owner"] == "w1"
     assert abs(journal.offset) < 5  # one machine: its clock sets the folder's times
     assert SKEW_S == HOUR
+
+
+def test_a_rebuild_reads_what_a_sync_can_list_and_no_folder_copied_in_beside_it():
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    journal = Journal(store, "j", clock)
+    journal.append("plan", "planner", payload=plan_event().payload)
+    claim = journal.append("claim", "w1", "r1", 0, 0)
+    # A stray copy of the journal (a user's backup) nested under journal/, holding a rival claim.
+    rival = Event("0" * 16 + "-rival", "claim", "w2", "r1", 0, 0, {}, plan=claim.plan)
+    store.put_bytes(f"j/journal/backup/{rival.id}.json", rival.to_bytes())
+    synced, rebuilt = Ledger.open(None), Ledger.open(None)
+    synced.sync(journal)
+    rebuilt.rebuild(journal)
+    assert len(journal.keys()) == 2 and all("/backup/" not in k for k in journal.keys())
+    assert rebuilt.dump() == synced.dump() and synced.chunk("r1", 0)["owner"] == "w1"
