@@ -572,6 +572,11 @@ class Ledger:
                     journal.job)
         keys = journal.keys()
         events, bad = journal.read(keys)
+        # What this ledger folded that the listing does not show yet stays (a worker's own latest
+        # events, behind Drive's lag): every event here was read from the store or written by it.
+        listed = {e.id for e in events}
+        events += [e for e in map(_event_of, self.db.execute(f"SELECT {EVENT_COLUMNS} FROM events"))
+                   if e.id not in listed]
         flat_prefix = paths.journal_prefix(journal.job)
         flat = {k for k in keys if "/" not in k[len(flat_prefix):]}
         conn = self.db.conn

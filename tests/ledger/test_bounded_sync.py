@@ -394,3 +394,25 @@ def test_a_rebuild_reads_what_a_sync_can_list_and_no_folder_copied_in_beside_it(
     rebuilt.rebuild(journal)
     assert len(journal.keys()) == 2 and all("/backup/" not in k for k in journal.keys())
     assert rebuilt.dump() == synced.dump() and synced.chunk("r1", 0)["owner"] == "w1"
+
+
+def test_a_rebuild_keeps_the_events_this_ledger_folded_that_the_listing_does_not_show_yet():
+    clock = FakeClock(T0)
+    inner = MemoryStore(clock=clock)
+    journal = Journal(inner, "j", clock)
+    journal.append("plan", "planner", payload=plan_event().payload)
+    # This worker's own claim, folded at once, is hidden from its listings for a while.
+    own = Journal(LaggingStore(inner, 600, min_lag_s=600, lag_own_writes=True, now=clock.now), "j", clock)
+    clock.advance(700)  # the plan is listed by now
+    ledger = Ledger.open(None)
+    ledger.sync(own)
+    assert ledger.plan() is not None
+    claim = own.append("claim", "w1", "r1", 0, 0)
+    ledger.add_events([Event.from_bytes(claim.to_bytes(), claim.server_time)])
+    assert not [k for k in own.keys() if claim.id in k]  # hidden from its own listings
+    ledger.rebuild(own)
+    assert ledger.chunk("r1", 0)["owner"] == "w1"
+    clock.advance(700)  # once listed, a fresh reader agrees
+    fresh = Ledger.open(None)
+    fresh.sync(journal)
+    assert fresh.dump() == ledger.dump()
