@@ -608,12 +608,15 @@ class Ledger:
         if not rows:
             return []
         conn = self.db.conn
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (id TEXT PRIMARY KEY, key TEXT, t REAL)")
-        conn.execute("DELETE FROM temp.listed")
-        conn.executemany("INSERT OR REPLACE INTO temp.listed (id, key, t) VALUES (?, ?, ?)", rows)
+        # By key: one event id may be listed under two keys (a misplaced first copy and the one
+        # its writer wrote again); the misplaced one is never read again.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed_copies (key TEXT PRIMARY KEY, id TEXT, t REAL)")
+        conn.execute("DELETE FROM temp.listed_copies")
+        conn.executemany("INSERT OR REPLACE INTO temp.listed_copies (id, key, t) VALUES (?, ?, ?)", rows)
         earlier = [k for (k,) in conn.execute(
-            "SELECT l.key FROM temp.listed l JOIN events e ON e.id = l.id WHERE l.t < e.server_time ORDER BY l.key")]
-        conn.execute("DELETE FROM temp.listed")
+            "SELECT l.key FROM temp.listed_copies l JOIN events e ON e.id = l.id WHERE l.t < e.server_time "
+            "AND NOT EXISTS (SELECT 1 FROM misplaced m WHERE m.key = l.key) ORDER BY l.key")]
+        conn.execute("DELETE FROM temp.listed_copies")
         return earlier
 
     # -- snapshots --
