@@ -14,19 +14,18 @@ import threading
 import time
 from typing import BinaryIO, Callable
 
-from shardrun.storage.base import Stat, Store, Usage
-from shardrun.storage.base import Digest
+from shardrun.storage.base import Digest, Stat, Store
 from shardrun.paths import validate_prefix
+from tests.delegating_store import DelegatingStore
 
 
-class LaggingStore(Store):
+class LaggingStore(DelegatingStore):
     def __init__(self, inner: Store, max_lag_s: float, *, min_lag_s: float = 0.0, seed: int | str = 0,
                  lag_own_writes: bool = False, now: Callable[[], float] = time.time):
         """`now` must tell the inner store's time (its Stat mtimes): the wall clock for a LocalStore."""
         if not 0 <= min_lag_s <= max_lag_s:
             raise ValueError(f"lags must satisfy 0 <= min_lag_s <= max_lag_s, got {min_lag_s!r}, {max_lag_s!r}")
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.min_lag_s = min_lag_s
         self.max_lag_s = max_lag_s
         self.seed = seed
@@ -53,15 +52,6 @@ class LaggingStore(Store):
             self._own.add(key)
         return stat
 
-    def _read(self, key: str, offset: int = 0) -> BinaryIO:
-        return self.inner._read(key, offset)
-
-    def _stat(self, key: str) -> Stat:
-        return self.inner._stat(key)
-
-    def get_with_stat(self, key: str) -> tuple[bytes, Stat]:
-        return self.inner.get_with_stat(key)
-
     def _list(self, prefix: str) -> list[Stat]:
         now = self.now()
         stats = self.inner.list(prefix)
@@ -72,9 +62,3 @@ class LaggingStore(Store):
 
     def list_keys(self, prefix: str = "") -> list[str]:
         return [s.key for s in self.list(validate_prefix(prefix))]
-
-    def _delete(self, key: str) -> None:
-        self.inner._delete(key)
-
-    def usage(self) -> Usage:
-        return self.inner.usage()

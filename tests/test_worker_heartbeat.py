@@ -13,6 +13,7 @@ from typing import BinaryIO, Callable
 import pytest
 
 from tests.conftest import job_text, write_images
+from tests.delegating_store import DelegatingStore
 from tests.lagging_store import LaggingStore
 from tests.test_worker_faults import RUN, final_weights, same_weights, straight_weights
 from shardrun.clock import FakeClock
@@ -21,42 +22,25 @@ from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.plan.job import plan_job
 from shardrun.session import Session
-from shardrun.storage.base import Digest, Stat, Store, Usage
+from shardrun.storage.base import Digest, Stat, Store
 from shardrun.storage.memory import MemoryStore
 from shardrun.worker import Worker, WorkerError, WorkerJob, WorkerSettings
 
 NO_LIMIT = Session("local", 0.0, None, "test")
 
 
-class CheckpointHookStore(Store):
-    """A store (by delegation) that calls `hook(key)` before writing a checkpoint's file: a test
-    makes the upload block until released, or "take" seconds on the fake clock."""
+class CheckpointHookStore(DelegatingStore):
+    """A store that calls `hook(key)` before writing a checkpoint's file: a test makes the upload
+    block until released, or "take" seconds on the fake clock."""
 
     def __init__(self, inner: Store, hook: Callable[[str], None]):
-        self.inner, self.hook, self.url = inner, hook, inner.url
+        super().__init__(inner)
+        self.hook = hook
 
     def _write(self, key: str, source: BinaryIO, digest: Digest) -> Stat:
         if key.endswith(".ckpt"):
             self.hook(key)
-        return self.inner._write(key, source, digest)
-
-    def _read(self, key: str, offset: int = 0) -> BinaryIO:
-        return self.inner._read(key, offset)
-
-    def _stat(self, key: str) -> Stat:
-        return self.inner._stat(key)
-
-    def get_with_stat(self, key: str) -> tuple[bytes, Stat]:
-        return self.inner.get_with_stat(key)
-
-    def _list(self, prefix: str) -> list[Stat]:
-        return self.inner.list(prefix)
-
-    def _delete(self, key: str) -> None:
-        self.inner._delete(key)
-
-    def usage(self) -> Usage:
-        return self.inner.usage()
+        return super()._write(key, source, digest)
 
 
 def planned_in_memory(tmp_path, runs, **job_keys):

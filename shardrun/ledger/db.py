@@ -29,6 +29,7 @@ import os
 import re
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -239,12 +240,7 @@ class Ledger:
                 copies[e.id] = e
         candidates = sorted(copies.values(), key=lambda e: e.order)
         conn = self.db.conn
-        # BEGIN IMMEDIATE takes the write lock first: another process folding the same journal
-        # into the same file waits, and whatever it inserted meanwhile is not applied twice.
-        in_transaction = conn.in_transaction
-        if not in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             stored = self._stored_copies([e.id for e in candidates])
             fresh, replaced, changed = [], [], []
             for e in candidates:
@@ -292,12 +288,6 @@ class Ledger:
                 for event in fresh:
                     self._apply(fold, event)
                 self._set_last(fresh[-1].order)
-            if not in_transaction:
-                conn.execute("COMMIT")
-        except BaseException:
-            if not in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return SyncResult(len(fresh), len(bad), refold, rebuild)
 
     def _stored_copies(self, ids: list[str]) -> dict[str, Event]:
@@ -431,19 +421,8 @@ class Ledger:
         that is base_every_s past the base's point (or there is no base yet), by replaying the
         events between onto it; then drops the events it now holds (settings.prune). Returns
         whether it moved. Ledger.sync calls it with its cursor less base_lag_s."""
-        conn = self.db.conn
-        in_transaction = conn.in_transaction
-        if not in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
-            moved = self._advance_base(before)
-            if not in_transaction:
-                conn.execute("COMMIT")
-        except BaseException:
-            if not in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return moved
+        with self._write_transaction():
+            return self._advance_base(before)
 
     def _advance_base(self, before: float) -> bool:
         conn = self.db.conn
@@ -479,18 +458,29 @@ class Ledger:
         it: make its own base of them and replay the events (once, whoever opens it first)."""
         if not self._state("replay"):
             return
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             if self._state("replay"):
                 self._make_base_tables(copy=True)
                 base = self._base_point()
                 self._set_last(self._fold_rows(base) or base)
                 self._set_state("replay", None)
-            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write_transaction(self):
+        """One write transaction, or the one already open. BEGIN IMMEDIATE takes the write lock
+        first: another process folding the same journal into the same file waits, and whatever it
+        inserted meanwhile is not applied twice."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        conn.execute("COMMIT")
 
     # -- syncing --
 
@@ -526,9 +516,7 @@ class Ledger:
         result = self.add_events(*journal.read(keys))
         if result.rebuild:
             return self.rebuild(journal)
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             if flat is not None:
                 self._remember_flat(flat, journal.store_now())
             if started is not None:
@@ -536,10 +524,6 @@ class Ledger:
                 self._set_state("cursor", cursor)
             if cursor is not None:
                 self._advance_base(cursor - self.settings.base_lag_s)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return result
 
     def _flat_due(self, journal: Journal) -> bool:
@@ -580,8 +564,7 @@ class Ledger:
         flat_prefix = paths.journal_prefix(journal.job)
         flat = {k for k in keys if "/" not in k[len(flat_prefix):]}
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             self._drop_base()
             for table in ("events", "bad_events", "flat_ids", "misplaced", *DERIVED_TABLES):
                 conn.execute(f"DELETE FROM {table}")
@@ -596,10 +579,6 @@ class Ledger:
             if started is not None:
                 self._set_state("cursor", started)
                 self._advance_base(started - self.settings.base_lag_s)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return SyncResult(result.new_events, result.bad_events, True)
 
     def _earlier_copies(self, listed: dict[str, float | None]) -> list[str]:
