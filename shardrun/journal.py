@@ -28,7 +28,7 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.storage.base import Store
 
-KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave")
+KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave", "close", "outer")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound
 
 # The bucketed layout's two tolerances (docs/worker.md): an object's bucket must lie within SKEW_S
@@ -97,6 +97,8 @@ class Event:
 # -- what a well-formed event is -----------------------------------------------------------------
 
 CHUNK_KINDS = ("claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire")
+# A collaborative run's round events name the run and the round (in `chunk`): docs/collaborative.md.
+ROUND_KINDS = ("close", "outer")
 
 
 def _is_int(v: Any) -> bool:
@@ -155,6 +157,10 @@ def _check_plan_payload(p: dict) -> None:
         "name": _str, "model": _str, "scale": _count, "channels": _count, "epochs": _count,
         "batch_size": _count, "patch_size": _count, "steps_per_epoch": _count, "steps_total": _count,
         "step_seconds": _is_number, "config": lambda c: isinstance(c, dict), "chunks": _list_of(chunk)})
+    collaborative = lambda c: _fields(c, "a collaborative run", {  # noqa: E731
+        "replicas": lambda v: _count(v) and v > 0, "sync_every": lambda v: _count(v) and v > 0,
+        "rounds": _count, "steps_per_replica": _count, "min_replicas": lambda v: _count(v) and v > 0,
+        "round_timeout_minutes": _is_number, "outer_lr": _is_number, "outer_momentum": _is_number})
     rejected = lambda r: _fields(r, "a rejected image", {"path": _str, "reason": _str})  # noqa: E731
     _fields(p, "the plan", {
         "plan_id": lambda v: isinstance(v, str) and bool(v), "replaces": _opt_str, "job": _str,
@@ -162,6 +168,12 @@ def _check_plan_payload(p: dict) -> None:
         "manifest_md5": _opt_str, "platform": _str, "profile": _str, "lease_seconds": _is_number,
         "accounts": _list_of(account), "shards": _list_of(shard), "runs": _list_of(run),
         "rejected": _list_of(rejected)}, optional=("replaces", "rejected"))
+    for r in p["runs"]:
+        if "collaborative" in r:
+            collaborative(r["collaborative"])
+            c = r["collaborative"]
+            _check(c["rounds"] == -(-c["steps_per_replica"] // c["sync_every"]) and c["min_replicas"] <= c["replicas"],
+                   f"run {r['name']!r}: its rounds, steps and replicas do not agree")
     names = [a["name"] for a in p["accounts"]]
     _check(len(set(names)) == len(names), "the plan names an account twice")
     _check(all(s["account"] in names for s in p["shards"]), "the plan places a shard on an account it lacks")
@@ -197,6 +209,15 @@ def event_problem(e: Event) -> str | None:
             _check(_opt_str(p.get("md5")), f"malformed checkpoint md5 {p.get('md5')!r}")
         if e.kind == "checkpoint":
             _check("step" in p and isinstance(p.get("key"), str), "a checkpoint event must carry its step and key")
+        if e.kind in ROUND_KINDS:
+            _check(isinstance(e.run, str) and e.chunk is not None, f"a {e.kind} event must name its run and round")
+        if e.kind == "done" and "change" in p:
+            _fields(p["change"], "the change", {"key": _str, "sha256": _str, "md5": _opt_str, "size": _count})
+        if e.kind == "outer":
+            arrays = {"key": _str, "sha256": _str, "md5": _opt_str, "size": _count}
+            _fields(p, "the outer step", {"weights": lambda v: _fields(v, "the global weights", arrays) is None,
+                                          "momentum": lambda v: _fields(v, "the outer momentum", arrays) is None,
+                                          "replicas": lambda v: isinstance(v, list) and all(_count(x) for x in v)})
     except ValueError as err:
         return str(err)
     except (TypeError, KeyError, AttributeError) as err:  # a shape no check above foresaw

@@ -145,6 +145,27 @@ def checkpoint_object_of(job: str, key: str) -> dict | None:
     return {**parts, "chunk": int(parts["chunk"]), "generation": int(parts["generation"]), "step": int(parts["step"])}
 
 
+def round_object_key(job: str, run: str, round_: int, name: str) -> str:
+    """Returns the key of one object of a collaborative run's round (a replica's change, the global
+    weights, the outer momentum, the global network's checkpoint); each name holds its writer and
+    its content's hash, so no two workers write the same key and every reader can verify it."""
+    return validate_key(f"{job}/rounds/{run}/r{round_:06d}/{name}")
+
+
+def rounds_prefix(job: str, run: str) -> str:
+    """Returns the folder of a collaborative run's rounds."""
+    return validate_prefix(f"{job}/rounds/{run}/")
+
+
+_ROUND_OBJECT = re.compile(r"rounds/(?P<run>[^/]+)/r(?P<round>\d{6})/[^/]+")
+
+
+def round_of(job: str, key: str) -> tuple[str, int] | None:
+    """Returns (run, round) of a key under the job's rounds folder, or None for another shape."""
+    found = _ROUND_OBJECT.fullmatch(key[len(job) + 1:]) if key.startswith(f"{job}/") else None
+    return None if found is None else (found["run"], int(found["round"]))
+
+
 def validation_set_key(job: str, digest: str) -> str:
     """The validation crops the plan chose (an .npz), named by the content they were cut from."""
     return validate_key(f"{job}/validation/set-{digest[:24]}.npz")

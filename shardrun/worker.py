@@ -47,6 +47,7 @@ from shardrun.journal import Event, Journal
 from shardrun.ledger.db import Ledger
 from shardrun.session import Session
 from shardrun.plan.shards import Manifest
+from shardrun.rounds import RoundError, Rounds
 from shardrun.errors import IntegrityError, NotFound, StoreError
 from shardrun.storage.account import Account
 from shardrun.storage.base import Store
@@ -300,7 +301,8 @@ class Worker:
         self._trainer = None
         self._server_offset: float | None = None  # store time minus this machine's time
         self._verified_shards: set[str] = set()
-        self._source = None
+        self._sources: dict[tuple[str, ...] | None, object] = {}  # shard ids (None: all) -> image source
+        self.rounds = Rounds(self)
         self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
         self._upload_bps: float | None = None
         self._checkpoint_bytes = 0
@@ -360,8 +362,9 @@ class Worker:
         plan_id = plan["id"] if plan else None
         if getattr(self, "_plan_id", plan_id) != plan_id:
             log.info("the job was planned again (%s); dropping cached data and trainers", plan_id)
-            self._source, self._trainers, self._validation = None, {}, None
+            self._sources, self._trainers, self._validation = {}, {}, None
             self._verified_shards = set()
+            self.rounds.forget()
         self._plan_id = plan_id
 
     def _write(self, kind: str, run: str | None = None, chunk: int | None = None, generation: int | None = None,
@@ -432,21 +435,23 @@ class Worker:
             return "stopped"
         self.sync()
         chunks = self.ledger.chunks()
-        if chunks and all(c["state"] == "done" for c in chunks):
+        if self.ledger.finished():
             return "finished"
         self.heartbeat_interval()  # a new plan may have shortened the lease
         self._expire_stale(chunks)
+        if self.rounds.due(self._round_trainer):
+            return "trained"  # a round closed or stepped: look again at what is ready
         # A chunk this worker could not resume is left to others (their copies of the store may
         # serve them better); it waits in status with the reason.
         ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed]
         if not ready:
             return "idle"
-        # Different workers prefer different runs, so simultaneous claims rarely collide.
-        ready.sort(key=lambda c: hashlib.sha256(f"{self.id}/{c['run']}".encode()).hexdigest())
+        # Different workers prefer different runs (and replicas), so simultaneous claims rarely collide.
+        ready.sort(key=lambda c: hashlib.sha256(f"{self.id}/{c['run']}/{c['replica']}".encode()).hexdigest())
         chunk = ready[0]
         # Shards are fetched before claiming: a claim's lease runs from the claim, and downloading
         # gigabytes from Drive can take longer than the lease.
-        self._image_source()
+        self._source_for(chunk)
         self._write("claim", chunk["run"], chunk["idx"], chunk["generation"], **self.identity())
         self.clock.sleep(self.settings.settle_seconds)
         self.sync()
@@ -516,29 +521,43 @@ class Worker:
         from shardrun.train.trainer import Trainer
 
         run, idx, generation = chunk["run"], chunk["idx"], chunk["generation"]
+        unit = chunk["round"] is not None  # a collaborative run's (round, replica)
         config = self._train_config(run)
         notices: list[str] = []
+        trainer_key = (run, chunk["replica"]) if unit else run
         def fresh_trainer():
-            self._trainers[run] = Trainer(config, self._image_source(),
-                                          self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
-                                          cache_dir=self.job.cache_dir / "decoded")
-            return self._trainers[run]
+            self._trainers[trainer_key] = Trainer(config, self._source_for(chunk),
+                                                  self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
+                                                  cache_dir=self.job.cache_dir / "decoded")
+            return self._trainers[trainer_key]
 
         # Reusing a run's trainer keeps its compiled step; its state is replaced by the restored
         # checkpoint, or by a fresh trainer's initial weights when there is none.
-        trainer = self._trainers.get(run) or fresh_trainer()
+        trainer = self._trainers.get(trainer_key) or fresh_trainer()
         expected_total = self.ledger.run(run)["steps_total"]
-        if trainer.total_steps != expected_total:
-            raise WorkerError(f"run {run!r}: the plan counts {expected_total} steps but the data gives "
-                              f"{trainer.total_steps}; was the plan made with other shards?")
-        restored, restore_notices = self._restore(trainer, run, chunk)
-        notices += restore_notices
-        if not restored and chunk["start_step"] > 0:
-            # Training again from step 0 of a later chunk would silently redo the run's earlier
-            # chunks: fail the chunk instead, with the reason, and move on.
-            reason = (f"no checkpoint of run {run} at or before step {max(chunk['step_reached'], chunk['start_step'])} "
-                      f"can be restored" + (f" ({len(restore_notices)} tried; newest: {restore_notices[0]})"
-                                            if restore_notices else " (none accepted)"))
+        reason = None
+        if unit:
+            try:
+                trainer, restore_notices = self._start_unit(trainer, fresh_trainer, run, chunk)
+            except RoundError as e:
+                reason, restore_notices = str(e), []
+            notices += restore_notices
+        else:
+            if trainer.total_steps != expected_total:
+                raise WorkerError(f"run {run!r}: the plan counts {expected_total} steps but the data gives "
+                                  f"{trainer.total_steps}; was the plan made with other shards?")
+            restored, restore_notices = self._restore(trainer, run, chunk)
+            notices += restore_notices
+            if not restored and chunk["start_step"] > 0:
+                # Training again from step 0 of a later chunk would silently redo the run's earlier
+                # chunks: fail the chunk instead, with the reason, and move on.
+                reason = (f"no checkpoint of run {run} at or before step "
+                          f"{max(chunk['step_reached'], chunk['start_step'])} can be restored"
+                          + (f" ({len(restore_notices)} tried; newest: {restore_notices[0]})"
+                             if restore_notices else " (none accepted)"))
+            elif not restored and trainer.step != 0:
+                trainer = fresh_trainer()
+        if reason is not None:
             reason = " ".join(reason.split())
             self._write("fail", run, idx, generation, reason=reason, **self.identity())
             self._failed[(run, idx)] = reason
@@ -546,8 +565,6 @@ class Worker:
             log.warning(notices[-1])
             self.sync()
             return ChunkOutcome(run, idx, generation, chunk["start_step"], chunk["start_step"], "failed", 0.0, notices)
-        if not restored and trainer.step != 0:
-            trainer = fresh_trainer()
         start_step = trainer.step
         self._trainer = trainer
         self._start_display(run, idx, start_step, chunk["end_step"])
@@ -621,6 +638,8 @@ class Worker:
                 notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
         if result.reason == "target":
+            if unit:  # the round's change goes up before `done` names it
+                final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
             self._write("done", run, idx, generation, **{**self.identity(), **final})
             result_name = "done"
         else:
@@ -676,7 +695,8 @@ class Worker:
                 self._validation = ("training images (the plan holds none out)", names, crops)
         return self._validation
 
-    def _validate(self, trainer, run: str, chunk: int, generation: int, step: int) -> dict | None:
+    def _validate(self, trainer, run: str, chunk: int | None, generation: int, step: int,
+                  pictures: bool = True) -> dict | None:
         """Returns the validation's figures for the checkpoint event, or None.
 
         PSNR is pooled (metrics.pooled_psnr: of the mean MSE, so no image dominates), SSIM the mean;
@@ -703,6 +723,8 @@ class Worker:
                        "rule": "pooled-mse",
                        "scores": [[s.name, floored_psnr(s.mse), s.ssim, floored_psnr(s.bicubic_mse), s.bicubic_ssim]
                                   for s in scores]}
+            if not pictures:
+                return figures
             png, places = pictures_png(triples)
             key = paths.validation_pictures_key(self.job.name, run, chunk, generation, self.id, step)
             stat = self.job.home.put_bytes(key, png)
@@ -748,19 +770,49 @@ class Worker:
 
     # -- data and checkpoints from the store --
 
-    def _image_source(self):
+    def _source_for(self, chunk: dict):
+        """Returns the images a chunk trains on: all of them, or a collaborative unit's part only
+        (its worker downloads only that part's shards)."""
+        if chunk["replica"] is None:
+            return self._image_source()
+        with self._lock:
+            part = self.ledger.collaborative(chunk["run"])["parts"][chunk["replica"]]
+        return self._image_source(tuple(part["shards"]))
+
+    def _image_source(self, shard_ids: tuple[str, ...] | None = None):
+        """Returns the training images of the shards `shard_ids` (default: all), fetched into the
+        cache and indexed by path."""
         from shardrun.train.data import ShardImageSource
 
-        if self._source is not None:
-            return self._source
+        if shard_ids in self._sources:
+            return self._sources[shard_ids]
         with self._lock:
             plan, shards = self.ledger.plan(), self.ledger.shards()
         manifest = Manifest.from_json_bytes(self.job.home.get_bytes(plan["manifest_key"], plan["manifest_md5"]))
+        wanted = set(shard_ids) if shard_ids is not None else {s["id"] for s in shards}
         shard_dir = self.job.cache_dir / "shards"
         for shard in shards:
-            self._fetch_shard(shard, shard_dir / f"{shard['id']}.tar")
-        self._source = ShardImageSource(manifest.images, shard_dir)
-        return self._source
+            if shard["id"] in wanted:
+                self._fetch_shard(shard, shard_dir / f"{shard['id']}.tar")
+        images = manifest.training_images
+        if shard_ids is not None:
+            images = [image for image in images if image.shard in wanted]
+        self._sources[shard_ids] = ShardImageSource(images, shard_dir)
+        return self._sources[shard_ids]
+
+    def _round_trainer(self, run: str):
+        """Returns a trainer of `run` for a round's outer step (validation, the global checkpoint):
+        one this worker has, else one built on replica 0's part."""
+        for key, trainer in self._trainers.items():
+            if isinstance(key, tuple) and key[0] == run:
+                return trainer
+        from shardrun.train.trainer import Trainer
+
+        unit = next(c for c in self.ledger.chunks(run) if c["replica"] == 0)
+        self._trainers[(run, 0)] = Trainer(self._train_config(run), self._source_for(unit),
+                                           self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
+                                           cache_dir=self.job.cache_dir / "decoded")
+        return self._trainers[(run, 0)]
 
     def _fetch_shard(self, shard: dict, dest: Path) -> None:
         """Fetches a shard into the cache once per session, verified; a corrupt copy is fetched again."""
@@ -776,12 +828,38 @@ class Worker:
         here (unreadable, another format version, another model or data layout), is skipped with
         a notice. Returns whether one was restored, and the notices.
         """
-        from shardrun.train.checkpoint import CheckpointError
-
-        notices: list[str] = []
         resume_at = max(chunk["step_reached"], chunk["start_step"])
         with self._lock:
             candidates = self.ledger.checkpoints(run, up_to_step=resume_at)
+        restored, notices = self._restore_from(trainer, candidates)
+        if restored:
+            return True, notices
+        if chunk["start_step"] == 0 and resume_at > 0:
+            notices.append(f"{run}: no checkpoint could be restored; training again from step 0")
+            log.warning(notices[-1])
+        return False, notices
+
+    def _start_unit(self, trainer, fresh_trainer, run: str, chunk: dict) -> tuple[object, list[str]]:
+        """Returns the trainer of a collaborative unit, ready at its resume point, and notices: its
+        own newest usable checkpoint (a resume mid-round); else the round's global weights at the
+        round's first step, with the optimiser state of the replica's last round (or a fresh one).
+        Starting a round over is as exact as resuming it: the unit trains the same steps again."""
+        own, earlier = self.rounds.resume_candidates(run, chunk)
+        restored, notices = self._restore_from(trainer, own)
+        if restored:
+            return trainer, notices
+        restored, more = self._restore_from(trainer, earlier)
+        notices += more
+        if not restored:
+            trainer = fresh_trainer()
+        self.rounds.begin_round(trainer, run, chunk)
+        return trainer, notices
+
+    def _restore_from(self, trainer, candidates: list[dict]) -> tuple[bool, list[str]]:
+        """Restores the first usable of `candidates` (checkpoint rows, newest first)."""
+        from shardrun.train.checkpoint import CheckpointError
+
+        notices: list[str] = []
         for ckpt in candidates:
             dest = self.job.cache_dir / "restore" / ckpt["key"].replace("/", "_")
             try:
@@ -794,9 +872,6 @@ class Worker:
                 continue
             notices += list(result.notices)
             return True, notices
-        if chunk["start_step"] == 0 and resume_at > 0:
-            notices.append(f"{run}: no checkpoint could be restored; training again from step 0")
-            log.warning(notices[-1])
         return False, notices
 
     # -- the live display (on_update): reports only, never a write or a wait --

@@ -39,6 +39,7 @@ MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr", "vdsr", "e
 # A network of the team's own: `file:<path to a .py beside the job file>:<function>`.
 CUSTOM_MODEL_PREFIX = "file:"
 LOSSES = ("mse", "l1", "charbonnier")
+RUN_MODES = ("plain", "collaborative")
 SCHEDULE_KINDS = ("constant", "step", "cosine")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,6 +58,25 @@ class AccountConfig:
     @property
     def quota_bytes(self) -> int:
         return int(self.quota_gb * GB)
+
+
+@dataclass(frozen=True)
+class CollaborativeConfig:
+    """A collaborative run's settings (docs/collaborative.md): `replicas` train their own parts
+    of the images for `sync_every` inner steps a round, then an outer Nesterov step averages
+    their changes."""
+
+    replicas: int
+    sync_every: int  # inner steps per round
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9  # Nesterov
+    min_replicas: int | None = None  # the changes a round needs; the job file's default: replicas
+    round_timeout: float | None = None  # minutes of store time; None: `plan` sets it from the round's length
+
+    @property
+    def required_replicas(self) -> int:
+        """Returns how many replicas' changes a round needs before its outer step."""
+        return self.replicas if self.min_replicas is None else self.min_replicas
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,16 @@ class RunConfig:
     schedule: dict[str, Any] | None = None  # [runs.schedule], the keys given (None: constant)
     init: str | None = None  # weights to start from: a path relative to the job file
     init_output_scale: float | None = None
+    collaborative: CollaborativeConfig | None = None  # None: a plain run (mode = "plain")
+
+    @property
+    def mode(self) -> str:
+        return "plain" if self.collaborative is None else "collaborative"
+
+    @property
+    def replicas(self) -> int:
+        """Returns how many replicas train the run at once (1 for a plain run)."""
+        return 1 if self.collaborative is None else self.collaborative.replicas
 
     @property
     def custom_network(self) -> tuple[str, str] | None:
@@ -89,8 +119,14 @@ class RunConfig:
 
     def to_payload(self) -> dict[str, Any]:
         """Returns the run's settings as plain JSON values: what the plan records for the run and
-        the trainer reads back (shardrun.train.trainer.TrainConfig.from_run)."""
-        return dataclasses.asdict(self)
+        the trainer reads back (shardrun.train.trainer.TrainConfig.from_run).
+
+        A plain run's payload has no `collaborative` key: it is what it was before collaborative
+        runs existed, so a plan made by an older shardrun keeps its runs' progress."""
+        payload = dataclasses.asdict(self)
+        if self.collaborative is None:
+            del payload["collaborative"]
+        return payload
 
 
 @dataclass(frozen=True)
@@ -228,7 +264,18 @@ RUN_KEYS = {
     "schedule": Key(dict),
     "init": Key(str),
     "init_output_scale": Key((int, float), check=positive),
+    "mode": Key(str, default="plain", check=one_of(*RUN_MODES)),
+    # A collaborative run's keys (docs/collaborative.md); a plain run takes none of them.
+    "replicas": Key(int, check=positive),
+    "sync_every": Key(int, check=positive),
+    "outer_lr": Key((int, float), check=positive),
+    "outer_momentum": Key((int, float), check=lambda v: None if 0 <= v < 1 else "a number from 0 to below 1"),
+    "min_replicas": Key(int, check=positive),
+    "round_timeout": Key((int, float), check=positive),
 }
+COLLABORATIVE_KEYS = ("replicas", "sync_every", "outer_lr", "outer_momentum", "min_replicas", "round_timeout")
+COLLABORATIVE_REQUIRED = ("replicas", "sync_every")
+COLLABORATIVE_DEFAULTS = {"outer_lr": 0.7, "outer_momentum": 0.9}
 SCHEDULE_KEYS = {
     "kind": Key(str, default="constant", check=one_of(*SCHEDULE_KINDS)),
     "milestones": Key(list, check=increasing_positive_integers),
@@ -297,7 +344,43 @@ def _check_schedule(run: dict, where: str, problems: list[str]) -> None:
     run["schedule"] = {k: table[k] for k in table if k in SCHEDULE_KEYS} if len(problems) == before else None
 
 
-def _check_run(run: dict, where: str, problems: list[str]) -> None:
+def _check_mode(run: dict, table: dict, where: str, problems: list[str]) -> None:
+    """Checks a run's mode against its collaborative keys, and replaces those keys in `run` by
+    `collaborative` (a CollaborativeConfig, or None for a plain run)."""
+    if not run:
+        return  # not a table: check_table said so
+    given = {key: run.pop(key) for key in COLLABORATIVE_KEYS}
+    mode = run.pop("mode")
+    name = f" {run['name']!r}" if isinstance(run.get("name"), str) else ""
+    run["collaborative"] = None
+    if mode not in RUN_MODES:
+        return  # check_table named the mode; its keys mean nothing yet
+    if mode != "collaborative":
+        for key in COLLABORATIVE_KEYS:
+            if key in table:
+                problems.append(f"{where}{key} = {show(table[key])}: only a collaborative run takes {key}; "
+                                f"set mode = 'collaborative' in run{name} or remove {key}")
+        return
+    before = len(problems)
+    for key in COLLABORATIVE_REQUIRED:
+        if key not in table:
+            problems.append(f"{where}{key}: missing (required for mode = 'collaborative' in run{name}, "
+                            "an integer greater than 0)")
+    replicas, least = given["replicas"], given["min_replicas"]
+    if isinstance(replicas, int) and isinstance(least, int) and least > replicas > 0:
+        problems.append(f"{where}min_replicas = {least}: more than replicas = {replicas} in run{name}; "
+                        f"a round can wait for at most its {replicas} replicas")
+    if len(problems) > before or any(given[k] is None for k in COLLABORATIVE_REQUIRED):
+        return
+    values = {**COLLABORATIVE_DEFAULTS, "min_replicas": replicas, **{k: v for k, v in given.items() if v is not None}}
+    for key in ("outer_lr", "outer_momentum", "round_timeout"):
+        if key in values:
+            values[key] = float(values[key])
+    run["collaborative"] = CollaborativeConfig(**values)
+
+
+def _check_run(run: dict, table: Any, where: str, problems: list[str]) -> None:
+    _check_mode(run, table if isinstance(table, dict) else {}, where, problems)
     _check_schedule(run, where, problems)
     scale, patch = run.get("scale"), run.get("patch_size")
     if scale in (2, 3, 4) and isinstance(patch, int) and patch > 0:
@@ -370,8 +453,9 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
     _check_unique(accounts, "accounts", "name", problems)
     _check_unique(accounts, "accounts", "store", problems)
     _check_unique(runs, "runs", "name", problems)
+    tables = doc.get("runs") if isinstance(doc.get("runs"), list) else []
     for i, run in enumerate(runs):
-        _check_run(run, f"runs[{i}].", problems)
+        _check_run(run, tables[i] if i < len(tables) else {}, f"runs[{i}].", problems)
     for i, account in enumerate(accounts):
         _check_store_settings(keys, account, job, base_dir, f"accounts[{i}].", problems)
     if platforms is not None and isinstance(job.get("platform"), str) and job["platform"] not in platforms:

@@ -665,6 +665,25 @@ class Ledger:
         rows = list(self.db["plan"].rows)
         return rows[0] if rows else None
 
+    def collaborative(self, run: str) -> dict | None:
+        """Returns the plan's record of a collaborative run (its rounds and each replica's part:
+        plan/parts.collaborative_record), or None for a plain run or no plan."""
+        plan = self.plan()
+        if plan is None:
+            return None
+        return (json.loads(plan["payload"] or "{}").get("collaborative") or {}).get(run)
+
+    def rounds(self, run: str) -> list[dict]:
+        """Returns a collaborative run's rounds in order (empty for a plain run)."""
+        return list(self.db.query("SELECT * FROM rounds WHERE run = ? ORDER BY round", [run]))
+
+    def finished(self) -> bool:
+        """True when the plan's work is all done: every plain chunk, and every collaborative run's
+        last round (its outer step accepted; a unit a round closed without is dropped, not owed)."""
+        chunks = self.db.execute("SELECT COUNT(*), SUM(state IN ('done', 'dropped')) FROM chunks").fetchone()
+        rounds = self.db.execute("SELECT COUNT(*), SUM(state = 'done') FROM rounds").fetchone()
+        return bool(chunks[0]) and chunks[0] == chunks[1] and (rounds[1] or 0) == rounds[0]
+
     def runs(self) -> list[dict]:
         return list(self.db.query(
             "SELECT r.*, "

@@ -19,7 +19,7 @@ from shardrun.ledger.schema import DERIVED_TABLES
 
 # Derived tables holding one run's progress: what a replacing plan keeps for an unchanged run.
 RUN_TABLES = {"chunks": "run", "checkpoints": "run", "run_metrics": "run", "run_history": "run",
-              "hardware": "run", "attempts": "run"}
+              "hardware": "run", "attempts": "run", "rounds": "run"}
 # What makes a run the same run in two plans (its position and measured step time may change).
 RUN_IDENTITY = ("model", "scale", "channels", "epochs", "batch_size", "patch_size", "steps_per_epoch",
                 "steps_total")
@@ -43,6 +43,16 @@ def unchanged_runs(old_fingerprint: str | None, old_runs: dict[str, str], new_fi
 from shardrun.ledger.summaries import Summaries, validation_of
 
 
+def _plan_extras(p: dict) -> dict[str, Any]:
+    """Returns what the plan row keeps as JSON: the estimate, the validation set and, where the
+    plan has collaborative runs, each one's record (its rounds, each replica's shards)."""
+    extras = {k: p[k] for k in ("estimate", "validation") if k in p}
+    collaborative = {r["name"]: r["collaborative"] for r in p.get("runs", []) if isinstance(r.get("collaborative"), dict)}
+    if collaborative:
+        extras["collaborative"] = collaborative
+    return extras
+
+
 def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
     """Returns the rows a plan event puts in the derived tables."""
     p = event.payload
@@ -53,8 +63,8 @@ def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
                   "manifest_key": p["manifest_key"], "manifest_md5": p["manifest_md5"],
                   "platform": p["platform"], "profile": p["profile"],
                   "lease_seconds": p["lease_seconds"],
-                  "payload": json.dumps({k: p[k] for k in ("estimate", "validation") if k in p})}],
-        "accounts": [], "shards": [], "runs": [], "chunks": [], "rejected": [],
+                  "payload": json.dumps(_plan_extras(p))}],
+        "accounts": [], "shards": [], "runs": [], "chunks": [], "rejected": [], "rounds": [],
     }
     for i, a in enumerate(p["accounts"]):
         rows["accounts"].append({"name": a["name"], "position": i, "store": a["store"],
@@ -79,9 +89,31 @@ def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
                                    "step_reached": start, "checkpoint_key": None, "checkpoint_md5": None,
                                    "start_checkpoint_key": None, "start_checkpoint_md5": None,
                                    "attempts": 0, "last_error": None, "done_time": None})
+        if isinstance(r.get("collaborative"), dict):
+            _round_rows(rows, r["name"], r["collaborative"], event.server_time)
     for r in p.get("rejected", []):
         rows["rejected"].append({"path": r["path"], "reason": r["reason"]})
     return rows
+
+
+def unit_bounds(collaborative: dict, round_: int) -> tuple[int, int]:
+    """Returns the inner steps [start, end) each replica trains in `round_` of a collaborative run."""
+    h, steps = collaborative["sync_every"], collaborative["steps_per_replica"]
+    return round_ * h, min(steps, (round_ + 1) * h)
+
+
+def _round_rows(rows: dict[str, list[dict]], run: str, c: dict, plan_time: float) -> None:
+    """Adds a collaborative run's units (round r, replica i: chunk r * replicas + i, trained like a
+    chunk) and rounds; round 0 is open from the plan on, the others wait for the round before."""
+    for round_ in range(c["rounds"]):
+        start, end = unit_bounds(c, round_)
+        rows["rounds"].append({"run": run, "round": round_, "state": "open" if round_ == 0 else "waiting",
+                               "opened_time": plan_time if round_ == 0 else None})
+        for replica in range(c["replicas"]):
+            rows["chunks"].append({"run": run, "idx": round_ * c["replicas"] + replica, "start_step": start,
+                                   "end_step": end, "state": "ready" if round_ == 0 else "waiting",
+                                   "generation": 0, "step_reached": start, "attempts": 0,
+                                   "round": round_, "replica": replica})
 
 
 class Fold:
@@ -140,14 +172,16 @@ class Fold:
             elif table != "workers" or not kept:
                 self.conn.execute(f"DELETE FROM {table}")
         tables["chunks"] = [c for c in tables["chunks"] if c["run"] not in kept]
+        tables["rounds"] = [r for r in tables["rounds"] if r["run"] not in kept]
         self.summary.forget_runs()
         self.plan_id = event.payload["plan_id"]
+        self._collaborative = None
         for table, rows in tables.items():
             if rows:
-                cols = list(rows[0])
+                cols = sorted({c for row in rows for c in row})
                 self.conn.executemany(
                     f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    [tuple(r[c] for c in cols) for r in rows])
+                    [tuple(r.get(c) for c in cols) for r in rows])
 
     def _kept_runs(self, old_fingerprint: str | None, payload: dict) -> set[str]:
         old = {}
@@ -229,11 +263,20 @@ class Fold:
         chunk = self._owned(event)
         if not chunk or not event.payload.get("key"):
             return
+        unit = chunk["round"] is not None
+        if unit and "change" not in event.payload:
+            return  # a replica's round ends only with its change of weights handed in
         self._update(chunk, state="done", step_reached=chunk["end_step"], done_time=event.server_time,
                      checkpoint_key=event.payload["key"], checkpoint_md5=event.payload.get("md5"))
         self._record_checkpoint(chunk, event, chunk["end_step"])
         self.summary.progress(event, chunk, chunk["end_step"], checkpoint=True)
         self.summary.ended(event, chunk, "done")
+        if unit:
+            change = event.payload["change"]
+            self._update(chunk, change_key=change["key"], change_sha256=change["sha256"],
+                         change_md5=change.get("md5"), change_size=change["size"])
+            self._close_if_complete(chunk["run"], chunk["round"], event)
+            return
         nxt = self.conn.execute("SELECT idx FROM chunks WHERE run = ? AND idx = ? AND state = 'waiting'",
                                 (chunk["run"], chunk["idx"] + 1)).fetchone()
         if nxt:
@@ -241,3 +284,77 @@ class Fold:
                 "UPDATE chunks SET state = 'ready', start_checkpoint_key = ?, start_checkpoint_md5 = ? "
                 "WHERE run = ? AND idx = ?",
                 (event.payload["key"], event.payload.get("md5"), chunk["run"], chunk["idx"] + 1))
+
+    # -- collaborative runs: rounds (docs/collaborative.md) --
+
+    def _collaborative_of(self, run: str) -> dict | None:
+        if getattr(self, "_collaborative", None) is None:
+            row = self.conn.execute("SELECT payload FROM plan").fetchone()
+            self._collaborative = json.loads(row[0] or "{}").get("collaborative", {}) if row else {}
+        return self._collaborative.get(run)
+
+    def _round(self, run: str | None, round_: int | None) -> dict | None:
+        if run is None or round_ is None:
+            return None
+        cur = self.conn.execute("SELECT * FROM rounds WHERE run = ? AND round = ?", (run, round_))
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def _set_round(self, row: dict, **changes) -> None:
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        self.conn.execute(f"UPDATE rounds SET {sets} WHERE run = ? AND round = ?",
+                          (*changes.values(), row["run"], row["round"]))
+
+    def _units_done(self, run: str, round_: int) -> list[tuple[int, int]]:
+        """Returns (replica, change size) of the round's units whose change is in, in replica order."""
+        return self.conn.execute("SELECT replica, change_size FROM chunks WHERE run = ? AND round = ? "
+                                 "AND state = 'done' ORDER BY replica", (run, round_)).fetchall()
+
+    def _close(self, row: dict, event: Event, done: list[tuple[int, int]], closed_by: str) -> None:
+        self._set_round(row, state="closed", closed_time=event.server_time, closed_by=closed_by,
+                        replicas=json.dumps([r for r, _ in done]), change_bytes=sum(size for _, size in done))
+        # The replicas left out are dropped: their late events are fenced off (they own nothing),
+        # and they start the next round from its global weights like the others.
+        self.conn.execute("UPDATE chunks SET state = 'dropped', owner = NULL WHERE run = ? AND round = ? "
+                          "AND state != 'done'", (row["run"], row["round"]))
+
+    def _close_if_complete(self, run: str, round_: int, event: Event) -> None:
+        row, collab = self._round(run, round_), self._collaborative_of(run)
+        done = self._units_done(run, round_)
+        if row and collab and row["state"] == "open" and len(done) == collab["replicas"]:
+            self._close(row, event, done, "all")
+
+    def _on_close(self, event: Event) -> None:
+        # Any worker may close a round that waited past round_timeout (the store's time of this
+        # very event against the round's opening) with at least min_replicas changes in.
+        row, collab = self._round(event.run, event.chunk), self._collaborative_of(event.run or "")
+        if not row or not collab or row["state"] != "open":
+            return
+        done = self._units_done(row["run"], row["round"])
+        if (event.server_time - row["opened_time"] >= collab["round_timeout_minutes"] * 60
+                and len(done) >= collab["min_replicas"]):
+            self._close(row, event, done, "timeout")
+
+    def _on_outer(self, event: Event) -> None:
+        # The first outer step in fold order for a closed round, computed from exactly the changes
+        # the round closed with, is the round's result; later copies (other workers computed the
+        # same step: the same bytes) change nothing.
+        row, p = self._round(event.run, event.chunk), event.payload
+        if not row or row["state"] != "closed" or p["replicas"] != json.loads(row["replicas"]):
+            return
+        weights, momentum = p["weights"], p["momentum"]
+        validation = validation_of(p)
+        checkpoint = p.get("checkpoint") if isinstance(p.get("checkpoint"), dict) else {}
+        checkpoint = checkpoint if all(isinstance(checkpoint.get(k), str) for k in ("key", "md5")) else {}
+        self._set_round(row, state="done", done_time=event.server_time, outer_worker=event.worker,
+                        weights_key=weights["key"], weights_sha256=weights["sha256"], weights_md5=weights.get("md5"),
+                        weights_size=weights["size"], momentum_key=momentum["key"],
+                        momentum_sha256=momentum["sha256"], momentum_md5=momentum.get("md5"),
+                        momentum_size=momentum["size"],
+                        validation=None if validation is None else json.dumps(validation, sort_keys=True),
+                        checkpoint_key=checkpoint.get("key"), checkpoint_md5=checkpoint.get("md5"))
+        nxt = self._round(row["run"], row["round"] + 1)
+        if nxt and nxt["state"] == "waiting":
+            self._set_round(nxt, state="open", opened_time=event.server_time)
+            self.conn.execute("UPDATE chunks SET state = 'ready' WHERE run = ? AND round = ? AND state = 'waiting'",
+                              (row["run"], row["round"] + 1))

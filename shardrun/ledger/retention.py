@@ -101,14 +101,22 @@ def kept_checkpoints(view: RunView, now: float, rule: RetentionRule) -> dict[str
     """Returns the accepted checkpoints (and any key a chunk names) that stay, each with its reason."""
     keep: dict[str, str] = {}
     order = view.accepted  # newest first
+    # A collaborative run's unit starts from its replica's last round's final checkpoint (the
+    # optimiser state), or resumes from its own: the finals of older rounds are never read again.
+    last_round = {}
     for c in view.chunks:
-        if c["checkpoint_key"]:
+        if c.get("round") is not None and c["state"] == "done":
+            last_round[c["replica"]] = max(last_round.get(c["replica"], -1), c["round"])
+    for c in view.chunks:
+        unit = c.get("round") is not None
+        if c["checkpoint_key"] and (not unit or c["state"] != "done" or last_round.get(c["replica"]) == c["round"]):
             keep.setdefault(c["checkpoint_key"], f"{'final' if c['state'] == 'done' else 'latest'} of chunk {c['idx']}")
         if c["start_checkpoint_key"]:
             keep.setdefault(c["start_checkpoint_key"], f"start of chunk {c['idx']}")
         if c["state"] in ("ready", "running"):
             resume = max(c["step_reached"], c["start_step"])
-            for cp in [cp for cp in order if cp["step"] <= resume][:rule.fallbacks]:
+            for cp in [cp for cp in order if cp["step"] <= resume and (not unit or cp["chunk"] == c["idx"])
+                       ][:rule.fallbacks]:
                 keep.setdefault(cp["key"], f"resume point of chunk {c['idx']}")
     for cp in order[:rule.keep_last]:
         keep.setdefault(cp["key"], "latest")

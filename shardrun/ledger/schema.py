@@ -14,8 +14,10 @@ import sqlite_utils
 from shardrun.errors import LedgerError
 
 DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints",
-                  "workers", "run_metrics", "run_history", "hardware", "attempts", "validation_scores")
-CHUNK_STATES = ("waiting", "ready", "running", "done")
+                  "workers", "run_metrics", "run_history", "hardware", "attempts", "validation_scores", "rounds")
+# "dropped": a collaborative run's (round, replica) unit left out of a round that closed without it.
+CHUNK_STATES = ("waiting", "ready", "running", "done", "dropped")
+ROUND_STATES = ("waiting", "open", "closed", "done")
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -161,9 +163,29 @@ def _migration_9(db: sqlite_utils.Database) -> None:
     _refold_later(db)
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    # Collaborative runs (docs/collaborative.md): each (round, replica) is a unit in `chunks`
+    # (its round and replica, and the change of weights its `done` handed in), and each round a
+    # row of `rounds`: open, closed (which replicas' changes it combines, and why), done (the
+    # outer step accepted: the global weights and outer momentum it published, and the global
+    # model's validation). Derived: refolded from the events.
+    for column in ("round", "replica", "change_size"):
+        db["chunks"].add_column(column, int)
+    for column in ("change_key", "change_sha256", "change_md5"):
+        db["chunks"].add_column(column, str)
+    db["rounds"].create(
+        {"run": str, "round": int, "state": str, "opened_time": float, "closed_time": float, "closed_by": str,
+         "replicas": str, "change_bytes": int, "weights_key": str, "weights_sha256": str, "weights_md5": str,
+         "weights_size": int, "momentum_key": str, "momentum_sha256": str, "momentum_md5": str,
+         "momentum_size": int, "outer_worker": str, "done_time": float, "validation": str,
+         "checkpoint_key": str, "checkpoint_md5": str}, pk=("run", "round"))
+    _refold_later(db)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3,
                                                                _migration_4, _migration_5, _migration_6,
-                                                               _migration_7, _migration_8, _migration_9]
+                                                               _migration_7, _migration_8, _migration_9,
+                                                               _migration_10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

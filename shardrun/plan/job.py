@@ -24,19 +24,22 @@ from shardrun.errors import ConfigError, PlanError, StoreError
 from shardrun.journal import Journal
 from shardrun.ledger.db import Ledger
 from shardrun.ledger.fold import run_identity, unchanged_runs
+from shardrun.plan.parts import collaborative_record, layout_part_shards, replica_problems, round_problems
 from shardrun.plan.placement import (
     AccountSpace,
     Estimate,
     RunPlan,
     ShardToPlace,
     estimate,
+    place_groups,
     place_shards,
     plan_run,
 )
 from shardrun.config.platforms import Platform, Profile, load_platforms, load_profile
-from shardrun.plan.space import RetainedSpace, home_space, home_too_small, retained_space, room_for_shards
+from shardrun.plan.space import (RetainedSpace, home_space, home_too_small, home_too_small_for_rounds, retained_space,
+                                 room_for_shards)
 from shardrun.plan.validation import ValidationSet, choose_validation, upload_validation_set
-from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, layout_shards, write_shard
+from shardrun.plan.shards import BuiltShard, Manifest, ShardSpec, digest_shard, write_shard
 from shardrun.errors import QuotaExceeded
 from shardrun.storage.base import Stat, Store
 from shardrun.storage.registry import absolute_url
@@ -84,6 +87,9 @@ class PlanReport:
     run_files: dict[str, dict[str, dict]] = field(default_factory=dict)
     # What retention keeps on the home account at most (plan/space.py), counted in its space
     retained: RetainedSpace | None = None
+    # run name -> a collaborative run's record (plan/parts.collaborative_record): its rounds and
+    # each replica's part, with its shards
+    collaborative: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -270,10 +276,15 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     # Validation images are taken out before anything is counted or packed: never in a shard.
     scan, vset = choose_validation(scan, job.validation, job.validation_share, job.base_dir,
                                    min_side=max(r.patch_size for r in job.runs), workers=scan_workers)
-    runs = [plan_run(r, len(scan.accepted), profile, platform) for r in job.runs]
+    runs = plan_runs(job, len(scan.accepted), profile, platform)
     checkpoint_sizes: dict[str, int] = {}
-    run_files = check_training(job, runs, checkpoint_sizes)
-    specs = layout_shards(scan.accepted, job.shard_size_bytes)
+    change_sizes: dict[str, int] = {}
+    run_files = check_training(job, runs, checkpoint_sizes, change_sizes)
+    # A collaborative run's parts are whole shards: the layout cuts at every part's bounds
+    # (plan/parts.py); a job of plain runs only is laid out as it always was.
+    collaborative = [r.run.replicas for r in runs if r.run.collaborative is not None]
+    groups = layout_part_shards(scan.accepted, collaborative, job.shard_size_bytes)
+    specs = [spec for group in groups for spec in group]
 
     stores = open_account_stores(job)
     _check_stores(stores)
@@ -301,12 +312,25 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     spaces = [AccountSpace(a.name, a.quota_bytes, usages[a.name].used_bytes, job.reserve_bytes)
               for a in job.accounts]
     # The home keeps room for the checkpoints retention keeps (this job's already there among them).
-    retained = retained_space(runs, checkpoint_sizes, job.lease_minutes * 60)
+    retained = retained_space(runs, checkpoint_sizes, job.lease_minutes * 60, change_bytes=change_sizes)
     existing = sum(s.size for r in runs for s in home.list(paths.checkpoints_prefix(job.name, r.run.name)))
     home_now = home_space(next(s for s in spaces if s.name == job.home.name), existing)
     spaces = [room_for_shards(home_now, retained) if s.name == job.home.name else s for s in spaces]
-    placement = place_shards([ShardToPlace(s.id, s.size) for s in specs], spaces,
-                             {**damaged, **{sid: acct for sid, (acct, _) in kept.items()}})
+    # Before the shards: a home with room for the checkpoints but not for the rounds beside them
+    # is the reason to give, not a shortfall of room for shards.
+    problem = home_too_small_for_rounds(home_now, retained)
+    if problem:
+        raise PlanError(problem)
+    on_store = {**damaged, **{sid: acct for sid, (acct, _) in kept.items()}}
+    if collaborative:  # each part's shards on as few accounts as possible
+        to_place = [[ShardToPlace(s.id, s.size) for s in group] for group in groups]
+        try:
+            placement = place_groups(to_place, spaces, on_store)
+        except PlanError:
+            _refuse_for_rounds(to_place, spaces, on_store, home_now, retained)
+            raise
+    else:
+        placement = place_shards([ShardToPlace(s.id, s.size) for s in specs], spaces, on_store)
     problem = home_too_small(home_now, retained)
     if problem:
         raise PlanError(problem)
@@ -336,13 +360,16 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
 
     if not dry_run:
         _upload_run_files(home, job.name, run_files)
+    placed = {s["id"]: s["account"] for s in shards}  # where each shard went, fallbacks included
+    records = {r.run.name: collaborative_record(r, groups, placed, job.lease_minutes * 60)
+               for r in runs if r.run.collaborative is not None}
     est = estimate(runs, platform, job.parallel_workers)
     plan_id = _plan_id(scan.fingerprint, runs, shards, run_files, vset)
     notes.append(vset.describe())
     notes.append(f"the home account {job.home.name} keeps room for the checkpoints retention keeps: {retained.describe()}")
     report = PlanReport(job, platform, profile, scan, shards, list(accounts.values()), runs, est,
                         plan_id, dry_run, change=change, notes=notes, validation=vset, run_files=run_files,
-                        retained=retained)
+                        retained=retained, collaborative=records)
     if dry_run or (current and current["id"] == plan_id):
         return report
     if replan is not None:
@@ -365,8 +392,38 @@ def plan_job(job: JobConfig, *, dry_run: bool = False, replace: bool = False,
     return report
 
 
-def check_training(job: JobConfig, runs: list[RunPlan],
-                   checkpoint_sizes: dict[str, int] | None = None) -> dict[str, dict[str, dict]]:
+def _refuse_for_rounds(groups: list[list[ShardToPlace]], spaces: list[AccountSpace], on_store: dict[str, str],
+                       home: AccountSpace, retained: RetainedSpace) -> None:
+    """Raises the rounds' one-line reason (space.home_too_small_for_rounds) when the shards that
+    did not fit would fit without the room kept for the collaborative runs' rounds; returns
+    otherwise, and the shortfall of room for shards is the reason."""
+    without = [room_for_shards(home, RetainedSpace(retained.files, retained.bytes, retained.largest))
+               if s.name == home.name else s for s in spaces]
+    try:
+        placement = place_groups(groups, without, on_store)
+    except PlanError:
+        return
+    sizes = {s.id: s.size for group in groups for s in group}
+    on_home = sum(sizes[sid] for sid, account in placement.items() if account == home.name and sid not in on_store)
+    problem = home_too_small_for_rounds(home, retained, on_home)
+    if problem:
+        raise PlanError(problem)
+
+
+def plan_runs(job: JobConfig, images: int, profile: Profile | None, platform: Platform) -> list[RunPlan]:
+    """Returns the job's runs cut into chunks on `images` training images; raises ConfigError
+    naming every collaborative run the data cannot carry (more replicas than images, a round
+    longer than a replica's steps), all at once, before any upload."""
+    problems = replica_problems(job.runs, images)
+    runs = [None if i in problems else plan_run(r, images, profile, platform) for i, r in enumerate(job.runs)]
+    problems.update(round_problems(runs, images))
+    if problems:
+        raise ConfigError(job.source, [problems[i] for i in sorted(problems)])
+    return runs
+
+
+def check_training(job: JobConfig, runs: list[RunPlan], checkpoint_sizes: dict[str, int] | None = None,
+                   change_sizes: dict[str, int] | None = None) -> dict[str, dict[str, dict]]:
     """Returns the files each run trains with (its own network, its init weights: see
     PlanReport.run_files, keys not yet uploaded); raises ConfigError naming every run setting
     that training would refuse (model options, loss, schedule against the run's length, a
@@ -375,7 +432,8 @@ def check_training(job: JobConfig, runs: list[RunPlan],
 
     A run with its own network or init weights has its network built here, in this process:
     the network file is the team's own code (docs/training.md). Into `checkpoint_sizes` goes each
-    run's checkpoint size (train/checkpoint.estimated_size of its network, built once).
+    run's checkpoint size (train/checkpoint.estimated_size of its network, built once), and into
+    `change_sizes` each collaborative run's change (train/outer.packed_size of its weights).
     """
     from shardrun.storage.base import digest_file
     from shardrun.train.init import InitError
@@ -426,10 +484,13 @@ def check_training(job: JobConfig, runs: list[RunPlan],
                 problems.append(f"{where}model = {r.run.model!r}: {error}")
             else:
                 _record_size(checkpoint_sizes, r.run.name, model)
-        elif model_config is not None and checkpoint_sizes is not None:
+                _record_change(change_sizes, r, model)
+        elif model_config is not None and (checkpoint_sizes is not None or change_sizes is not None):
             from shardrun.train.models import build_model
 
-            _record_size(checkpoint_sizes, r.run.name, build_model(model_config, seed=config.seed))
+            model = build_model(model_config, seed=config.seed)
+            _record_size(checkpoint_sizes, r.run.name, model)
+            _record_change(change_sizes, r, model)
         if files:
             run_files[r.run.name] = files
     if problems:
@@ -442,6 +503,13 @@ def _record_size(sizes: dict[str, int] | None, run: str, model) -> None:
         from shardrun.train.checkpoint import estimated_size
 
         sizes[run] = estimated_size(model)
+
+
+def _record_change(sizes: dict[str, int] | None, r: RunPlan, model) -> None:
+    if sizes is not None and r.run.collaborative is not None:
+        from shardrun.train.outer import packed_size
+
+        sizes[r.run.name] = packed_size([tuple(w.shape) for w in model.weights])
 
 
 def _check_network(config, model_config):
@@ -512,13 +580,21 @@ def _run_config(r: RunPlan, run_files: dict[str, dict[str, dict]]) -> dict:
     return settings
 
 
-def _run_payload(r: RunPlan, run_files: dict[str, dict[str, dict]]) -> dict:
+def _run_payload(r: RunPlan, run_files: dict[str, dict[str, dict]], collaborative: dict | None = None) -> dict:
     """Returns the plan event's entry for one run: its settings (`config`), as the job file gave
-    them, and its plan (steps, chunks)."""
+    them, its mode and its plan (steps, chunks).
+
+    A collaborative run has no chunks in the ledger (a worker would train them as a plain
+    chain): its work is its rounds, and `collaborative` (plan/parts.collaborative_record) says
+    which shards are each replica's. Its steps are each replica's.
+    """
     settings = _run_config(r, run_files)
-    return {"name": r.run.name, **{key: settings[key] for key in _RUN_COLUMNS},
-            "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total, "step_seconds": r.step_seconds,
-            "config": settings, "chunks": [list(c) for c in r.chunks]}
+    payload = {"name": r.run.name, "mode": r.run.mode, **{key: settings[key] for key in _RUN_COLUMNS},
+               "steps_per_epoch": r.steps_per_epoch, "steps_total": r.steps_total, "step_seconds": r.step_seconds,
+               "config": settings, "chunks": [list(c) for c in r.chunks] if r.run.collaborative is None else []}
+    if collaborative is not None:
+        payload["collaborative"] = collaborative
+    return payload
 
 
 def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: str | None) -> dict:
@@ -537,7 +613,7 @@ def _plan_payload(job: JobConfig, report: PlanReport, manifest: Stat, replaces: 
         "lease_seconds": job.lease_minutes * 60,
         "accounts": _account_payload(job),
         "shards": [{k: s[k] for k in ("id", "account", "key", "size", "md5", "images")} for s in report.shards],
-        "runs": [_run_payload(r, report.run_files) for r in report.runs],
+        "runs": [_run_payload(r, report.run_files, report.collaborative.get(r.run.name)) for r in report.runs],
         "rejected": [{"path": r.path, "reason": r.reason} for r in report.scan.rejected],
         "estimate": {"gpu_hours": est.gpu_hours, "sessions": est.sessions,
                      "calendar_hours": est.calendar_hours, "workers": est.workers},

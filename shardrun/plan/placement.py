@@ -74,6 +74,50 @@ def place_shards(shards: list[ShardToPlace], accounts: list[AccountSpace],
     return placement
 
 
+def place_groups(groups: list[list[ShardToPlace]], accounts: list[AccountSpace],
+                 existing: dict[str, str] | None = None) -> dict[str, str]:
+    """Returns shard id -> account name with each group's shards on as few accounts as possible
+    (a group: the shards of one part of a collaborative run), or raises PlanError as place_shards.
+
+    A group that fits whole goes to the account with the most free space that can take it all
+    (so parts spread over the team, as shards do in place_shards); a group too large for any one
+    account fills the account with the most room, then the next, so it spans the fewest accounts
+    the room allows. Shards already on an account (`existing`) stay there, and the rest of their
+    group joins them where it fits.
+    """
+    existing = existing or {}
+    free = {a.name: a.free_for_shards for a in accounts}
+    room = {a.name: a.room_for_shards for a in accounts}
+    order = {a.name: i for i, a in enumerate(accounts)}
+    placement = {s.id: existing[s.id] for group in groups for s in group if s.id in existing}
+    pending_all = [s for group in groups for s in group if s.id not in placement]
+
+    def put(shard: ShardToPlace, name: str) -> None:
+        placement[shard.id] = name
+        free[name] -= shard.size
+        room[name] -= shard.size
+
+    for group in groups:
+        pending = [s for s in group if s.id not in placement]
+        need = sum(s.size for s in pending)
+        whole = [name for name in room if room[name] >= need]
+        holding = {placement[s.id] for s in group if s.id in placement}  # the part's shards kept from before
+        if pending and whole:
+            best = min(whole, key=lambda name: (name not in holding, -free[name], order[name]))
+            for shard in pending:
+                put(shard, best)
+            continue
+        current = None
+        for shard in pending:
+            if current is None or room[current] < shard.size:
+                fitting = [name for name in room if room[name] >= shard.size]
+                if not fitting:
+                    raise PlanError(_shortfall_message(pending_all, room, accounts, shard))
+                current = min(fitting, key=lambda name: (-room[name], order[name]))
+            put(shard, current)
+    return placement
+
+
 def _shortfall_message(pending: list[ShardToPlace], free_now: dict[str, int],
                        accounts: list[AccountSpace], stuck: ShardToPlace) -> str:
     """Returns why the shards do not fit and what to change in the job file.
@@ -147,6 +191,17 @@ class RunPlan:
         return self.run.batch_size / self.patches_per_second
 
     @property
+    def replicas(self) -> int:
+        """Returns how many replicas train the run at once: each its own chain of `chunks`."""
+        return self.run.replicas
+
+    @property
+    def rounds(self) -> int:
+        """Returns a collaborative run's rounds (the last may be shorter than sync_every); 0 if plain."""
+        collab = self.run.collaborative
+        return math.ceil(self.steps_total / collab.sync_every) if collab else 0
+
+    @property
     def train_seconds(self) -> float:
         return self.steps_total * self.step_seconds
 
@@ -176,8 +231,19 @@ def cut_chunks(steps_total: int, step_seconds: float, usable_seconds: float | No
 
 
 def plan_run(run: RunConfig, num_images: int, profile: Profile | None, platform: Platform) -> RunPlan:
-    """Returns the run cut into chunks that each fit one session of `platform`."""
+    """Returns the run cut into chunks that each fit one session of `platform`.
+
+    A collaborative run's steps are each replica's: `epochs` passes over its part, counted on
+    the smallest part (every replica trains the same steps a round). Its chunks are one
+    replica's steps cut by the session; the plan records no chunks for it in the ledger (a
+    replica's work comes in rounds), they count sessions in the estimate.
+    """
     pps, source = throughput(run, profile)
+    if run.collaborative is not None:
+        if run.collaborative.replicas > num_images:  # `plan` names this first (parts.replica_problems)
+            raise PlanError(f"run {run.name!r}: {run.collaborative.replicas} replicas need as many training images "
+                            f"at least, one a part; the data has {num_images}")
+        num_images //= run.collaborative.replicas  # the smallest part (parts.part_sizes)
     per_epoch = steps_per_epoch(num_images, run.patches_per_image, run.batch_size)
     total = per_epoch * run.epochs
     chunks = cut_chunks(total, run.batch_size / pps, platform.usable_seconds)
@@ -204,14 +270,16 @@ def estimate(runs: list[RunPlan], platform: Platform, workers: int) -> Estimate:
     is a list schedule: each free worker takes the next chunk of the run that can start earliest.
     """
     startup = platform.startup_minutes * 60
-    gpu = sum(r.train_seconds for r in runs)
-    sessions = sum(len(r.chunks) for r in runs)
+    gpu = sum(r.train_seconds * r.replicas for r in runs)
+    sessions = sum(len(r.chunks) * r.replicas for r in runs)
     workers_free = [0.0] * max(1, workers)
     heapq.heapify(workers_free)
-    run_ready = {r.run.name: 0.0 for r in runs}
-    next_chunk = {r.run.name: 0 for r in runs}
-    finish = {r.run.name: 0.0 for r in runs}
-    by_name = {r.run.name: r for r in runs}
+    # One chain per replica: a collaborative run's replicas train side by side (the waits of
+    # its rounds are not counted: the estimate is the least it takes).
+    by_name = {(r.run.name, i): r for r in runs for i in range(r.replicas)}
+    run_ready = dict.fromkeys(by_name, 0.0)
+    next_chunk = dict.fromkeys(by_name, 0)
+    finish = dict.fromkeys(by_name, 0.0)
     for _ in range(sessions):
         worker_time = heapq.heappop(workers_free)
         name = min((n for n in by_name if next_chunk[n] < len(by_name[n].chunks)),
@@ -222,5 +290,7 @@ def estimate(runs: list[RunPlan], platform: Platform, workers: int) -> Estimate:
         run_ready[name] = finish[name] = end
         heapq.heappush(workers_free, end)
     calendar = max(finish.values(), default=0.0)
-    return Estimate(gpu / 3600, sessions, (gpu + sessions * startup) / 3600, calendar / 3600, workers,
-                    {n: t / 3600 for n, t in finish.items()})
+    per_run: dict[str, float] = {}
+    for (name, _), t in finish.items():
+        per_run[name] = max(per_run.get(name, 0.0), t / 3600)
+    return Estimate(gpu / 3600, sessions, (gpu + sessions * startup) / 3600, calendar / 3600, workers, per_run)

@@ -275,6 +275,16 @@ class Manifest:
         return [image for shard in self.shards for image in shard.images]
 
     @property
+    def training_images(self) -> list[ManifestImage]:
+        """Returns every image in the order training indexes them: by path, whatever the layout.
+
+        A job of plain runs packs the scan in path order, so this is `images` itself; a job with
+        a collaborative run packs each replica's part apart (plan/parts.py), and its plain runs
+        still see the images in path order, so adding a collaborative run to a job, or changing
+        its replicas, moves shards but never reorders a plain run's samples."""
+        return sorted(self.images, key=lambda image: image.path)
+
+    @property
     def total_bytes(self) -> int:
         """Returns the bytes of all shards."""
         return sum(shard.size for shard in self.shards)

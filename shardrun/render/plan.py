@@ -25,6 +25,21 @@ def rejected_table(rejected: list, title: str) -> Table:
     return table
 
 
+def collaborative_table(name: str, record: dict) -> Group:
+    """Returns a collaborative run's rounds and each replica's part (plan/parts.collaborative_record)."""
+    line = Text(f"Collaborative run {name}: {record['replicas']} replicas, {record['rounds']} rounds of "
+                f"{record['sync_every']:,} inner steps each (outer Nesterov step: lr {record['outer_lr']:g}, momentum "
+                f"{record['outer_momentum']:g}); a round needs {record['min_replicas']} replicas' changes and waits "
+                f"at most {human_duration(record['round_timeout_minutes'] * 60)} of store time for them.")
+    table = Table(title=f"Replicas of {name}: each downloads only its part", title_justify="left")
+    for col in ("replica", "images", "shards", "bytes", "accounts"):
+        table.add_column(col, justify="left" if col == "accounts" else "right")
+    for part in record["parts"]:
+        table.add_row(str(part["replica"]), f"{part['images']:,}", str(len(part["shards"])),
+                      human_bytes(part["bytes"]), ", ".join(part["accounts"]))
+    return Group(line, table)
+
+
 def plan_view(report: PlanReport) -> Group:
     """Returns the printed form of a plan: data, shards per account, runs, estimates."""
     parts = [Text(f"Dataset: {report.scan.summary()}", style="bold")]
@@ -44,10 +59,13 @@ def plan_view(report: PlanReport) -> Group:
     for col in ("run", "model", "steps/epoch", "steps", "chunks", "patches/s", "throughput from", "GPU time"):
         runs.add_column(col, justify="left" if col in ("run", "model", "throughput from") else "right")
     for r in report.runs:
-        runs.add_row(r.run.name, f"{r.run.model} x{r.run.scale}", f"{r.steps_per_epoch:,}", f"{r.steps_total:,}",
-                     str(len(r.chunks)), f"{r.patches_per_second:,.4g}", r.throughput_source,
-                     human_duration(r.train_seconds))
+        each = f" x{r.replicas}" if r.run.collaborative is not None else ""  # each replica's, side by side
+        runs.add_row(r.run.name, f"{r.run.model} x{r.run.scale}", f"{r.steps_per_epoch:,}", f"{r.steps_total:,}{each}",
+                     f"{len(r.chunks)}{each}", f"{r.patches_per_second:,.4g}", r.throughput_source,
+                     human_duration(r.train_seconds * r.replicas))
     parts.append(runs)
+    for name, record in report.collaborative.items():
+        parts.append(collaborative_table(name, record))
 
     est = report.estimate
     parts.append(Text(

@@ -89,6 +89,13 @@ def pack(arrays: list[np.ndarray]) -> bytes:
     return PACK_MAGIC + struct.pack("<I", len(header)) + header + body
 
 
+def packed_size(shapes: list[tuple[int, ...]]) -> int:
+    """Returns the bytes `pack` writes for arrays of these shapes: what one replica's change (or
+    the global weights, or the outer momentum) takes on the store."""
+    header = json.dumps([[int(d) for d in s] for s in shapes], separators=(",", ":")).encode()
+    return len(PACK_MAGIC) + 4 + len(header) + 4 * sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
+
+
 def unpack(data: bytes, where: str = "the object") -> list[np.ndarray]:
     """Returns the arrays of `pack`'s bytes; raises OuterStepError naming `where` when malformed."""
     if not data.startswith(PACK_MAGIC) or len(data) < len(PACK_MAGIC) + 4:

@@ -55,6 +55,22 @@ def test_plan_prints_data_accounts_runs_and_estimates(job_dir, write_job):
     assert not (job_dir / "stores").exists()
 
 
+def test_plan_shows_a_collaborative_runs_rounds_and_each_replicas_part(job_dir, write_job):
+    run = dict(name="together", model="espcn", scale=2, channels=1, epochs=2, batch_size=4, patch_size=16,
+               patches_per_second=100.0, mode="collaborative", replicas=3, sync_every=16)
+    result = CliRunner().invoke(main, ["plan", str(write_job(runs=[run], reserve_mb=0)), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    # Each replica: 2 epochs over its 4 of the 12 images, 16 patches each, 4 a step: 32 steps.
+    assert "Collaborative run together: 3 replicas, 2 rounds of 16 inner steps each" in out
+    assert "Replicas of together: each downloads only its part" in out
+    assert "32 x3" in out  # each replica's steps, side by side
+    refused = CliRunner().invoke(main, ["plan", str(write_job(runs=[{**run, "replicas": 20}], reserve_mb=0))])
+    assert refused.exit_code == 1 and refused.output.startswith("Error: ")
+    assert "runs[0].replicas = 20: run 'together' cannot be split into 20 parts" in refused.output
+    assert not (job_dir / "stores").exists()
+
+
 def test_plan_then_status_table_and_json(job_dir, write_job):
     job = write_job(reserve_mb=0)
     assert CliRunner().invoke(main, ["plan", str(job)]).exit_code == 0

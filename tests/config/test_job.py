@@ -194,3 +194,73 @@ def test_bad_schedules_losses_and_clipping_are_all_reported():
     found = problems(RUN + '[runs.schedule]\nkind = "step"\nwarmup = 3\n')
     assert "runs[0].schedule.milestones: missing" in found[-1]
     assert found[0].startswith("runs[0].schedule.warmup: unknown key; did you mean")
+
+
+# -- collaborative runs (docs/collaborative.md) ---------------------------------------------------
+
+COLLAB = RUN + 'mode = "collaborative"\nreplicas = 4\nsync_every = 50\n'
+
+
+def test_a_collaborative_run_parses_with_its_defaults_and_records_its_settings():
+    run = parse_job(COLLAB, Path("/jobs"), "job.toml", PLATFORMS).runs[0]
+    assert run.mode == "collaborative" and run.replicas == 4
+    c = run.collaborative
+    assert (c.replicas, c.sync_every, c.outer_lr, c.outer_momentum, c.min_replicas, c.round_timeout) == (
+        4, 50, 0.7, 0.9, 4, None)
+    assert run.to_payload()["collaborative"] == {"replicas": 4, "sync_every": 50, "outer_lr": 0.7,
+                                                 "outer_momentum": 0.9, "min_replicas": 4, "round_timeout": None}
+    given = parse_job(COLLAB + "outer_lr = 1\nouter_momentum = 0\nmin_replicas = 3\nround_timeout = 90\n",
+                      Path("/jobs"), "job.toml", PLATFORMS).runs[0].collaborative
+    assert (given.outer_lr, given.outer_momentum, given.min_replicas, given.round_timeout) == (1.0, 0.0, 3, 90.0)
+    assert isinstance(given.outer_lr, float)
+
+
+def test_a_plain_run_is_what_it_was_before_collaborative_runs():
+    for text in (RUN, RUN + 'mode = "plain"\n'):
+        run = parse_job(text, Path("/jobs"), "job.toml", PLATFORMS).runs[0]
+        assert run.mode == "plain" and run.collaborative is None and run.replicas == 1
+        # No new key in what the plan records: a plan made before keeps its runs' progress.
+        assert "collaborative" not in run.to_payload() and "mode" not in run.to_payload()
+
+
+def test_bad_collaborative_settings_are_each_one_line_naming_the_run_and_the_key():
+    found = problems(COLLAB.replace("replicas = 4", "replicas = 2") + "min_replicas = 3\nouter_momentum = 1\n"
+                     "outer_lr = 0\nround_timeout = -5\n")
+    assert found == [
+        "runs[0].outer_lr = 0: must be a number greater than 0",
+        "runs[0].outer_momentum = 1: must be a number from 0 to below 1",
+        "runs[0].round_timeout = -5: must be a number greater than 0",
+        "runs[0].min_replicas = 3: more than replicas = 2 in run 'decusr-x2'; a round can wait for at most its "
+        "2 replicas",
+    ]
+    assert problems(RUN + 'mode = "collaborative"\n') == [
+        "runs[0].replicas: missing (required for mode = 'collaborative' in run 'decusr-x2', an integer greater than 0)",
+        "runs[0].sync_every: missing (required for mode = 'collaborative' in run 'decusr-x2', an integer greater "
+        "than 0)",
+    ]
+    assert problems(COLLAB.replace("replicas = 4", "replicas = 0")) == [
+        "runs[0].replicas = 0: must be a number greater than 0"]
+    assert problems(RUN + 'mode = "federated"\nreplicas = 2\n') == [
+        "runs[0].mode = 'federated': must be one of 'plain', 'collaborative'"]
+    assert all("\n" not in p for p in found)
+
+
+def test_collaborative_keys_on_a_plain_run_are_refused_not_ignored():
+    found = problems(RUN + "replicas = 3\nsync_every = 10\n")
+    assert found == [
+        "runs[0].replicas = 3: only a collaborative run takes replicas; set mode = 'collaborative' in run "
+        "'decusr-x2' or remove replicas",
+        "runs[0].sync_every = 10: only a collaborative run takes sync_every; set mode = 'collaborative' in run "
+        "'decusr-x2' or remove sync_every",
+    ]
+
+
+def test_a_collaborative_job_file_loads_through_the_loader(tmp_path):
+    from tests.conftest import job_text
+
+    path = tmp_path / "job.toml"
+    path.write_text(job_text(runs=[dict(name="together", model="espcn", scale=2, channels=1, epochs=2,
+                                        batch_size=4, patch_size=16, mode="collaborative", replicas=3,
+                                        sync_every=25, min_replicas=2)]))
+    job = load_job(path)
+    assert job.runs[0].collaborative.min_replicas == 2 and job.runs[0].collaborative.sync_every == 25

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shardrun.train.outer import (OuterSettings, OuterStepError, change_of, digest, outer_step, pack, unpack)
+from shardrun.train.outer import (OuterSettings, OuterStepError, change_of, digest, outer_step, pack, packed_size,
+                                  unpack)
 
 
 def _weights(seed, shapes=((3, 3, 1, 4), (4,), (2, 5))):
@@ -71,3 +72,8 @@ def test_changes_that_cannot_be_combined_are_refused():
     poisoned[0][0, 0, 0, 0] = np.nan
     with pytest.raises(OuterStepError, match="replica 0's change holds NaN"):
         outer_step(start, None, [poisoned], OuterSettings())
+
+
+def test_packed_size_is_what_pack_writes_so_plan_can_keep_room_for_a_round():
+    for arrays in (_weights(8), _weights(9, ((3, 3, 1, 64), (64,), (5, 5, 64, 32), (32,))), [np.zeros((0,), np.float32)]):
+        assert packed_size([a.shape for a in arrays]) == len(pack(arrays))
