@@ -14,16 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shardrun import paths
 from shardrun.errors import IntegrityError, NotFound, ShardrunError
 from shardrun.train.outer import OuterSettings, change_of, digest, outer_step, pack, unpack
-
-if TYPE_CHECKING:
-    from shardrun.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +36,7 @@ class Rounds:
     """One worker's collaborative runs: what a unit starts from, what it hands in, and the rounds'
     closing and outer steps. Every read of the store is hash-checked against the ledger."""
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker):  # a shardrun.worker.Worker
         self.worker = worker
         self._initial: dict[str, list[np.ndarray]] = {}  # run -> round 0's global weights
         self._globals: dict[tuple[str, int], list[np.ndarray]] = {}  # (run, round) -> its start weights

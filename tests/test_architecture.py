@@ -40,6 +40,7 @@ WINGS = {
     "shardrun.advice": "advice",
     "shardrun.status": "status",
     "shardrun.worker": "worker",
+    "shardrun.rounds": "worker",  # the worker's side of a collaborative run's rounds
     "shardrun.sweep": "sweep",  # deletes what retention (ledger/retention.py) lets go; the worker calls it
     "shardrun.accounts": "accounts",
     "shardrun.product": "product",

@@ -187,7 +187,7 @@ class Fold:
         old = {}
         for row in self.conn.execute("SELECT * FROM runs").fetchall():
             run = dict(zip([c[0] for c in self.conn.execute("SELECT * FROM runs LIMIT 0").description], row))
-            bounds = self.conn.execute("SELECT start_step, end_step FROM chunks WHERE run = ? ORDER BY idx",
+            bounds = self.conn.execute("SELECT start_step, end_step FROM chunks WHERE run = ? AND round IS NULL ORDER BY idx",
                                        (run["name"],)).fetchall()
             old[run["name"]] = run_identity(run, bounds)
         new = {r["name"]: run_identity(r, r["chunks"]) for r in payload["runs"]}

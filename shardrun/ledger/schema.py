@@ -15,8 +15,10 @@ from shardrun.errors import LedgerError
 
 DERIVED_TABLES = ("plan", "accounts", "shards", "runs", "chunks", "rejected", "checkpoints",
                   "workers", "run_metrics", "run_history", "hardware", "attempts", "validation_scores", "rounds")
-# "dropped": a collaborative run's (round, replica) unit left out of a round that closed without it.
-CHUNK_STATES = ("waiting", "ready", "running", "done", "dropped")
+CHUNK_STATES = ("waiting", "ready", "running", "done")
+# A collaborative run's (round, replica) unit may also be "dropped": left out of a round that
+# closed without it (docs/collaborative.md).
+UNIT_STATES = CHUNK_STATES + ("dropped",)
 ROUND_STATES = ("waiting", "open", "closed", "done")
 
 

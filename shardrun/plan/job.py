@@ -143,7 +143,8 @@ def compare_plans(ledger: Ledger, job: JobConfig, runs: list[RunPlan], fingerpri
     by the rule the fold applies (ledger.fold.unchanged_runs): a run keeps its progress when its
     training settings and chunks are the same, on the same data."""
     current = ledger.plan()
-    old = {r["name"]: run_identity(r, [(c["start_step"], c["end_step"]) for c in ledger.chunks(r["name"])])
+    old = {r["name"]: run_identity(r, [(c["start_step"], c["end_step"]) for c in ledger.chunks(r["name"])
+                                        if c["round"] is None])
            for r in ledger.runs()}
     new = {p["name"]: run_identity(p, p["chunks"]) for p in (_run_payload(r, run_files) for r in runs)}
     kept = unchanged_runs(current["fingerprint"], old, fingerprint, new)

@@ -11,6 +11,7 @@ machine's clock with another's.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 from shardrun.units import iso_time
@@ -197,7 +198,10 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     """Returns the ETA: each run's remaining steps at its recent throughput, spread over the workers.
 
     A run is a chain of chunks, so one run never goes faster than one worker; with W workers
-    alive the job takes at least its longest run and at least the total work over W.
+    alive the job takes at least its longest run and at least the total work over W. A
+    collaborative run's N replicas train side by side, each its own remaining steps: the run
+    takes its remaining steps' time with N workers, ⌈N / W⌉ times that with fewer (a round waits
+    for its replicas' turns), and counts N times that time in the work.
     Throughput per run: the worker training it now (if not stale), else the run's latest report,
     else the plan's estimate. `at` counts from the state described (`as_of`, store time), or from
     `now` before any event. While no worker is alive and work remains there is no ETA (`seconds`,
@@ -219,13 +223,15 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
             rate, source = 1.0 / ledger_runs[r["name"]]["step_seconds"], "plan estimate"
         seconds = 0.0 if remaining == 0 else _ratio(remaining, rate)
         per_run.append({"name": r["name"], "remaining_steps": remaining, "steps_per_second": rate,
-                        "source": source, "seconds": seconds})
+                        "source": source, "seconds": seconds,
+                        "replicas": (r.get("collaborative") or {}).get("replicas", 1)})
         r["eta_seconds"] = None if seconds is None else seconds * allowance["factor"]
     if any(p["seconds"] is None for p in per_run):
         return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": max(1, alive),
                 "workers_alive": alive, "allowance": allowance, "training_seconds": None}
     workers = max(1, alive)
-    training = max(max(p["seconds"] for p in per_run), sum(p["seconds"] for p in per_run) / workers)
+    training = max(max(p["seconds"] * math.ceil(p["replicas"] / workers) for p in per_run),
+                   sum(p["seconds"] * p["replicas"] for p in per_run) / workers)
     seconds = training * allowance["factor"]
     if alive == 0 and training:
         for r in runs:
@@ -236,3 +242,118 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     return {"seconds": seconds, "at": iso_time(start + seconds) if training else None, "finished": training == 0,
             "runs": per_run,
             "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}
+
+
+# -- collaborative runs (docs/collaborative.md) ----------------------------------------------------
+
+BYTES_RULE = ("uploaded: per done round, the changes it closed with, its global weights and its outer momentum; "
+              "downloaded: per done round, the outer step's reads (those changes, and the round before's weights "
+              "and momentum) and, when a round follows, each replica's read of the new weights; as the protocol "
+              "moves them, one copy per reader (checkpoints, caches and duplicate outer steps not counted)")
+
+
+def _round_validation(row: dict) -> dict:
+    v = json.loads(row["validation"]) if row.get("validation") else {}
+    return {k: v.get(k) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+
+
+def _round_bytes(rows: list[dict], record: dict) -> dict[int, tuple[int, int]]:
+    """Returns round -> (uploaded, downloaded) bytes of each done round (BYTES_RULE)."""
+    out, before = {}, None
+    for row in rows:
+        if row["state"] != "done":
+            before = None
+            continue
+        changes, weights, momentum = row["change_bytes"] or 0, row["weights_size"] or 0, row["momentum_size"] or 0
+        down = changes + (0 if before is None else (before["weights_size"] or 0) + (before["momentum_size"] or 0))
+        if row["round"] + 1 < record["rounds"]:
+            down += record["replicas"] * weights
+        out[row["round"]] = (changes + weights + momentum, down)
+        before = row
+    return out
+
+
+def collaborative_steps(record: dict, rounds: list[dict], units: list[dict]) -> int:
+    """Returns a collaborative run's progress in each replica's steps (what its steps_total counts):
+    a closed or done round in full, an open round by the mean of its replicas' steps in it."""
+    steps = 0
+    by_round: dict[int, list[dict]] = {}
+    for u in units:
+        by_round.setdefault(u["round"], []).append(u)
+    for row in rounds:
+        members = by_round.get(row["round"], [])
+        if not members:
+            continue
+        length = members[0]["end_step"] - members[0]["start_step"]
+        if row["state"] in ("closed", "done"):
+            steps += length
+        elif row["state"] == "open":
+            reached = [length if u["state"] == "done" else max(0, u["step_reached"] - u["start_step"]) for u in members]
+            steps += sum(reached) // max(1, record["replicas"])
+    return min(steps, record["steps_per_replica"])
+
+
+def collaborative_figures(record: dict, rounds: list[dict], units: list[dict], as_of: float | None) -> dict:
+    """Returns a collaborative run's rounds for the status object: how many are done, the current
+    round's replicas (who trains each, the step reached) and stragglers, the global model's
+    validation per round, and the bytes the rounds exchanged.
+
+    `record` is the plan's record of the run (Ledger.collaborative), `rounds` its rounds rows,
+    `units` its (round, replica) rows of `chunks`; times are the store's.
+    """
+    done = [r for r in rounds if r["state"] == "done"]
+    per_round = _round_bytes(rounds, record)
+    current_row = next((r for r in rounds if r["state"] != "done"), None)
+    current = None
+    if current_row is not None:
+        members = sorted((u for u in units if u["round"] == current_row["round"]), key=lambda u: u["replica"])
+        done_times = [u["done_time"] for u in members if u["state"] == "done" and u["done_time"] is not None]
+        opened = current_row["opened_time"]
+        open_seconds = None if opened is None or as_of is None else max(0.0, as_of - opened)
+        first_done = min(done_times, default=None)
+        straggling = current_row["state"] == "open" and bool(done_times)
+        replicas, stragglers = [], []
+        for u in members:
+            length = u["end_step"] - u["start_step"]
+            entry = {"replica": u["replica"], "worker": u["owner"], "state": u["state"], "step": u["step_reached"],
+                     "round_steps_done": length if u["state"] == "done" else max(0, u["step_reached"] - u["start_step"]),
+                     "round_steps": length, "done_at": iso_time(u["done_time"]),
+                     "straggler": straggling and u["state"] != "done"}
+            replicas.append(entry)
+            if entry["straggler"]:
+                stragglers.append({**{k: entry[k] for k in ("replica", "worker", "state", "step", "round_steps_done",
+                                                             "round_steps")},
+                                   "open_seconds": open_seconds,
+                                   "behind_seconds": None if as_of is None else max(0.0, as_of - first_done)})
+        timeout = record.get("round_timeout_minutes")
+        current = {"round": current_row["round"], "state": current_row["state"],
+                   "start_step": members[0]["start_step"] if members else None,
+                   "end_step": members[0]["end_step"] if members else None,
+                   "opened_at": iso_time(opened), "open_seconds": open_seconds,
+                   "timeout_at": None if opened is None or timeout is None else iso_time(opened + timeout * 60),
+                   "changes_in": len(done_times), "closed_by": current_row["closed_by"],
+                   "replicas": replicas, "stragglers": stragglers}
+    history = []
+    for r in done:
+        members = [u for u in units if u["round"] == r["round"]]
+        up, down = per_round[r["round"]]
+        history.append({"round": r["round"], "step": max((u["end_step"] for u in members), default=None),
+                        **_round_validation(r), "closed_by": r["closed_by"],
+                        "replicas": json.loads(r["replicas"] or "[]"), "outer_worker": r["outer_worker"],
+                        "done_time": r["done_time"], "uploaded_bytes": up, "downloaded_bytes": down})
+    latest = next((h for h in reversed(history) if h["psnr"] is not None), None)
+    uploaded, downloaded = sum(u for u, _ in per_round.values()), sum(d for _, d in per_round.values())
+    return {
+        "replicas": record["replicas"], "min_replicas": record.get("min_replicas", record["replicas"]),
+        "sync_every": record["sync_every"], "steps_per_replica": record["steps_per_replica"],
+        "round_timeout_minutes": record.get("round_timeout_minutes"),
+        "rounds_total": record["rounds"], "rounds_done": len(done),
+        "current": current,
+        "validation": None if latest is None else {k: latest[k] for k in ("round", "step", "psnr", "ssim",
+                                                                           "bicubic_psnr", "bicubic_ssim")},
+        "history": history,
+        "bytes": {"uploaded": uploaded, "downloaded": downloaded, "total": uploaded + downloaded,
+                  "changes": sum(r["change_bytes"] or 0 for r in done),
+                  "weights": sum(r["weights_size"] or 0 for r in done),
+                  "momentum": sum(r["momentum_size"] or 0 for r in done), "rule": BYTES_RULE},
+    }

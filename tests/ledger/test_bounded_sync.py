@@ -354,7 +354,7 @@ def test_a_ledger_of_schema_4_is_migrated_in_place_and_reads_no_flat_event_twice
     db.conn.commit()
     db.close()
     ledger = Ledger.open(path)
-    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
     assert ledger.seen_time() == old_events[-1].server_time
     assert {i for (i,) in ledger.db.execute("SELECT id FROM flat_ids")} == {e.id for e in old_events}
     assert json.loads(ledger.checkpoints("r1")[0]["validation"])["psnr"] == 30.0

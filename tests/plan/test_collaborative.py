@@ -78,14 +78,21 @@ def test_each_replica_gets_a_fixed_part_of_the_images_as_whole_shards_on_one_acc
                 by_id[shard]["md5"]
     assert {p["accounts"][0] for p in parts} == {"alice", "bob"}
 
-    # The plan event and the ledger record the mode and each replica's shards for its worker; no
-    # chunk is ready for a worker to train the run as a plain chain.
+    # The plan event and the ledger record the mode and each replica's shards for its worker; the
+    # plan holds no chunk (an older worker would train it as a plain chain): the ledger makes the
+    # run's (round, replica) units from the record, round 0's ready, the rest waiting.
     (run,) = plan_event(job)["runs"]
     assert run["mode"] == "collaborative" and run["collaborative"] == record and run["chunks"] == []
     assert run["config"]["collaborative"]["replicas"] == 3
     ledger = Ledger.open(job.ledger_path)
     assert ledger.collaborative("together") == json.loads(json.dumps(record))
-    assert ledger.chunks("together") == [] and ledger.run("together")["steps_total"] == 320
+    units = ledger.chunks("together")
+    assert [(c["round"], c["replica"], c["start_step"], c["end_step"]) for c in units] == [
+        (r, i, 20 * r, 20 * r + 20) for r in range(16) for i in range(3)]
+    assert [c["state"] for c in units] == ["ready"] * 3 + ["waiting"] * 45
+    assert [(r["round"], r["state"]) for r in ledger.rounds("together")] == [(0, "open")] + [
+        (r, "waiting") for r in range(1, 16)]
+    assert ledger.run("together")["steps_total"] == 320
     # A replica trains with the run's own settings: the trainer reads them back from the ledger
     # as it reads a plain run's, the collaborative ones left to the rounds.
     from shardrun.train.trainer import TrainConfig
@@ -94,7 +101,7 @@ def test_each_replica_gets_a_fixed_part_of_the_images_as_whole_shards_on_one_acc
 
     status = json.loads(json.dumps(job_status(job)))
     assert status["plan"]["collaborative"]["together"]["parts"] == json.loads(json.dumps(parts))
-    assert status["runs"][0]["steps_total"] == 320 and status["runs"][0]["chunks_total"] == 0
+    assert status["runs"][0]["steps_total"] == 320
     recorded = json.loads(ledger.run("together")["config"])
     plain = {k: v for k, v in recorded.items() if k != "collaborative"}
     assert TrainConfig.from_run(recorded) == TrainConfig.from_run(plain)
@@ -133,7 +140,8 @@ def test_runs_of_different_replicas_and_a_plain_run_share_shards_no_part_mixes(i
     assert len(ledger.chunks("plain")) >= 1 and ledger.collaborative("plain") is None
     assert ledger.run("plain")["steps_total"] == 4 * 60 * 16 // 4  # all the images, as a plain run always had
     assert ledger.run("pair")["steps_total"] == 4 * 30 * 16 // 4  # each replica's, over its half
-    assert ledger.chunks("pair") == [] and ledger.collaborative("pair")["replicas"] == 2
+    assert {c["round"] for c in ledger.chunks("pair")} == set(range(ledger.collaborative("pair")["rounds"]))
+    assert ledger.collaborative("pair")["replicas"] == 2
 
 
 def test_a_plain_job_is_laid_out_and_placed_as_before(images60, write_job):
