@@ -63,7 +63,7 @@ def _plan_tables(event: Event) -> dict[str, list[dict[str, Any]]]:
                   "manifest_key": p["manifest_key"], "manifest_md5": p["manifest_md5"],
                   "platform": p["platform"], "profile": p["profile"],
                   "lease_seconds": p["lease_seconds"],
-                  "payload": json.dumps(_plan_extras(p))}],
+                  "payload": json.dumps(_plan_extras(p), sort_keys=True)}],
         "accounts": [], "shards": [], "runs": [], "chunks": [], "rejected": [], "rounds": [],
     }
     for i, a in enumerate(p["accounts"]):

@@ -4,7 +4,8 @@ Everything is inline — CSS in a <style> element, plots as inline SVG drawn by 
 text kept as text so the numbers on the axes can be searched and read by a screen reader) — so
 the page opens offline, can be mailed or put on the team's Drive, and makes no request at all.
 
-Plots: training loss and validation PSNR per run (against bicubic), progress over time,
+Plots: training loss and validation PSNR per run (against bicubic), a collaborative run's global
+model's validation PSNR per round (only when the job has one), progress over time,
 throughput by hardware on a log2 axis beside the source paper's measurements (as the paper's
 Figure 2 compares its machines), storage per account, and the lengths of the sessions so far.
 """
@@ -16,8 +17,9 @@ import io
 import re
 from datetime import datetime, timedelta, timezone
 
-from shardrun.units import human_bytes, human_duration
-from shardrun.render.status import compute_label, run_eta, training_left, worker_state
+from shardrun.units import human_bytes, human_duration, iso_time
+from shardrun.render.status import (collaborative_summary, compute_label, replica_state, run_eta, run_validation,
+                                    straggler_text, training_left, worker_state)
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -27,6 +29,7 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        background: #f5f6f8; }
 main { max-width: 1180px; margin: 0 auto; padding: 24px; }
 h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; }
+h3 { font-size: 16px; margin: 18px 0 6px; }
 .sub { color: #5b6573; margin-bottom: 16px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 12px 16px; min-width: 170px; }
@@ -116,6 +119,35 @@ def _psnr_plot(status: dict) -> str:
         ax.legend(fontsize=9)
     else:
         _empty(ax, "no validation yet")
+    return _svg(fig)
+
+
+def collaborative_runs(status: dict) -> list[dict]:
+    return [r for r in status["runs"] if r.get("collaborative")]
+
+
+def _rounds_plot(status: dict) -> str:
+    """Returns the plot of each collaborative run's global model's validation PSNR per round."""
+    fig, ax = _figure("Collaborative runs: the global model's validation PSNR per round (dashed: bicubic)")
+    drawn = False
+    for i, run in enumerate(collaborative_runs(status)):
+        points = [(h["round"], h["psnr"], h["bicubic_psnr"]) for h in run["collaborative"]["history"]
+                  if h["psnr"] is not None]
+        if points:
+            rounds, psnr, bicubic = zip(*points)
+            colour = PALETTE[i % len(PALETTE)]
+            ax.plot(rounds, psnr, color=colour, label=run["name"], linewidth=1.4, marker="o" if len(rounds) < 40 else None)
+            ax.plot(rounds, bicubic, color=colour, linestyle="--", linewidth=1, alpha=0.7)
+            drawn = True
+    if drawn:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round")
+        ax.set_ylabel("PSNR (dB)")
+        ax.legend(fontsize=9)
+    else:
+        _empty(ax, "no round done yet")
     return _svg(fig)
 
 
@@ -258,8 +290,8 @@ def _cards(status: dict) -> str:
         for run in status["runs"]:
             if run["loss"]["best"] is not None:
                 cards.append((f"{run['name']}: best loss", f"{run['loss']['best']:.4g}"))
-            if run["validation"]:
-                v = run["validation"]
+            if run_validation(run):
+                v = run_validation(run)
                 cards.append((f"{run['name']}: PSNR vs bicubic", f"{v['psnr']:.2f} / {v['bicubic_psnr']:.2f} dB"))
     else:  # many runs: the best of them here, each in the table below
         losses = [r for r in status["runs"] if r["loss"]["best"] is not None]
@@ -280,7 +312,7 @@ def _cards(status: dict) -> str:
 def _runs_html(status: dict) -> str:
     rows = []
     for r in status["runs"]:
-        c, loss, v = r["chunks"], r["loss"], r["validation"]
+        c, loss, v = r["chunks"], r["loss"], run_validation(r)
         rows.append([
             _e(r["name"]), _e(f"{r['model']} x{r['scale']}"), _e(compute_label(r)), f"{r['steps_done']:,} of {r['steps_total']:,}",
             f"{r['epochs_done']:,.2f} of {r['epochs']:,}",
@@ -291,6 +323,35 @@ def _runs_html(status: dict) -> str:
             _e(run_eta(status, r))])
     return _table(["run", "model", "compute", "steps", "epochs", "chunks waiting/ready/running/done", "loss", "best loss",
                    "val PSNR (bicubic)", "val SSIM (bicubic)", "ETA"], rows, left=3)
+
+
+def _collaborative_html(run: dict) -> str:
+    """Returns a collaborative run's section: its rounds, the current round's replicas and stragglers,
+    and every round done with the global model's validation and the bytes it exchanged."""
+    c = run["collaborative"]
+    out = [f"<h3>{_e(run['name'])}</h3><p>{_e(collaborative_summary(run))}</p>"]
+    cur = c["current"]
+    if cur is not None and cur["replicas"]:
+        rows = [[str(r["replica"]), _e(r["worker"] or "–"),
+                 f'<span class="stale">{_e(replica_state(r))}</span>' if r["straggler"] else _e(replica_state(r)),
+                 f"{r['step']:,}", f"{r['round_steps_done']:,} of {r['round_steps']:,}", _e(r["done_at"] or "–")]
+                for r in cur["replicas"]]
+        out.append(f"<p>Round {cur['round']} (steps {cur['start_step']:,} to {cur['end_step']:,}), {_e(cur['state'])}; "
+                   f"opened {_e(cur['opened_at'] or '–')}, closes by timeout from {_e(cur['timeout_at'] or '–')} "
+                   "(store time).</p>")
+        out.append(_table(["replica", "worker", "state", "step", "steps in the round", "change in at"], rows, left=3))
+        out.extend(f'<div class="note">{_e(straggler_text(run, st))}</div>' for st in cur["stragglers"])
+    if c["history"]:
+        rows = [[str(h["round"]), _fmt(h["step"], ","), _e(h["closed_by"] or "–"), _e(", ".join(map(str, h["replicas"]))),
+                 "–" if h["psnr"] is None else f"{h['psnr']:.2f} dB ({h['bicubic_psnr']:.2f})", _fmt(h["ssim"], ".4f"),
+                 _e(human_bytes(h["uploaded_bytes"])), _e(human_bytes(h["downloaded_bytes"])),
+                 _e(h["outer_worker"] or "–"), _e(iso_time(h["done_time"]) or "–")] for h in c["history"]]
+        out.append(_table(["round", "step", "closed by", "replicas", "global PSNR (bicubic)", "global SSIM",
+                           "uploaded", "downloaded", "outer step by", "done at"], rows, left=1))
+    b = c["bytes"]
+    out.append(f"<p>Bytes exchanged: {_e(human_bytes(b['total']))} ({_e(human_bytes(b['uploaded']))} uploaded, "
+               f"{_e(human_bytes(b['downloaded']))} downloaded; {_e(b['rule'])}).</p>")
+    return "".join(out)
 
 
 def _eta_html(eta: dict | None) -> str:
@@ -364,6 +425,8 @@ def status_html(status: dict) -> str:
         plots = [("Loss", _loss_plot(status)), ("PSNR", _psnr_plot(status)), ("Progress", _svg(progress_figure(status))),
                  ("Throughput", _hardware_plot(status)), ("Storage", _storage_plot(status)),
                  ("Sessions", _sessions_plot(status))]
+        if collaborative_runs(status):
+            plots.insert(2, ("Rounds", _rounds_plot(status)))
     plan = status["plan"]
     subtitle = (f"plan {_e(plan['id'])} of {_e(plan['planned_at'])}, {plan['images']:,} images"
                 if plan else "no plan yet")
@@ -373,6 +436,9 @@ def status_html(status: dict) -> str:
     for a in status["accounts"]:
         if a["reachable"] is False:
             notes += f'<div class="note">Account {_e(a["name"])}: usage unknown ({_e(a.get("error"))})</div>'
+    collaborative = "".join(_collaborative_html(r) for r in collaborative_runs(status))
+    if collaborative:
+        collaborative = f"<h2>Collaborative runs</h2>{collaborative}"
     figures = "".join(f'<figure aria-label="{_e(name)}">{svg}<figcaption>{_e(name)}</figcaption></figure>'
                       for name, svg in plots)
     return f"""<!DOCTYPE html>
@@ -385,6 +451,7 @@ def status_html(status: dict) -> str:
 {notes}
 {_cards(status)}
 <h2>Runs</h2>{_runs_html(status)}{_eta_html(status.get('eta'))}
+{collaborative}
 <h2>Plots</h2><div class="plots">{figures}</div>
 <h2>Validation pictures</h2><p>Bicubic, the network and the original, side by side (luma for one-channel runs).</p>
 {validation_pictures_html(status)}

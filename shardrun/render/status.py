@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from shardrun.units import compact, human_bytes, human_duration
+from shardrun.units import compact, human_bytes, human_duration, iso_time
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -22,7 +22,7 @@ def _runs_table(status: dict) -> Table:
     for r in status["runs"]:
         c = r["chunks"]
         pct = 100 * r["steps_done"] / r["steps_total"] if r["steps_total"] else 0
-        loss, val = r.get("loss") or {}, r.get("validation")
+        loss, val = r.get("loss") or {}, run_validation(r)
         runs.add_row(r["name"], f"{r['model']} x{r['scale']}", compute_label(r), f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
                      f"{pct:.1f}", f"{compact(r['epochs_done'])}/{compact(r['epochs'])}",
                      f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
@@ -33,6 +33,77 @@ def _runs_table(status: dict) -> Table:
                      "–" if val is None else f"{val['ssim']:.4f} ({val['bicubic_ssim']:.4f})",
                      run_eta(status, r))
     return runs
+
+
+MAX_ROUNDS_SHOWN = 10  # the latest rounds in the terminal's table (the JSON and the page have all)
+
+
+def replica_state(replica: dict) -> str:
+    """Returns a replica's state in its round for people: a straggler says so."""
+    return f"{replica['state']} (straggler)" if replica["straggler"] else replica["state"]
+
+
+def collaborative_summary(run: dict) -> str:
+    """Returns one line on a collaborative run's rounds: done, the current one, bytes exchanged."""
+    c = run["collaborative"]
+    line = (f"Collaborative run {run['name']}: {c['replicas']} replicas, {c['rounds_done']:,} of "
+            f"{c['rounds_total']:,} rounds done ({c['sync_every']:,} inner steps a round)")
+    cur = c["current"]
+    if cur is not None:
+        line += f"; round {cur['round']} {cur['state']}"
+        if cur["state"] == "open":
+            line += (f" for {human_duration(cur['open_seconds'])}, {cur['changes_in']} of {c['replicas']} "
+                     f"changes in")
+        elif cur["state"] == "closed":
+            line += f" ({cur['closed_by']}), waiting for its outer step"
+    b = c["bytes"]
+    line += (f"; exchanged {human_bytes(b['total'])} ({human_bytes(b['uploaded'])} up, "
+             f"{human_bytes(b['downloaded'])} down)")
+    if c["validation"] is not None:
+        v = c["validation"]
+        line += f"; global model after round {v['round']}: {v['psnr']:.2f} dB (bicubic {v['bicubic_psnr']:.2f})"
+    return line + "."
+
+
+def straggler_text(run: dict, s: dict) -> str:
+    """Returns a line on one straggler of a collaborative run's current round."""
+    return (f"Straggler: run {run['name']} round {run['collaborative']['current']['round']} replica {s['replica']} "
+            f"({s['worker'] or 'no worker'}, {s['state']}, {s['round_steps_done']:,} of {s['round_steps']:,} "
+            f"steps) keeps the round open: {human_duration(s['open_seconds'])} since it opened, "
+            f"{human_duration(s['behind_seconds'])} since the first change came in (store time).")
+
+
+def collaborative_view(run: dict) -> list:
+    """Returns a collaborative run's line, its current round's replicas and its latest rounds."""
+    c = run["collaborative"]
+    parts: list = [Text(collaborative_summary(run), style="bold")]
+    cur = c["current"]
+    if cur is not None and cur["replicas"]:
+        table = Table(title=f"{run['name']}: round {cur['round']} (steps {cur['start_step']:,}-{cur['end_step']:,})",
+                      title_justify="left")
+        for col in ("replica", "worker", "state", "step", "round steps"):
+            table.add_column(col, justify="left" if col in ("worker", "state") else "right")
+        for r in cur["replicas"]:
+            table.add_row(str(r["replica"]), r["worker"] or "–", replica_state(r), f"{r['step']:,}",
+                          f"{r['round_steps_done']:,}/{r['round_steps']:,}",
+                          style="yellow" if r["straggler"] else None)
+        parts.append(table)
+        parts.extend(Text(straggler_text(run, s), style="yellow") for s in cur["stragglers"])
+    if c["history"]:
+        shown = c["history"][-MAX_ROUNDS_SHOWN:]
+        title = f"{run['name']}: rounds done" + (f" (the latest {len(shown)})" if len(shown) < len(c["history"]) else "")
+        table = Table(title=title, title_justify="left")
+        for col in ("round", "step", "closed by", "replicas", "global PSNR dB (bicubic)", "SSIM", "up", "down",
+                    "done at"):
+            table.add_column(col, justify="left" if col in ("closed by", "replicas", "done at") else "right")
+        for h in shown:
+            table.add_row(str(h["round"]), _num(h["step"], ","), h["closed_by"] or "–",
+                          ",".join(map(str, h["replicas"])),
+                          "–" if h["psnr"] is None else f"{h['psnr']:.2f} ({h['bicubic_psnr']:.2f})",
+                          _num(h["ssim"], ".4f"), human_bytes(h["uploaded_bytes"]), human_bytes(h["downloaded_bytes"]),
+                          iso_time(h["done_time"]) or "–")
+        parts.append(table)
+    return parts
 
 
 def compute_label(run: dict) -> str:
@@ -48,9 +119,24 @@ def training_left(eta: dict) -> str:
     return f"{human_duration(eta['training_seconds'])} of training left for one worker"
 
 
+def run_done(run: dict) -> bool:
+    """Returns whether a run is done: every step trained; a collaborative run's last outer step too."""
+    collab = run.get("collaborative")
+    if collab:
+        return collab["rounds_done"] >= collab["rounds_total"]
+    return run["steps_done"] >= run["steps_total"]
+
+
+def run_validation(run: dict) -> dict | None:
+    """Returns the validation a run's table row shows: a collaborative run's global model's (its
+    latest round with a validation), not a replica's; a plain run's latest."""
+    collab = run.get("collaborative")
+    return collab["validation"] if collab else run.get("validation")
+
+
 def run_eta(status: dict, run: dict) -> str:
     """Returns a run's cell in the ETA column: done, none while no worker runs, or its time left."""
-    if run["steps_done"] >= run["steps_total"]:
+    if run_done(run):
         return "done"
     return "no worker" if not status["eta"]["workers_alive"] else human_duration(run.get("eta_seconds"))
 
@@ -125,6 +211,9 @@ def status_view(status: dict) -> Group:
         parts.append(Text(f"As of the journal's latest event: {status['as_of']} (store time); "
                           f"{status['journal']['events']:,} events."))
     parts.append(_runs_table(status))
+    for run in status["runs"]:
+        if run.get("collaborative"):
+            parts.extend(collaborative_view(run))
     if status.get("eta"):
         parts.append(_eta_text(status["eta"]))
     if status.get("workers"):

@@ -222,10 +222,11 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
         elif ledger_runs[r["name"]]["step_seconds"]:
             rate, source = 1.0 / ledger_runs[r["name"]]["step_seconds"], "plan estimate"
         seconds = 0.0 if remaining == 0 else _ratio(remaining, rate)
+        replicas = (r.get("collaborative") or {}).get("replicas", 1)
         per_run.append({"name": r["name"], "remaining_steps": remaining, "steps_per_second": rate,
-                        "source": source, "seconds": seconds,
-                        "replicas": (r.get("collaborative") or {}).get("replicas", 1)})
-        r["eta_seconds"] = None if seconds is None else seconds * allowance["factor"]
+                        "source": source, "seconds": seconds, "replicas": replicas})
+        r["eta_seconds"] = None if seconds is None else (seconds * math.ceil(replicas / max(1, alive))
+                                                         * allowance["factor"])
     if any(p["seconds"] is None for p in per_run):
         return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": max(1, alive),
                 "workers_alive": alive, "allowance": allowance, "training_seconds": None}

@@ -13,6 +13,8 @@ from shardrun.plan.job import load_job_ledger
 from shardrun.ledger.schema import CHUNK_STATES
 from shardrun.ledger.db import Ledger
 from shardrun.status.figures import (
+    collaborative_figures,
+    collaborative_steps,
     estimate_eta,
     hardware_rows,
     lost_sessions_allowance,
@@ -98,14 +100,25 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
     runs = []
     for run in ledger_runs.values():
         chunks = counts.get(run["name"], dict.fromkeys(CHUNK_STATES, 0))
+        record = ledger.collaborative(run["name"])
+        collaborative, steps_done = None, run["steps_done"]
+        if record is not None:
+            # The ledger sums every replica's steps; the run's steps_total is each replica's.
+            rounds, units = ledger.rounds(run["name"]), ledger.chunks(run["name"])
+            steps_done = collaborative_steps(record, rounds, units)
+            collaborative = {**collaborative_figures(record, rounds, units, as_of),
+                             "replica_steps_done": run["steps_done"],
+                             "replica_steps_total": run["steps_total"] * record["replicas"]}
         runs.append({
             "name": run["name"], "model": run["model"], "scale": run["scale"], "channels": run["channels"],
             "epochs": run["epochs"], "steps_per_epoch": run["steps_per_epoch"],
-            "steps_done": run["steps_done"], "steps_total": run["steps_total"],
-            "epochs_done": run["steps_done"] / run["steps_per_epoch"],
+            "steps_done": steps_done, "steps_total": run["steps_total"],
+            "epochs_done": steps_done / run["steps_per_epoch"],
             "chunks": chunks, "chunks_total": sum(chunks.values()),
             "training": training_settings(run["config"]),
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
+            "mode": "plain" if record is None else "collaborative",
+            "collaborative": collaborative,
         })
     running_chunks = ledger.chunks(state="running")
     owners = {c["owner"] for c in running_chunks}
