@@ -152,9 +152,9 @@ def round_object_key(job: str, run: str, round_: int, name: str) -> str:
     return validate_key(f"{job}/rounds/{run}/r{round_:06d}/{name}")
 
 
-def rounds_prefix(job: str, run: str) -> str:
-    """Returns the folder of a collaborative run's rounds."""
-    return validate_prefix(f"{job}/rounds/{run}/")
+def round_prefix(job: str, run: str, round_: int) -> str:
+    """Returns the folder of one round of a collaborative run."""
+    return validate_prefix(f"{job}/rounds/{run}/r{round_:06d}/")
 
 
 _ROUND_OBJECT = re.compile(r"rounds/(?P<run>[^/]+)/r(?P<round>\d{6})/[^/]+")

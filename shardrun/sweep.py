@@ -38,6 +38,8 @@ class Sweeper:
         self.listings_per_pass = listings_per_pass  # folders of done chunks listed per pass, at most
         self._known: dict[str, dict[str, Stat]] = {}  # chunk folder -> its objects, as last listed, less those deleted
         self._clean: set[str] = set()  # done chunks' folders that hold only what stays for good
+        self._swept_rounds: set[tuple[str, int]] = set()  # collaborative rounds whose folder was tidied
+        self._round_kept: set[str] = set()  # what those folders still hold (global checkpoints kept)
         self.deleted: list[str] = []  # every key this sweeper deleted (or found gone)
         self.failures: list[str] = []  # every failure, one line each
 
@@ -56,6 +58,8 @@ class Sweeper:
             for run in ledger.runs():
                 if not self._tidy_run(ledger, run["name"], now, budget, result):
                     break  # the store refused a delete: leave the rest for a later pass
+                if not self._tidy_rounds(ledger, run["name"], now, budget, result):
+                    break
         except Exception as e:  # noqa: BLE001 - a broken sweep must not stop training
             result.failed.append(f"retention pass failed: {type(e).__name__}: {e}")
             log.warning(result.failed[-1])
@@ -108,4 +112,42 @@ class Sweeper:
             ended = chunk["state"] == "done" and chunk["done_time"] is not None and chunk["done_time"] <= settled
             if (ended or chunk["attempts"] == 0) and not waiting.intersection(self._known[folder]):
                 self._clean.add(folder)
+        return True
+
+    def _tidy_rounds(self, ledger, run: str, now: float, budget: list[int], result: TidyResult) -> bool:
+        """Deletes the objects of a collaborative run's old rounds (retention.round_objects_kept
+        says which stay); a round's folder is listed once it may go, a few rounds a pass."""
+        from shardrun.ledger.retention import round_objects_kept
+
+        rounds = ledger.rounds(run)
+        plan = ledger.plan()
+        keep, sweepable = round_objects_kept(rounds, now, self.rule.horizon(plan["lease_seconds"]), self.rule)
+        gone = [key for key in sorted(self._round_kept) if key not in keep and paths.round_of(self.job, key)[0] == run]
+        for r in sweepable:
+            if (run, r) in self._swept_rounds or budget[0] <= 0:
+                continue
+            budget[0] -= 1
+            folder = paths.round_prefix(self.job, run, r)
+            try:
+                listed = self.store.list(folder)
+            except StoreError as e:
+                result.failed.append(f"listing {folder} failed ({e}); trying again later")
+                log.warning(result.failed[-1])
+                continue
+            result.listed += 1
+            self._round_kept |= {stat.key for stat in listed if stat.key in keep}
+            gone += [stat.key for stat in listed if stat.key not in keep]
+            self._swept_rounds.add((run, r))
+        for key in gone:
+            try:
+                self.store.delete(key)
+            except NotFound:
+                pass  # deleted by another worker meanwhile
+            except StoreError as e:
+                result.failed.append(f"deleting {key} failed ({e}); trying again later")
+                log.warning(result.failed[-1])
+                return False
+            self._round_kept.discard(key)
+            result.deleted.append(key)
+            self.deleted.append(key)
         return True

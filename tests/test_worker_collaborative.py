@@ -108,7 +108,9 @@ def test_a_unit_stopped_mid_round_is_resumed_by_another_worker_with_the_same_res
 
 
 def test_a_straggler_is_left_behind_at_the_timeout_and_rejoins_from_the_global_weights(tmp_path):
-    run = dict(TOGETHER, min_replicas=2, round_timeout=0.02)  # 1.2 s of store time
+    # 24 s of store time: round 0 waits for it (its replica 2 is held by a silent session); the
+    # later rounds, all three replicas trained here, end well within it even on a loaded machine.
+    run = dict(TOGETHER, min_replicas=2, round_timeout=0.4)
     job = plan_test_job(tmp_path / "job", [run], platform="local", validation_share=0, lease_minutes=30)
     w = worker(job)
     w.sync()
@@ -118,7 +120,7 @@ def test_a_straggler_is_left_behind_at_the_timeout_and_rejoins_from_the_global_w
     ledger = fold_journal(job, tmp_path / "check.db")
     rounds = ledger.rounds("c")
     assert (rounds[0]["closed_by"], json.loads(rounds[0]["replicas"])) == ("timeout", [0, 1])
-    assert rounds[0]["closed_time"] - rounds[0]["opened_time"] >= 1.2
+    assert rounds[0]["closed_time"] - rounds[0]["opened_time"] >= 24
     assert [(r["closed_by"], json.loads(r["replicas"])) for r in rounds[1:]] == [("all", [0, 1, 2])] * 2
     units = {(c["round"], c["replica"]): c for c in ledger.chunks("c")}
     assert (units[(0, 2)]["state"], units[(0, 2)]["owner"]) == ("dropped", None)
@@ -146,3 +148,67 @@ def test_a_replanned_collaborative_job_keeps_its_rounds(together, tmp_path):
     assert not report.written  # the same job: the same plan
     assert [r["state"] for r in fold_journal(together, tmp_path / "again.db").rounds("c")] == done == [
         "done", "open", "waiting"]
+
+
+def test_retention_keeps_what_the_next_rounds_and_export_read_and_lets_old_rounds_go(together, tmp_path):
+    from shardrun import paths
+    from shardrun.ledger.retention import RetentionRule
+    from shardrun.sweep import Sweeper
+
+    assert worker(together).run() == "finished"
+    store = home_store(together)
+    ledger = fold_journal(together, tmp_path / "check.db")
+    rounds = ledger.rounds("c")
+    listing = lambda r: {s.key for s in store.list(paths.round_prefix(together.name, "c", r))}  # noqa: E731
+    before = [listing(r) for r in range(3)]
+    assert all(len(keys) == 6 for keys in before)  # 3 changes, the weights, the momentum, the checkpoint
+
+    # Not yet settled (the rounds after them are done less than a lease ago): nothing goes.
+    sweeper = Sweeper(store, together.name, RetentionRule(keep_last=1))
+    sweeper.tidy(ledger, now=rounds[-1]["done_time"])
+    assert [listing(r) for r in range(3)] == before
+    later = rounds[-1]["done_time"] + 10 * ledger.plan()["lease_seconds"]
+    for _ in range(6):  # a few folders a pass
+        sweeper.tidy(ledger, now=later)
+    best = max(rounds, key=lambda r: (json.loads(r["validation"])["psnr"], r["round"]))
+    for r in (0, 1):  # rounds whose next round is done and settled: only a kept global checkpoint stays
+        assert listing(r) == ({rounds[r]["checkpoint_key"]} if r == best["round"] else set())
+    assert listing(2) == before[2]  # the last round: its global weights are the run's result
+    # Each replica keeps its last round's final checkpoint (a unit of a new round would start from it).
+    left = {s.key for s in store.list(paths.checkpoints_prefix(together.name, "c"))}
+    for c in ledger.chunks("c"):
+        if c["round"] == 2:
+            assert c["checkpoint_key"] in left
+        else:
+            assert c["checkpoint_key"] not in left  # an older round's: never read again
+
+
+def test_export_takes_the_global_network_of_a_round(together, tmp_path):
+    from click.testing import CliRunner
+
+    from shardrun.cli.main import main
+
+    toml = str(together.base_dir / "job.toml")
+    result = CliRunner().invoke(main, ["export", toml, "--run", "c", "-o", str(tmp_path / "early.keras")])
+    assert result.exit_code != 0 and "has no global network yet" in result.output
+    assert worker(together).run() == "finished"
+    out = tmp_path / "c.keras"
+    result = CliRunner().invoke(main, ["export", toml, "--run", "c", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    import keras
+
+    from shardrun.product.checkpoints import fetch_checkpoint
+    from shardrun.product.export import model_config_of
+    from shardrun.train.portable import model_from_weights
+
+    ledger = fold_journal(together, tmp_path / "check.db")
+    last = ledger.rounds("c")[-1]
+    fetched = fetch_checkpoint(together, Ledger.open(together.ledger_path), "c", "final")
+    # The last outer step's global weights, exactly, and the exported network computes with them.
+    assert digest([np.asarray(w, np.float32) for w in fetched.weights]) == last["weights_sha256"]
+    x = np.random.default_rng(0).random((1, 13, 11, 1)).astype(np.float32)
+    expected = model_from_weights(model_config_of(fetched.meta), fetched.weights)(x).numpy()
+    assert np.array_equal(keras.saving.load_model(out)(x).numpy(), expected)
+    described = json.loads((tmp_path / "c.model.json").read_text())
+    assert described["checkpoint"]["step"] == 6
+    assert described["validation"]["psnr"] == json.loads(last["validation"])["psnr"]

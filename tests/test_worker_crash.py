@@ -6,6 +6,7 @@ signal handlers, the exit status, and what a killed process leaves on the store 
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sqlite3
@@ -197,3 +198,84 @@ def test_workers_killed_at_random_lose_nothing_and_end_with_the_straight_weights
     for run in ("a", "b"):
         assert same_weights(final_weights(ledger, home_store(job), run, tmp_path),
                             straight_weights(job, run, tmp_path)), run
+
+
+# -- a collaborative run under SIGKILLs -------------------------------------------------------------
+
+# 12 images in 3 parts of 4, one step per epoch: 900 inner steps per replica in rounds of 300 (a
+# unit trains for seconds, so the kills land mid-round).
+TOGETHER = dict(RUN, name="c", epochs=900, mode="collaborative", replicas=3, sync_every=300)
+COLLABORATIVE_KILLS = 6
+
+
+@pytest.mark.slow
+def test_a_collaborative_run_under_sigkills_ends_with_the_weights_of_one_process(tmp_path):
+    import shutil
+
+    from shardrun.config.job import load_job
+    from shardrun.worker import Worker, WorkerJob
+    from tests.test_worker_faults import FAST, NO_LIMIT
+
+    job = plan_test_job(tmp_path / "job", [TOGETHER], platform="local", validation_share=0, lease_minutes=0.05)
+    shutil.copytree(job.base_dir, tmp_path / "reference")
+    # The reference: one process stepping the replicas in turn, round after round, never stopped.
+    reference = load_job(tmp_path / "reference" / "job.toml")
+    assert Worker(WorkerJob.from_config(reference), "alice", NO_LIMIT, settings=FAST).run() == "finished"
+    expected = fold_journal(reference, tmp_path / "reference.db").rounds("c")
+
+    rng = random.Random(11)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_of: dict[int, Path] = {}
+
+    def spawn() -> subprocess.Popen:
+        log = logs / f"worker-{len(log_of) + 1}.log"
+        process = start_worker(job, ["alice", "bob"][len(log_of) % 2], log)
+        log_of[process.pid] = log
+        return process
+
+    workers = [spawn() for _ in range(3)]
+    watcher = Ledger.open(tmp_path / "watcher.db")
+    journal = Journal(home_store(job), job.name)
+    kills, mid_round = 0, 0
+    next_kill = time.monotonic() + 8
+    limit = time.monotonic() + 420
+    try:
+        while True:
+            watcher.sync(journal)
+            if watcher.finished():
+                break
+            assert time.monotonic() < limit, f"the run is not done after {kills} kills: {watcher.rounds('c')}"
+            for w in workers:
+                if w.poll() not in (None, 0):
+                    pytest.fail(f"worker {w.pid} failed ({w.returncode}):\n{log_of[w.pid].read_text()}")
+            units = [c for c in watcher.chunks("c") if c["state"] == "running"]
+            owning = [w for w in workers if w.poll() is None and any(f"-{w.pid}-" in c["owner"] for c in units)]
+            if kills < COLLABORATIVE_KILLS and time.monotonic() >= next_kill and (
+                    owning or time.monotonic() >= next_kill + 20):
+                victim = rng.choice(owning or [w for w in workers if w.poll() is None])
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                kills += 1
+                mid_round += any(f"-{victim.pid}-" in c["owner"] and c["step_reached"] > c["start_step"]
+                                 for c in units)
+                workers.remove(victim)
+                workers.append(spawn())
+                next_kill = time.monotonic() + rng.uniform(2.0, 4.0)
+            time.sleep(0.3)
+        assert kills >= COLLABORATIVE_KILLS, f"the run ended after only {kills} kills: make it longer"
+        for w in workers:
+            assert w.wait(timeout=60) == 0, log_of[w.pid].read_text()
+    finally:
+        for w in workers:
+            w.kill()
+
+    ledger = fold_journal(job, tmp_path / "all-events.db")
+    assert ledger.finished() and ledger.bad_events() == []
+    rounds = ledger.rounds("c")
+    assert [json.loads(r["replicas"]) for r in rounds] == [[0, 1, 2]] * 3
+    # Every round's global weights, and so the run's, are the one process's, bit for bit.
+    assert [r["weights_sha256"] for r in rounds] == [r["weights_sha256"] for r in expected]
+    assert [r["momentum_sha256"] for r in rounds] == [r["momentum_sha256"] for r in expected]
+    assert mid_round >= 1  # at least one unit was killed after it had trained some of its round
+    assert sum(c["generation"] for c in ledger.chunks("c")) >= 2  # killed units were taken over

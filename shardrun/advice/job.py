@@ -41,7 +41,8 @@ def advice_input(job: JobConfig, num_images: int, dataset_bytes: int, prices: Pr
         job=job.name, runs=tuple(job.runs), num_images=num_images, dataset_bytes=dataset_bytes,
         team_accounts=len(job.accounts), reserve_bytes=job.reserve_bytes,
         workers=workers or job.parallel_workers, profile=profile, free_platform=free,
-        free_profile=free_profile, paid_platform=platforms[PAID_PLATFORM], deadline_hours=deadline_hours)
+        free_profile=free_profile, paid_platform=platforms[PAID_PLATFORM], deadline_hours=deadline_hours,
+        lease_seconds=job.lease_minutes * 60)
 
 
 def advise_job(job: JobConfig, prices: Prices, *, workers: int | None = None, deadline_hours: float | None = None,

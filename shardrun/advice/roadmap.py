@@ -7,6 +7,14 @@ them) and the price file, and recommends one. Pure: no files, no printing.
 
 Work moves between GPUs through speed factors (configs/prices.toml): hours on GPU g are hours
 on the profile's GPU b times speed(b) / speed(g), per model family.
+
+A collaborative run (docs/collaborative.md) is N replicas trained at once in rounds: its work is
+N times one replica's, and its calendar time is counted with the team's workers. With N workers
+or more the replicas train side by side, and the run takes one replica's training (and its
+sessions' start-ups); with W < N workers a round waits for its replicas' turns: ⌈N / W⌉ turns of
+a round's training — or, when the run needs fewer changes (min_replicas ≤ W), the round's timeout
+if that comes first (collaborative_hours). The job's calendar is the estimate's schedule of
+chains, and no less than its slowest collaborative run.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from shardrun.config.job import GB, RunConfig
 from shardrun.config.paper import PAPER
 from shardrun.errors import PlanError
+from shardrun.plan.parts import round_timeout_minutes
 from shardrun.plan.placement import RunPlan, estimate, plan_run
 from shardrun.config.platforms import Platform, Profile
 from shardrun.config.prices import Gpu, Prices, family_of
@@ -53,6 +62,7 @@ class AdviceInput:
     free_profile: Profile  # throughput on the free platform's GPU
     paid_platform: Platform  # a rented VM or a bought GPU: no session limit
     deadline_hours: float | None = None
+    lease_seconds: float = 600.0  # the job's lease: a collaborative round's default timeout counts it
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,24 @@ class BuyOption:
 
 
 @dataclass(frozen=True)
+class CollaborativeRun:
+    """How a collaborative run's rounds fit the team's workers, on the free platform's GPU."""
+
+    name: str
+    replicas: int
+    min_replicas: int
+    rounds: int
+    sync_every: int
+    workers: int  # the job's workers at once
+    turns_per_round: int  # ⌈replicas / workers⌉: how many times a round waits for a worker
+    round_hours: float  # one replica's training of a whole round
+    round_timeout_hours: float
+    gpu_hours: float  # every replica's training
+    calendar_hours: float  # with the job's workers (collaborative_hours)
+    side_by_side_hours: float  # with a worker per replica: one replica's training
+
+
+@dataclass(frozen=True)
 class Recommendation:
     kind: str  # free, rent, buy or none (nothing meets the deadline)
     option: str
@@ -176,6 +204,7 @@ class Advice:
     buy: list[BuyOption]
     recommendation: Recommendation
     notes: list[str] = field(default_factory=list)
+    collaborative: list[CollaborativeRun] = field(default_factory=list)
 
     def cheapest_rent(self) -> RentOption | None:
         current = [r for r in self.rent if not r.historical]
@@ -220,9 +249,10 @@ def advise(inp: AdviceInput, prices: Prices) -> Advice:
     if any(g.basis == "estimate" for g in (prices.gpus[r.gpu] for r in current)):
         notes.append("speeds marked 'estimate' come from FP32 peaks, not measurements; real speeds of small SR "
                      "networks can differ by 2x (docs/advice.md)")
+    collaborative = _collaborative_runs(inp, prices, plans_on)
     return Advice(inp.job, prices.source, prices.reference, inp.deadline_hours, inp.workers, work, free,
                   sorted(rent, key=lambda r: (r.historical, r.cost_usd)), sorted(buy, key=lambda b: b.cost_usd),
-                  recommendation, notes)
+                  recommendation, notes, collaborative)
 
 
 def _ratio(target: Gpu, base: Gpu, model: str) -> float:
@@ -246,17 +276,66 @@ def _work_gpu(inp: AdviceInput, prices: Prices, notes: list[str]) -> tuple[Gpu, 
 
 
 def _hours(plans: list[RunPlan]) -> float:
-    return sum(p.train_seconds for p in plans) / 3600
+    """Returns the plans' GPU-hours of training: every replica's, for a collaborative run."""
+    return sum(p.train_seconds * p.replicas for p in plans) / 3600
+
+
+def _round_seconds(p: RunPlan) -> list[float]:
+    """Returns one replica's training time of each round of a collaborative run."""
+    h = p.run.collaborative.sync_every
+    return [(min(p.steps_total, (r + 1) * h) - r * h) * p.step_seconds for r in range(p.rounds)]
+
+
+def collaborative_hours(p: RunPlan, platform: Platform, workers: int, lease_seconds: float) -> float:
+    """Returns a collaborative run's calendar hours with `workers` at once (none busy elsewhere).
+
+    A round of t seconds a replica takes t with a worker per replica; with W < N workers its N
+    replicas take ⌈N / W⌉ turns, unless min_replicas m lets the round close at its timeout T
+    with the replicas done by then: min(⌈N/W⌉ t, max(⌈m/W⌉ t, T)). Each turn's sessions start up
+    as a replica's chain of chunks does.
+    """
+    collab = p.run.collaborative
+    w = max(1, workers)
+    full, least = math.ceil(p.replicas / w), math.ceil(collab.required_replicas / w)
+    timeout = round_timeout_minutes(p, lease_seconds) * 60
+    seconds = sum(min(full * t, max(least * t, timeout)) for t in _round_seconds(p))
+    return (seconds + full * len(p.chunks) * platform.startup_minutes * 60) / 3600
+
+
+def _calendar_hours(plans: list[RunPlan], platform: Platform, workers: int, lease_seconds: float,
+                    scheduled: float) -> float:
+    """Returns the job's calendar hours: the estimate's schedule of chains (`scheduled`), and no
+    less than its slowest collaborative run with the workers (collaborative_hours)."""
+    rounds = [collaborative_hours(p, platform, workers, lease_seconds) for p in plans if p.run.collaborative]
+    return max([scheduled, *rounds])
+
+
+def _collaborative_runs(inp: AdviceInput, prices: Prices, plans_on) -> list[CollaborativeRun]:
+    gpu = prices.gpu_for_device(inp.free_profile.device)
+    out = []
+    for p in plans_on(gpu, inp.free_platform):
+        collab = p.run.collaborative
+        if collab is None:
+            continue
+        w = max(1, inp.workers)
+        rounds = _round_seconds(p)
+        out.append(CollaborativeRun(
+            p.run.name, p.replicas, collab.required_replicas, p.rounds, collab.sync_every, w,
+            math.ceil(p.replicas / w), max(rounds, default=0.0) / 3600,
+            round_timeout_minutes(p, inp.lease_seconds) / 60, _hours([p]),
+            collaborative_hours(p, inp.free_platform, w, inp.lease_seconds),
+            collaborative_hours(p, inp.free_platform, p.replicas, inp.lease_seconds)))
+    return out
 
 
 def _work(inp: AdviceInput, prices: Prices, base_gpu: Gpu, base_profile: Profile, base: list[RunPlan],
           plans_on) -> Work:
     gpu_hours = _hours(base)
     runs = [RunWork(p.run.name, p.run.model, family_of(p.run.model), p.run.epochs, p.steps_per_epoch,
-                    p.steps_total, p.steps_per_epoch * p.step_seconds / 3600, p.train_seconds / 3600) for p in base]
+                    p.steps_total, p.steps_per_epoch * p.step_seconds / 3600, _hours([p])) for p in base]
     # The job's work in hours on the reference GPU; a GPU's speed for this job's mix of models is
     # that work over its own hours.
-    reference_hours = sum(p.train_seconds / 3600 * base_gpu.speed(family_of(p.run.model)) for p in base)
+    reference_hours = sum(_hours([p]) * base_gpu.speed(family_of(p.run.model)) for p in base)
     by_gpu = []
     for gpu in prices.gpus.values():
         hours = _hours(plans_on(gpu, inp.paid_platform))
@@ -277,6 +356,7 @@ def _free(inp: AdviceInput, prices: Prices, plans_on) -> FreeOption:
                         f"no GPU of {prices.source} [gpus]")
     plans = plans_on(gpu, platform)
     est = estimate(plans, platform, inp.workers)
+    calendar = _calendar_hours(plans, platform, inp.workers, inp.lease_seconds, est.calendar_hours)
     usable = platform.usable_seconds
     pieces_fit = usable is not None and all(p.chunk_seconds(i) <= usable + 1e-9
                                             for p in plans for i in range(len(p.chunks)))
@@ -290,25 +370,29 @@ def _free(inp: AdviceInput, prices: Prices, plans_on) -> FreeOption:
                             platform.session_hours / epoch_hours if platform.session_hours else math.inf,
                             usable / 3600 / epoch_hours if usable else math.inf, len(p.chunks)))
     return FreeOption(platform.name, gpu.id, platform.session_hours, usable / 3600 if usable else None,
-                      est.sessions, est.session_hours, est.calendar_hours, est.workers, prices.free.quota_gb,
+                      est.sessions, est.session_hours, calendar, est.workers, prices.free.quota_gb,
                       accounts_needed, inp.team_accounts, pieces_fit, storage_fits, pieces_fit and storage_fits,
-                      _meets(est.calendar_hours, inp.deadline_hours), runs)
+                      _meets(calendar, inp.deadline_hours), runs)
 
 
 def _rent(inp: AdviceInput, prices: Prices, offer, plans_on) -> RentOption:
-    est = estimate(plans_on(prices.gpus[offer.gpu], inp.paid_platform), inp.paid_platform, inp.workers)
+    plans = plans_on(prices.gpus[offer.gpu], inp.paid_platform)
+    est = estimate(plans, inp.paid_platform, inp.workers)
+    calendar = _calendar_hours(plans, inp.paid_platform, inp.workers, inp.lease_seconds, est.calendar_hours)
     return RentOption(offer.provider, offer.gpu, offer.usd_per_hour, offer.date, offer.source, offer.offer,
-                      offer.historical, est.session_hours, est.calendar_hours, est.session_hours * offer.usd_per_hour,
-                      _meets(est.calendar_hours, inp.deadline_hours))
+                      offer.historical, est.session_hours, calendar, est.session_hours * offer.usd_per_hour,
+                      _meets(calendar, inp.deadline_hours))
 
 
 def _buy(inp: AdviceInput, prices: Prices, offer, plans_on, cheapest: RentOption) -> BuyOption:
-    est = estimate(plans_on(prices.gpus[offer.gpu], inp.paid_platform), inp.paid_platform, 1)
+    plans = plans_on(prices.gpus[offer.gpu], inp.paid_platform)
+    est = estimate(plans, inp.paid_platform, 1)
+    calendar = _calendar_hours(plans, inp.paid_platform, 1, inp.lease_seconds, est.calendar_hours)
     # Renting the same work costs cheapest.cost_usd, spread over est.session_hours of this card's use.
     break_even = offer.usd * est.session_hours / cheapest.cost_usd if cheapest.cost_usd > 0 else None
     return BuyOption(offer.item, offer.gpu, offer.usd, offer.date, offer.source, est.session_hours,
-                     est.calendar_hours, offer.usd, break_even, offer.usd < cheapest.cost_usd,
-                     _meets(est.calendar_hours, inp.deadline_hours))
+                     calendar, offer.usd, break_even, offer.usd < cheapest.cost_usd,
+                     _meets(calendar, inp.deadline_hours))
 
 
 def _count(n: int, noun: str) -> str:

@@ -118,11 +118,14 @@ def kept_checkpoints(view: RunView, now: float, rule: RetentionRule) -> dict[str
             for cp in [cp for cp in order if cp["step"] <= resume and (not unit or cp["chunk"] == c["idx"])
                        ][:rule.fallbacks]:
                 keep.setdefault(cp["key"], f"resume point of chunk {c['idx']}")
-    for cp in order[:rule.keep_last]:
-        keep.setdefault(cp["key"], "latest")
-    best = best_checkpoint(order, view.scores)
-    if best is not None:
-        keep.setdefault(best["key"], "best validation")
+    # A user's checkpoints (latest, best) of a collaborative run are its global network's, one a
+    # round (round_objects_kept): a replica's own weights are only ever resumed.
+    if not last_round and not any(c.get("round") is not None for c in view.chunks):
+        for cp in order[:rule.keep_last]:
+            keep.setdefault(cp["key"], "latest")
+        best = best_checkpoint(order, view.scores)
+        if best is not None:
+            keep.setdefault(best["key"], "best validation")
     # Readers lag: one that has not folded the newest events resumes from an older checkpoint. So
     # a checkpoint stays until `fallbacks` newer ones are settled: every reader has seen those.
     settled, newer_settled = now - rule.horizon(view.lease_seconds), 0
@@ -195,3 +198,28 @@ def retained_bound(chunks: int, lease_seconds: float, checkpoint_seconds: float 
     rule = rule or RetentionRule()
     recent = writers * (math.floor(rule.horizon(lease_seconds) / checkpoint_seconds) + 2)
     return chunks + rule.keep_last + 1 + 2 * rule.fallbacks + recent
+
+
+def round_objects_kept(rounds: list[dict], now: float, horizon: float, rule: RetentionRule) -> tuple[set[str], list[int]]:
+    """Returns, for a collaborative run's rounds (in order), the keys of old rounds' objects that
+    stay, and the rounds whose folder may be tidied now.
+
+    A round's objects (its replicas' changes, the global weights and outer momentum it published,
+    the global network's checkpoint, and any copy a killed or slower worker left) are read while
+    its round and the next one are played: the next round's units start from its global weights.
+    So a round's folder may be tidied once the round after it is done, settled (done a horizon
+    before `now`, store time: every reader has folded it). What stays of it: the global
+    checkpoints of the `keep_last` newest done rounds and of the best round by validation PSNR,
+    which `export` reads.
+    """
+    done = [r for r in rounds if r["state"] == "done"]
+    keep = {r["checkpoint_key"] for r in done[-rule.keep_last:] if r["checkpoint_key"]}
+    scored = [r for r in done if r["validation"] and r["checkpoint_key"]]
+    if scored:
+        best = max(scored, key=lambda r: (json.loads(r["validation"])["psnr"], r["round"]))
+        keep.add(best["checkpoint_key"])
+    by_round = {r["round"]: r for r in rounds}
+    sweepable = [r["round"] for r in done
+                 if by_round.get(r["round"] + 1, {}).get("state") == "done"
+                 and by_round[r["round"] + 1]["done_time"] <= now - horizon]
+    return keep, sweepable

@@ -3,6 +3,7 @@ hash-verified, falling back to the previous accepted one when a file fails its h
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,17 +60,33 @@ def _run_row(ledger: Ledger, run: str) -> dict:
     return row
 
 
+def global_checkpoints(ledger: Ledger, run: str, collaborative: dict) -> list[dict]:
+    """Returns a collaborative run's checkpoints of its global network, one per round whose outer
+    step was accepted, newest first, as `ledger.checkpoints` rows (what a user exports: a
+    replica's own weights are only ever resumed)."""
+    from shardrun.ledger.fold import unit_bounds
+
+    return [{"run": run, "step": unit_bounds(collaborative, r["round"])[1], "key": r["checkpoint_key"],
+             "md5": r["checkpoint_md5"], "validation": json.loads(r["validation"]) if r["validation"] else None}
+            for r in reversed(ledger.rounds(run)) if r["state"] == "done" and r["checkpoint_key"]]
+
+
 def candidates(ledger: Ledger, run: str, choice: str | int) -> tuple[list[dict], dict]:
     """Returns the accepted checkpoints to try in order (the chosen one, then older ones) and the
     run's ledger row; raises ProductError when the run or the choice does not exist."""
     row = _run_row(ledger, run)
-    accepted = ledger.checkpoints(run)  # newest first
+    collaborative = ledger.collaborative(run)
+    accepted = ledger.checkpoints(run) if collaborative is None else global_checkpoints(ledger, run, collaborative)
+    if not accepted and collaborative is not None:
+        raise ProductError(f"collaborative run {run!r} has no global network yet: the first is published at "
+                           f"the end of its first round (inner step {min(collaborative['sync_every'], row['steps_total'])} "
+                           f"of {row['steps_total']})")
     if not accepted:
         chunks = ledger.chunks(run)
         first = min((c["end_step"] for c in chunks), default=row["steps_total"])
         raise ProductError(f"run {run!r} has no accepted checkpoint yet; the first is due by step {first} "
                            f"(the end of its first chunk) of {row['steps_total']}")
-    scores = validations(ledger, run)
+    scores = validations(ledger, run) if collaborative is None else {cp["key"]: cp["validation"] for cp in accepted}
     for cp in accepted:
         cp["validation"] = scores.get(cp["key"])
     if choice == "final":

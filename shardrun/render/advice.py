@@ -36,6 +36,21 @@ def _free_line(advice: Advice) -> Text:
     return line
 
 
+def collaborative_line(advice: Advice, c) -> Text:
+    """Returns the line on a collaborative run's rounds with the team's workers (free sessions)."""
+    turns = ("side by side, one worker each" if c.turns_per_round == 1 else
+             f"{c.turns_per_round} turns a round, {c.replicas} replicas on {c.workers} worker"
+             f"{'s' if c.workers != 1 else ''}")
+    line = Text(f"  Collaborative run {c.name}: {c.replicas} replicas train at once, {c.rounds:,} rounds of "
+                f"{c.sync_every:,} steps ({human_duration(c.round_hours * 3600)} a round on {advice.free.gpu}), "
+                f"{_gpu_hours(c.gpu_hours)} GPU-hours for all replicas; {turns}: "
+                f"{human_duration(c.calendar_hours * 3600)}")
+    if c.turns_per_round > 1:
+        line.append(f" ({human_duration(c.side_by_side_hours * 3600)} with {c.replicas} workers)", style="yellow")
+    line.append(".")
+    return line
+
+
 def _rent_table(advice: Advice, compact: bool) -> Table:
     rentals = [r for r in advice.rent if not r.historical]
     if compact:
@@ -87,6 +102,7 @@ def advice_view(advice: Advice, compact: bool = False) -> Group:
     if advice.deadline_hours is not None:
         parts.append(Text(f"Deadline: {human_duration(advice.deadline_hours * 3600)}."))
     parts.append(_free_line(advice))
+    parts.extend(collaborative_line(advice, c) for c in advice.collaborative)
     if not compact:
         for run in advice.free.runs:
             parts.append(Text(f"  {run.name}: one epoch takes {human_duration(run.epoch_hours * 3600)} on {advice.free.gpu}; "

@@ -18,8 +18,8 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from shardrun.units import human_bytes, human_duration, iso_time
-from shardrun.render.status import (collaborative_summary, compute_label, replica_state, run_eta, run_validation,
-                                    straggler_text, training_left, worker_state)
+from shardrun.render.status import (collaborative_summary, compute_label, dropped_note, replica_state, run_eta,
+                                    run_validation, straggler_text, training_left, worker_state, worker_work)
 
 MAX_RUN_CARDS = 4  # runs that get cards of their own at the top of the page
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -316,7 +316,7 @@ def _runs_html(status: dict) -> str:
         rows.append([
             _e(r["name"]), _e(f"{r['model']} x{r['scale']}"), _e(compute_label(r)), f"{r['steps_done']:,} of {r['steps_total']:,}",
             f"{r['epochs_done']:,.2f} of {r['epochs']:,}",
-            f"{c['waiting']} / {c['ready']} / {c['running']} / {c['done']}",
+            f"{c['waiting']} / {c['ready']} / {c['running']} / {c['done']}" + _e(dropped_note(c)),
             _fmt(loss["current"], ".4g"), _fmt(loss["best"], ".4g") + ("" if loss["best"] is None else f" @ {loss['best_step']:,}"),
             "–" if v is None else f"{v['psnr']:.2f} dB ({v['bicubic_psnr']:.2f})",
             "–" if v is None else f"{v['ssim']:.4f} ({v['bicubic_ssim']:.4f})",
@@ -375,7 +375,7 @@ def _workers_html(status: dict) -> str:
         css = {"stale": "stale", "running": "ok", "alive": "ok"}.get(w["state"], "")
         state = f'<span class="{css}">{_e(worker_state(w))}</span>'
         rows.append([_e(w["id"]), _e(w["account"] or "?"), _e(w["platform"] or "?"), _e(w["device"] or "unknown"),
-                     "–" if w["run"] is None else _e(f"{w['run']}/{w['chunk']}"),
+                     _e(worker_work(status, w)),
                      _fmt(w["step"], ","), _fmt(w["patches_per_second"], ",.1f"), _fmt(w["steps_per_second"], ",.3g"),
                      _e(w["last_seen"]), _e(human_duration(w["silent_seconds"])), state])
     return _table(["worker", "account", "platform", "device", "run/chunk", "step", "patches/s", "steps/s",

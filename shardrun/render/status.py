@@ -25,7 +25,7 @@ def _runs_table(status: dict) -> Table:
         loss, val = r.get("loss") or {}, run_validation(r)
         runs.add_row(r["name"], f"{r['model']} x{r['scale']}", compute_label(r), f"{compact(r['steps_done'])}/{compact(r['steps_total'])}",
                      f"{pct:.1f}", f"{compact(r['epochs_done'])}/{compact(r['epochs'])}",
-                     f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}",
+                     f"{c['waiting']}/{c['ready']}/{c['running']}/{c['done']}" + dropped_note(c),
                      _num(loss.get("current"), ".4g"),
                      "–" if loss.get("best") is None else f"{loss['best']:.4g} ({compact(loss['best_step'])})",
                      _num((r.get("learning_rate") or {}).get("current"), ".3g"),
@@ -106,6 +106,23 @@ def collaborative_view(run: dict) -> list:
     return parts
 
 
+def dropped_note(chunks: dict) -> str:
+    """Returns a collaborative run's units dropped from their rounds, for its chunks cell ("" if none)."""
+    return f" (+{chunks['dropped']} dropped)" if chunks.get("dropped") else ""
+
+
+def worker_work(status: dict, w: dict) -> str:
+    """Returns what a worker trains for its run/chunk cell: run/chunk, or a collaborative run's
+    unit as run round/replica ("c r2/1")."""
+    if w["run"] is None:
+        return "–"
+    run = next((r for r in status["runs"] if r["name"] == w["run"]), None)
+    collab = (run or {}).get("collaborative")
+    if collab and w["chunk"] is not None:
+        return f"{w['run']} r{w['chunk'] // collab['replicas']}/{w['chunk'] % collab['replicas']}"
+    return f"{w['run']}/{w['chunk']}"
+
+
 def compute_label(run: dict) -> str:
     """Returns a run's precision, XLA and determinism compactly ("fp32 · det"), or "–" in a status
     object from before these fields."""
@@ -171,7 +188,7 @@ def _workers_table(status: dict) -> Table:
     for w in status["workers"]:
         state = Text(worker_state(w), style={"stale": "bold red", "ended": "dim"}.get(w["state"], "green"))
         table.add_row(w["id"], w["account"] or "?", w["platform"] or "?", w["device"] or "unknown",
-                      "–" if w["run"] is None else f"{w['run']}/{w['chunk']}",
+                      worker_work(status, w),
                       "–" if w["step"] is None else f"{w['step']:,}", _num(w["patches_per_second"], ",.1f"),
                       _num(w["steps_per_second"], ",.3g"), w["last_seen"] or "–",
                       human_duration(w["silent_seconds"]), state)

@@ -240,7 +240,11 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
         return {"seconds": None, "at": None, "finished": False, "runs": per_run, "workers": workers,
                 "workers_alive": 0, "training_seconds": training, "allowance": allowance}
     start = as_of if as_of is not None else now
-    return {"seconds": seconds, "at": iso_time(start + seconds) if training else None, "finished": training == 0,
+    # A collaborative run whose replicas have trained every step is not finished before its last
+    # outer step: no training is left, but the run is not done.
+    pending = any(c["rounds_done"] < c["rounds_total"] for c in (r.get("collaborative") for r in runs) if c)
+    finished = training == 0 and not pending
+    return {"seconds": seconds, "at": None if finished else iso_time(start + seconds), "finished": finished,
             "runs": per_run,
             "workers": workers, "workers_alive": alive, "training_seconds": training, "allowance": allowance}
 

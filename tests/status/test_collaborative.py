@@ -198,13 +198,21 @@ def test_the_terminal_shows_the_rounds_the_replicas_and_the_stragglers(known_sta
     assert ("Collaborative run c: 3 replicas, 2 of 4 rounds done (10 inner steps a round); round 2 open for 2 min, "
             "1 of 3 changes in; exchanged 17.59 kB (7.54 kB up, 10.04 kB down); global model after round 1: "
             "31.00 dB (bicubic 28.00).") in re.sub(r"\s*\n\s*", " ", text)
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
-            for line in text.splitlines() if line.startswith("│") and "│" in line[1:]}
-    assert rows["1"][:5] == ["1", "w2", "running (straggler)", "28", "8/10"]
-    assert rows["0"][:5] == ["0", "w1", "done", "30", "10/10"] or rows["0"][:4] == ["0", "10", "all", "0,1,2"]
-    assert "31.00 (28.00)" in text and "timeout" in text and "0,1" in text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    # the current round's replicas
+    assert ["0", "w1", "done", "30", "10/10"] in rows
+    assert ["1", "w2", "running (straggler)", "28", "8/10"] in rows
+    assert ["2", "w4", "running (straggler)", "24", "4/10"] in rows
+    # the rounds done
+    assert ["0", "10", "all", "0,1,2", "30.00 (28.00)", "0.9000", "3.83 kB", "3.33 kB",
+            "2027-01-15T08:02:10+00:00"] in rows
+    assert ["1", "20", "timeout", "0,1", "31.00 (28.00)", "0.9000", "3.71 kB", "6.71 kB",
+            "2027-01-15T08:32:20+00:00"] in rows
     assert "Straggler: run c round 2 replica 2 (w4, running, 4 of 10 steps) keeps the round open: 2 min since it " \
            "opened, 20 s since the first change came in (store time)." in re.sub(r"\s*\n\s*", " ", text)
+    # The units: 1 dropped (round 1's replica 2); the workers' units as round/replica.
+    assert "3/0/2/6 (+1 dropped)" in text
+    assert [r[4] for r in rows if r and r[0] in ("w1", "w2", "w3", "w4")] == ["c r2/1", "c r2/2", "c r2/0", "c r1/2"]
     # The run's own validation column shows the global model's latest, not a replica's.
     assert "31.00 (28.00)" in text.split("Collaborative run")[0]
 
@@ -212,9 +220,9 @@ def test_the_terminal_shows_the_rounds_the_replicas_and_the_stragglers(known_sta
 def test_the_html_page_has_the_rounds_table_and_plot(known_status, tmp_path):
     page = status_html(known_status)
     assert page.count("<svg") == 7  # the six of every page and the rounds' PSNR
-    assert "the global model&#x27;s validation PSNR per round" in page
+    assert "validation PSNR per round" in page and 'aria-label="Rounds"' in page
     for text in ("<h2>Collaborative runs</h2>", "27 of 40", "31.00 dB (28.00)", "running (straggler)",
-                 "3.71 kB", "6.71 kB", "17.59 kB", "timeout"):
+                 "3.71 kB", "6.71 kB", "17.59 kB", "timeout", "3 / 0 / 2 / 6 (+1 dropped)", ">c r1/2</td>"):
         assert text in page, text
     html_file = tmp_path / "status.html"
     html_file.write_text(page)
@@ -305,3 +313,25 @@ def test_a_real_collaborative_run_reports_what_status_shows(tmp_path):
     text = printed(status)
     assert "2 of 2 rounds done" in text and "4/4" in text and "100.0" in text
     assert f"{c['history'][1]['psnr']:.2f} ({c['history'][1]['bicubic_psnr']:.2f})" in text
+
+
+def test_a_run_whose_last_round_waits_for_its_outer_step_is_not_done(job):
+    # Round 3 (the last) closed with every change in; no outer step yet.
+    events = known_events()[:-4] + [
+        ev(1950 + i, "claim", "w1", u) for i, u in enumerate((7, 8))] + [
+        done(2000 + i, "w1", u, 100) for i, u in enumerate((6, 7, 8))] + [
+        outer(2010, "w1", 2, [0, 1, 2], 1002, 2502, 32.0)] + [
+        ev(2020 + i, "claim", "w1", u) for i, u in enumerate((9, 10, 11))] + [
+        done(2030 + i, "w1", u, 100) for i, u in enumerate((9, 10, 11))]
+    ledger = Ledger.open(None)
+    ledger.add_events(events)
+    assert ledger.rounds("c")[3]["state"] == "closed" and not ledger.finished()
+    status = status_from_ledger(job, ledger, FakeClock(T0 + 2100), {}, [])
+    (run,) = status["runs"]
+    c = run["collaborative"]
+    assert (run["steps_done"], c["rounds_done"], c["current"]["round"], c["current"]["state"]) == (40, 3, 3, "closed")
+    assert c["current"]["stragglers"] == [] and [r["state"] for r in c["current"]["replicas"]] == ["done"] * 3
+    assert status["eta"]["finished"] is False and status["eta"]["training_seconds"] == 0
+    text = printed(status)
+    assert "round 3 closed (all), waiting for its outer step" in text and "every run is done" not in text
+    assert [h["psnr"] for h in c["history"]] == [30.0, 31.0, 32.0]

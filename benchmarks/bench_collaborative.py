@@ -1,0 +1,744 @@
+"""What a collaborative run (DiLoCo, docs/collaborative.md) buys and costs (issue 15, outcome 4).
+
+Every worker here is a real process (this file run with `--child`: a `Worker` built as `shardrun
+worker` builds it, SIGTERM asking it to stop), limited to ONE CPU: pinned to one core
+(sched_setaffinity) with TensorFlow's and OpenMP's thread pools at one thread
+(TF_NUM_INTRAOP_THREADS=1, TF_NUM_INTEROP_THREADS=1, OMP_NUM_THREADS=1; shardrun sets no thread
+count itself). Each process counts its store calls: its stores are wrapped (`CountingStore`)
+before the job opens them, and every call is counted with its bytes and the kind of object
+(journal event, a round's change / global weights / outer momentum / global checkpoint, a unit's
+checkpoint, shards...). Calls made in a worker loop that found nothing to do (it waits
+`poll_seconds`, then looks again) are counted apart as polling, and the heartbeat thread's apart
+too.
+
+The data: synthetic images with structure a network can learn (sinusoidal gradients under random
+rectangles, ellipses and lines; 32 training images and 8 held out as the validation folder), so
+that 32 training images split into 2 and 4 parts of whole batches and every replica's samples add
+up to the plain run's. One model (ESPCN, x2, luma, patch 24, 8 patches per image, batch 32, Adam
+5e-4: 8 steps per epoch on the whole data, 4 per replica with N=2, 2 with N=4).
+
+1. The baseline: a plain run of E epochs (S_total = 8E steps) in one process, validated every
+   S_total/8 steps. S = S_total/2; its PSNR at S is the target of (a); its PSNR at S_total the
+   baseline of (b).
+(a) Wall time to reach the target: the collaborative run with replicas=2, H = the short sync
+   interval, trained by 1 worker process (it trains both replicas in turn) and by 2 (one core
+   each). The time is the store's time of the `outer` event of the first round whose global
+   validation PSNR reaches the target, counted from the run's first claim (training time; a
+   session's start-up, paid once per 12-hour session on a real platform, left out) and from the
+   processes' start (shown too). The 1-worker run is stopped (SIGTERM) once it has reached the
+   target. Target: 2 workers <= 0.6x the 1-worker time. With every replica required the rounds are
+   reproducible, so both reach it at the same round (checked).
+(b) Quality after the same samples: collaborative runs of E epochs per replica (each replica sees
+   1/N of the images E times: N x steps_per_replica x batch = the plain run's samples) for N = 2
+   and 4, H = 50 and 200 (10 and 40 with --quick); final global validation PSNR minus the plain
+   run's final PSNR. Target: within 0.1 dB. Each run is trained by 2 worker processes.
+(c) Bytes through the store per round and per training sample: the DiLoCo exchange (N changes up,
+   the global weights and outer momentum up, the changes, the momentum and the global weights
+   read back) as counted by the workers, and everything else a round moves (unit and global
+   checkpoints, validation pictures, journal events), against what synchronous data parallelism
+   would send: every step, each replica's gradient up and the averaged gradient down
+   (2 x N x H x packed_size per round, train/outer.packed_size of the weights).
+(d) Store API calls per round (the workers' calls outside polling, split by kind), per idle poll
+   and per heartbeat. Then (c) and (d) projected to N = 8 T4 sessions on Google Drive: a T4 step
+   of batch_size / patches_per_second of configs/profiles/colab-t4.toml (64 / 2500 = 25.6 ms for
+   every model: input-bound), rounds of H steps with no overhead (the fastest rounds: the most
+   calls and bytes per minute), calls and bytes per round fitted as a + b*N from the N = 2 and 4
+   runs, polling at the worker's default 30 s and heartbeats at its default 2 min. Checked
+   against Drive's per-user limits as assumed and printed (12,000 queries per 60 s per user;
+   20,000 per 100 s per project; 750 GB uploaded per day per user), one store call taken as one
+   Drive request (a listing: one per 1,000 objects). Packed sizes of the other built-in models
+   (as colab-t4.toml configures them) are shown for scale.
+
+    .venv/bin/python benchmarks/bench_collaborative.py                 # about 10 min on 2 cores
+    .venv/bin/python benchmarks/bench_collaborative.py --quick         # under 3 min
+    .venv/bin/python benchmarks/bench_collaborative.py --quick --json /tmp/collab.json --keep /tmp/benchc/run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+THREAD_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+MODEL = dict(model="espcn", scale=2, channels=1, batch_size=32, patch_size=24, patches_per_image=8,
+             learning_rate=5e-4, seed=3, patches_per_second=100.0)
+TRAIN_IMAGES, VALIDATION_IMAGES, IMAGE_SIZE = 32, 8, (80, 64)
+# The worker's settings for the benchmark's own processes: claims trusted at once (one machine's
+# folder lists at once), idle polls every 50 ms, no periodic checkpoint inside a unit (a unit
+# ends with its own), heartbeats every 3 s.
+FAST = dict(settle_seconds=0.05, poll_seconds=0.05, heartbeat_seconds=3.0, checkpoint_seconds=3600.0)
+# Drive, as assumed (Google's published defaults; they have changed over the years).
+DRIVE = {"queries_per_minute_per_user": 12_000, "queries_per_100s_per_project": 20_000,
+         "upload_bytes_per_day_per_user": 750e9}
+DEFAULT_POLL_S, DEFAULT_HEARTBEAT_S = 30.0, 120.0  # WorkerSettings' defaults (heartbeat: min(2 min, lease/3))
+ONE_TIME = {"shards", "manifest", "validation-set", "run-files", "usage"}
+
+
+# -- the worker processes' side -------------------------------------------------------------------
+
+
+def category(key: str) -> str:
+    """Returns the kind of object a key (or a listing's prefix) names."""
+    parts = key.split("/")
+    where = parts[1] if len(parts) > 1 else ""
+    name = parts[-1]
+    if where == "journal":
+        return "journal"
+    if where == "rounds":
+        if len(parts) < 4 or not name:
+            return "rounds-list"
+        kind = name.split("-", 1)[0]
+        return {"change": "change", "weights": "global-weights", "momentum": "momentum",
+                "global": "global-ckpt"}.get(kind, "rounds-other")
+    if where == "checkpoints":
+        return "val-png" if name.endswith(".val.png") else "unit-ckpt" if name.endswith(".ckpt") else "checkpoints-list"
+    return {"shards": "shards", "plans": "manifest", "validation": "validation-set", "files": "run-files",
+            "ledger": "snapshot"}.get(where, f"other:{where}")
+
+
+class Counts:
+    """Store calls and bytes, by phase (work, poll, heartbeat, setup), call and kind of object."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.totals: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+        self.loop: dict[str, list[int]] | None = None  # the main thread's calls in the loop under way
+        self.main = threading.main_thread()
+
+    def add(self, call: str, key: str, nbytes: int = 0, objects: int = 0) -> None:
+        label = f"{call} {category(key)}"
+        with self.lock:
+            if threading.current_thread() is not self.main:
+                bucket = self.totals["heartbeat"]
+            elif self.loop is not None:
+                bucket = self.loop
+            else:
+                bucket = self.totals["setup"]
+            entry = bucket[label]
+            entry[0] += 1
+            entry[1] += nbytes
+            entry[2] += objects
+
+    def begin_loop(self) -> None:
+        with self.lock:
+            self.loop = defaultdict(lambda: [0, 0, 0])
+
+    def end_loop(self, idle: bool) -> None:
+        with self.lock:
+            target = self.totals["poll" if idle else "work"]
+            for label, (n, b, o) in (self.loop or {}).items():
+                entry = target[label]
+                entry[0] += n
+                entry[1] += b
+                entry[2] += o
+            self.loop = None
+
+
+def counting_store(inner, counts: Counts):
+    """Returns a store that hands every call to `inner` and counts it."""
+    from shardrun.storage.base import Store
+
+    class CountingStore(Store):
+        def __init__(self):
+            self.inner, self.url = inner, inner.url
+            self.time_resolution = inner.time_resolution
+            self.duplicate_copies = inner.duplicate_copies
+
+        def _write(self, key, source, digest):
+            counts.add("write", key, digest.size)
+            return inner._write(key, source, digest)
+
+        def _read(self, key, offset=0):
+            with inner._read(key, offset) as stream:
+                data = stream.read()
+            counts.add("read", key, len(data))
+            return io.BytesIO(data)
+
+        def get_with_stat(self, key):
+            data, stat = inner.get_with_stat(key)
+            counts.add("read", key, len(data))
+            return data, stat
+
+        def _stat(self, key):
+            counts.add("stat", key)
+            return inner._stat(key)
+
+        def _list(self, prefix):
+            found = inner.list(prefix)
+            counts.add("list", prefix, objects=len(found))
+            return found
+
+        def _list_folder(self, prefix):
+            found = inner.list_folder(prefix)
+            counts.add("list", prefix, objects=len(found.objects) + len(found.folders))
+            return found
+
+        def list_keys(self, prefix=""):
+            found = inner.list_keys(prefix)
+            counts.add("list", prefix, objects=len(found))
+            return found
+
+        def _delete(self, key):
+            counts.add("delete", key)
+            inner._delete(key)
+
+        def usage(self):
+            counts.add("usage", "x/usage")
+            return inner.usage()
+
+        def identity(self):
+            return inner.identity()
+
+    return CountingStore()
+
+
+def child(job_file: str, account: str, out: str, settings_json: str) -> None:
+    """A worker process: the job's stores counted, its Worker run until done or SIGTERM."""
+    from shardrun.storage import registry
+
+    counts = Counts()
+    opened = registry.open_store
+    registry.open_store = lambda acct: counting_store(opened(acct), counts)
+
+    from shardrun.config.job import load_job
+    from shardrun.session import Session
+    from shardrun.worker import Worker, WorkerJob, WorkerSettings
+
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    started = time.time()
+    job = load_job(Path(job_file))
+    worker = Worker(WorkerJob.from_config(job, account), account, Session("local", time.time(), None, "bench"),
+                    settings=WorkerSettings(**json.loads(settings_json)))
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+    loops = {"idle": 0, "other": 0}
+    plain_loop = worker.loop
+
+    def loop():
+        counts.begin_loop()
+        result = "failed"
+        try:
+            result = plain_loop()
+            return result
+        finally:
+            counts.end_loop(result == "idle")
+            loops["idle" if result == "idle" else "other"] += 1
+
+    worker.loop = loop
+    reason = "crashed"
+    try:
+        reason = worker.run()
+    finally:
+        Path(out).write_text(json.dumps({
+            "worker": worker.id, "reason": reason, "started": started, "ended": time.time(), "loops": loops,
+            "outcomes": [[o.run, o.chunk, o.result, o.start_step, o.step, o.train_seconds] for o in worker.outcomes],
+            "counts": {phase: dict(rows) for phase, rows in counts.totals.items()}}))
+
+
+# -- the data and the jobs ------------------------------------------------------------------------
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int], seed: int) -> None:
+    """Writes `count` PNGs with structure a network can learn: sinusoidal gradients per channel
+    under random rectangles, ellipses and lines (edges of every orientation)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    for i in range(count):
+        base = np.stack([rng.uniform(60, 255) * (0.5 + 0.5 * np.sin(rng.uniform(2, 14) * xx + rng.uniform(1, 14) * yy
+                                                                    + rng.uniform(0, 6))) for _ in range(3)], -1)
+        image = Image.fromarray(base.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(8, 16))):
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            x1, y1 = x0 + int(rng.integers(3, w // 2)), y0 + int(rng.integers(3, h // 2))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = int(rng.integers(3))
+            if shape == 0:
+                draw.rectangle([x0, y0, x1, y1], fill=colour)
+            elif shape == 1:
+                draw.ellipse([x0, y0, x1, y1], fill=colour)
+            else:
+                draw.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, 4)))
+        image.save(folder / f"img{seed:02d}-{i:04d}.png")
+
+
+def make_job(folder: Path, data: Path, run: dict):
+    """Writes a one-run, one-account job using the shared images, plans it; returns the JobConfig."""
+    from shardrun.config.job import load_job
+    from shardrun.plan.job import plan_job
+
+    folder.mkdir(parents=True)
+    lines = ["[job]", f'name = "{run["name"]}"', f'data = "{data / "train"}/"', f'validation = "{data / "val"}/"',
+             'platform = "local"', "reserve_mb = 0", "", "[[accounts]]", 'name = "alice"',
+             'store = "local://stores/alice"', "quota_gb = 2", "", "[[runs]]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in run.items()]
+    (folder / "job.toml").write_text("\n".join(lines) + "\n")
+    job = load_job(folder / "job.toml")
+    plan_job(job, scan_workers=1)
+    return job
+
+
+def start_workers(job, count: int, folder: Path, settings: dict, cpus: list[int]) -> list[tuple]:
+    """Starts `count` worker processes on the job, each pinned to one CPU; returns (process, out path)."""
+    started = []
+    env = {**os.environ, **THREAD_ENV}
+    for n in range(count):
+        cpu = cpus[n % len(cpus)]
+        out = folder / f"worker-{n}.json"
+        log = open(folder / f"worker-{n}.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", str(job.base_dir / "job.toml"), "alice",
+             str(out), json.dumps(settings)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=job.base_dir, env=env,
+            preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))
+        log.close()
+        started.append((process, out))
+    return started
+
+
+def wait_workers(workers: list[tuple], timeout: float, stop_when=None, poll: float = 0.5) -> list[dict]:
+    """Waits for the worker processes (SIGTERM to all when `stop_when()` is true, SIGKILL past the
+    timeout); returns their reports."""
+    limit = time.monotonic() + timeout
+    stopped = False
+    while any(p.poll() is None for p, _ in workers):
+        if time.monotonic() > limit:
+            for p, _ in workers:
+                if p.poll() is None:
+                    p.kill()
+            break
+        if stop_when is not None and not stopped and stop_when():
+            for p, _ in workers:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            stopped = True
+        time.sleep(poll)
+    for p, _ in workers:
+        p.wait()
+    reports = []
+    for p, out in workers:
+        if not out.exists():
+            raise SystemExit(f"a worker process (exit {p.returncode}) left no report; see {out.with_suffix('.log')}")
+        reports.append(json.loads(out.read_text()))
+    return reports
+
+
+def ledger_of(job, path: Path):
+    from shardrun.journal import Journal
+    from shardrun.ledger.db import Ledger
+    from shardrun.storage.account import Account
+    from shardrun.storage.registry import open_store
+
+    ledger = Ledger.open(path)
+    home = open_store(Account(job.home.name, job.home.store, base_dir=job.base_dir))
+    journal = Journal(home, job.name)
+    ledger.sync(journal)
+    return ledger, journal
+
+
+def first_claim_time(ledger) -> float | None:
+    (t,) = ledger.db.execute("SELECT MIN(server_time) FROM events WHERE kind = 'claim'").fetchone()
+    return t
+
+
+def round_table(ledger, run: str) -> list[dict]:
+    rows = []
+    for r in ledger.rounds(run):
+        v = json.loads(r["validation"]) if r["validation"] else None
+        rows.append({"round": r["round"], "state": r["state"], "done_time": r["done_time"],
+                     "psnr": v and v["psnr"], "bicubic_psnr": v and v["bicubic_psnr"],
+                     "change_bytes": r["change_bytes"], "weights_size": r["weights_size"],
+                     "momentum_size": r["momentum_size"], "replicas": r["replicas"]})
+    return rows
+
+
+# -- the measurements -----------------------------------------------------------------------------
+
+
+def plain_run(data: Path, folder: Path, epochs: int) -> dict:
+    run = {"name": "plain", **MODEL, "epochs": epochs}
+    job = make_job(folder / "plain", data, run)
+    total = epochs * TRAIN_IMAGES * MODEL["patches_per_image"] // MODEL["batch_size"]
+    began = time.time()
+    reports = wait_workers(start_workers(job, 1, job.base_dir, {**FAST, "checkpoint_steps": total // 8}, [0]),
+                           timeout=900)
+    ledger, _ = ledger_of(job, job.base_dir / "check.db")
+    curve = {}
+    for cp in ledger.checkpoints("plain"):
+        if cp["validation"]:
+            v = json.loads(cp["validation"])
+            curve[cp["step"]] = (v["psnr"], v["bicubic_psnr"])
+    if total not in curve or total // 2 not in curve:
+        raise SystemExit(f"the plain run has no validation at steps {total // 2} and {total}: {sorted(curve)}")
+    return {"steps": total, "S": total // 2, "target_psnr": curve[total // 2][0], "final_psnr": curve[total][0],
+            "bicubic_psnr": curve[total][1], "curve": {str(k): v[0] for k, v in sorted(curve.items())},
+            "seconds": time.time() - began, "reports": reports}
+
+
+def collaborative_run(data: Path, folder: Path, name: str, epochs: int, replicas: int, sync_every: int,
+                      workers: int, target: float | None = None, stop_at_target: bool = False) -> dict:
+    """Trains one collaborative run with `workers` processes; returns its rounds, times and counts."""
+    run = {"name": name, **MODEL, "epochs": epochs, "mode": "collaborative", "replicas": replicas,
+           "sync_every": sync_every}
+    job = make_job(folder / name, data, run)
+    ledger_path = job.base_dir / "watch.db"
+    watch = {}
+
+    def reached() -> bool:
+        if "ledger" not in watch:
+            watch["ledger"], watch["journal"] = ledger_of(job, ledger_path)
+        else:
+            watch["ledger"].sync(watch["journal"])
+        return any(r["psnr"] is not None and r["psnr"] >= target for r in round_table(watch["ledger"], name))
+
+    spawned = time.time()
+    reports = wait_workers(start_workers(job, workers, job.base_dir, FAST, [0, 1]), timeout=900,
+                           stop_when=reached if stop_at_target else None)
+    if "ledger" in watch:
+        watch["ledger"].close()
+    ledger, _ = ledger_of(job, job.base_dir / "check.db")
+    rounds = round_table(ledger, name)
+    collab = ledger.collaborative(name)
+    claimed = first_claim_time(ledger)
+    result = {"name": name, "replicas": replicas, "sync_every": sync_every, "epochs": epochs, "workers": workers,
+              "rounds_planned": collab["rounds"], "steps_per_replica": collab["steps_per_replica"],
+              "rounds": rounds, "finished": ledger.finished(), "spawned": spawned, "first_claim": claimed,
+              "bad_events": len(ledger.bad_events()), "reports": reports,
+              "final_psnr": rounds[-1]["psnr"] if rounds and rounds[-1]["state"] == "done" else None}
+    if target is not None:
+        hit = next((r for r in rounds if r["psnr"] is not None and r["psnr"] >= target), None)
+        result["target_round"] = hit and hit["round"]
+        result["to_target_s"] = hit and hit["done_time"] - claimed
+        result["to_target_from_start_s"] = hit and hit["done_time"] - spawned
+    ledger.close()
+    return result
+
+
+# -- the accounting -------------------------------------------------------------------------------
+
+
+def merged(reports: list[dict], phases: tuple[str, ...]) -> dict[str, list[int]]:
+    """Sums the workers' counts over `phases`: label -> [calls, bytes, objects]."""
+    total: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for report in reports:
+        for phase in phases:
+            for label, values in report["counts"].get(phase, {}).items():
+                for i, v in enumerate(values):
+                    total[label][i] += v
+    return total
+
+
+def drive_requests(label: str, calls: int, objects: int) -> int:
+    """Drive requests for `calls` store calls: one each, a listing one per 1,000 objects (at least one)."""
+    return max(calls, math.ceil(objects / 1000)) if label.startswith("list") else calls
+
+
+def accounting(result: dict) -> dict:
+    """Returns a collaborative run's bytes and calls per round (from its workers' counts)."""
+    done = [r for r in result["rounds"] if r["state"] == "done"]
+    n_rounds = len(done)
+    work = merged(result["reports"], ("work",))
+    per_round = {label: [v / n_rounds for v in values] for label, values in work.items()
+                 if label.split(" ", 1)[1] not in ONE_TIME and n_rounds}
+    exchange = {"change", "global-weights", "momentum"}
+    ex_up = sum(v[1] for l, v in per_round.items() if l.startswith("write") and l.split()[1] in exchange)
+    ex_down = sum(v[1] for l, v in per_round.items() if l.startswith("read") and l.split()[1] in exchange)
+    other = sum(v[1] for l, v in per_round.items() if l.split()[1] not in exchange and l.split()[0] in ("write", "read"))
+    packed = done[0]["weights_size"] if done else 0
+    n, h = result["replicas"], result["sync_every"]
+    samples = n * h * MODEL["batch_size"]
+    sync_dp = 2 * n * h * packed
+    from_rows = (sum(r["change_bytes"] or 0 for r in done) + sum((r["weights_size"] or 0) + (r["momentum_size"] or 0)
+                                                                for r in done)) / max(n_rounds, 1)
+    calls = sum(v[0] for v in per_round.values())
+    requests = sum(drive_requests(l, v[0], v[2]) for l, v in per_round.items())
+    polls = merged(result["reports"], ("poll",))
+    idle_loops = sum(r["loops"]["idle"] for r in result["reports"])
+    beats = merged(result["reports"], ("heartbeat",))
+    beat_writes = sum(v[0] for l, v in beats.items() if l == "write journal")
+    one_time = {l: v for l, v in work.items() if l.split(" ", 1)[1] in ONE_TIME}
+    return {"rounds": n_rounds, "packed_size": packed, "samples_per_round": samples,
+            "exchange_up": ex_up, "exchange_down": ex_down, "exchange": ex_up + ex_down,
+            "uploads_from_rows": from_rows, "other_bytes": other, "all_bytes": ex_up + ex_down + other,
+            "sync_dp": sync_dp, "calls": calls, "requests": requests,
+            "calls_by_kind": {l: v[0] for l, v in sorted(per_round.items())},
+            "bytes_by_kind": {l: v[1] for l, v in sorted(per_round.items()) if v[1]},
+            "poll_calls_per_idle_loop": sum(v[0] for v in polls.values()) / idle_loops if idle_loops else 0.0,
+            "idle_loops": idle_loops,
+            "heartbeats": beat_writes,
+            "calls_per_heartbeat": sum(v[0] for v in beats.values()) / beat_writes if beat_writes else 0.0,
+            "one_time_calls": sum(v[0] for v in one_time.values()), "one_time_bytes": sum(v[1] for v in one_time.values())}
+
+
+def fit(points: dict[int, float], n: int) -> float:
+    """Returns a + b*n fitted through two (replicas -> value) points (or the one point scaled)."""
+    (n1, y1), (n2, y2) = sorted(points.items())[:1] + sorted(points.items())[-1:]
+    if n1 == n2:
+        return y1 * n / n1
+    b = (y2 - y1) / (n2 - n1)
+    return y1 + b * (n - n1)
+
+
+def model_sizes() -> dict[str, int]:
+    """Returns packed_size of each model of colab-t4.toml, as that profile configures it."""
+    import tomllib
+
+    from shardrun.train.models import build_model
+    from shardrun.train.outer import packed_size
+    from shardrun.train.trainer import TrainConfig
+
+    profile = tomllib.loads((ROOT / "configs" / "profiles" / "colab-t4.toml").read_text())
+    sizes = {}
+    for name, m in profile["models"].items():
+        config = TrainConfig(name, m["scale"], m["channels"], patch_size=m["patch_size"], batch_size=m["batch_size"])
+        model = build_model(config.resolve(), seed=0)
+        sizes[name] = packed_size([tuple(w.shape) for w in model.weights])
+    return sizes
+
+
+def t4_step_seconds() -> tuple[float, int]:
+    import tomllib
+
+    profile = tomllib.loads((ROOT / "configs" / "profiles" / "colab-t4.toml").read_text())
+    m = profile["models"][MODEL["model"]]
+    return m["batch_size"] / m["patches_per_second"], m["batch_size"]
+
+
+def projection(accounts: dict[tuple[int, int], dict], measured_h: int, h: int, sizes: dict[str, int],
+               n: int = 8) -> dict:
+    """Projects the calls and bytes of rounds of `h` steps to `n` T4 sessions on Drive, from the
+    calls and bytes per round measured at H = `measured_h`."""
+    step_s, batch = t4_step_seconds()
+    measured = {r: a for (r, hh), a in accounts.items() if hh == measured_h}
+    round_s = h * step_s
+    rounds_per_min = 60 / round_s
+    requests_round = fit({r: a["requests"] for r, a in measured.items()}, n)
+    poll = max(a["poll_calls_per_idle_loop"] for a in measured.values())
+    beat = max([a["calls_per_heartbeat"] for a in measured.values()] + [1.0])
+    per_min = requests_round * rounds_per_min + n * poll * 60 / DEFAULT_POLL_S + n * beat * 60 / DEFAULT_HEARTBEAT_S
+    per_worker_min = per_min / n
+    # Bytes: the DiLoCo exchange scales with the model's packed size; the rest (checkpoints with
+    # Adam's state, pictures, events) measured here, scaled with the packed size too (an upper
+    # bound for the events and pictures).
+    packed_here = next(iter(measured.values()))["packed_size"]
+    up_round_here = fit({r: a["exchange_up"] + a["bytes_by_kind"].get("write unit-ckpt", 0)
+                         + a["bytes_by_kind"].get("write global-ckpt", 0) for r, a in measured.items()}, n)
+    other_up_here = fit({r: sum(v for l, v in a["bytes_by_kind"].items() if l.startswith("write")
+                                and l.split()[1] not in ("change", "global-weights", "momentum", "unit-ckpt",
+                                                         "global-ckpt")) for r, a in measured.items()}, n)
+    models = {}
+    for name, size in sorted(sizes.items()):
+        up_round = up_round_here * size / packed_here + other_up_here
+        per_day = up_round * rounds_per_min * 60 * 24
+        # The one worker that computes every outer step uploads weights, momentum and the global
+        # checkpoint each round; each replica uploads its change and its unit checkpoint. Worst
+        # case for one user: every session signed in as the same person.
+        models[name] = {"packed_size": size, "upload_per_round": up_round, "upload_per_day_all": per_day,
+                        "sync_dp_per_day": 2 * n * size * 86400 / step_s}
+    return {"n": n, "h": h, "measured_h": measured_h, "t4_step_s": step_s, "t4_batch": batch, "round_s": round_s,
+            "requests_per_round": requests_round, "requests_per_min_all": per_min,
+            "requests_per_min_per_worker": per_worker_min, "requests_per_100s_all": per_min * 100 / 60,
+            "poll_calls": poll, "heartbeat_calls": beat, "models": models}
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+        n /= 1000
+    return str(n)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:6])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs and H (under 3 min)")
+    parser.add_argument("--epochs", type=int, help="epochs of the plain run (and of each replica); default 200, 40 quick")
+    parser.add_argument("--sync-every", default=None, help="H values, comma-separated; default 50,200 (10,40 quick)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--keep", type=Path, help="work in this folder (emptied first) and keep it")
+    args = parser.parse_args()
+    epochs = args.epochs or (40 if args.quick else 200)
+    hs = [int(h) for h in (args.sync_every or ("10,40" if args.quick else "50,200")).split(",")]
+    if os.cpu_count() is None or len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("this benchmark needs 2 CPUs (one per worker process)")
+    for r in (2, 4):
+        steps = epochs * (TRAIN_IMAGES // r) * MODEL["patches_per_image"] // MODEL["batch_size"]
+        if max(hs) > steps:
+            raise SystemExit(f"H = {max(hs)} is more than the {steps} steps per replica of N = {r} at {epochs} "
+                             f"epochs: raise --epochs")
+    if args.keep:
+        shutil.rmtree(args.keep, ignore_errors=True)
+        args.keep.mkdir(parents=True)
+        folder = args.keep
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="bench-collab-"))
+    started = time.time()
+    try:
+        data = folder / "data"
+        write_images(data / "train", TRAIN_IMAGES, IMAGE_SIZE, seed=1)
+        write_images(data / "val", VALIDATION_IMAGES, IMAGE_SIZE, seed=2)
+        print(f"{MODEL['model']} x{MODEL['scale']}, {TRAIN_IMAGES} training + {VALIDATION_IMAGES} validation "
+              f"images of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {MODEL['batch_size']}, patch {MODEL['patch_size']}, "
+              f"{epochs} epochs; each worker a process on one CPU (1 TF thread); work in {folder}", flush=True)
+        plain = plain_run(data, folder, epochs)
+        print(f"plain run: {plain['steps']} steps in {plain['seconds']:.0f} s; PSNR at S = {plain['S']}: "
+              f"{plain['target_psnr']:.3f} dB, at {plain['steps']}: {plain['final_psnr']:.3f} dB "
+              f"(bicubic {plain['bicubic_psnr']:.3f})", flush=True)
+        runs: dict[tuple[int, int], dict] = {}
+        for h in hs:
+            for n in (2, 4):
+                name = f"n{n}-h{h}"
+                runs[(n, h)] = collaborative_run(data, folder, name, epochs, n, h, workers=2,
+                                                 target=plain["target_psnr"] if n == 2 else None)
+                r = runs[(n, h)]
+                print(f"{name}: {len(r['rounds'])} rounds, final PSNR {r['final_psnr']}, "
+                      f"{r['reports'][0]['ended'] - r['spawned']:.0f} s", flush=True)
+        h_a = hs[0]
+        one = collaborative_run(data, folder, f"n2-h{h_a}-1worker", epochs, 2, h_a, workers=1,
+                                target=plain["target_psnr"], stop_at_target=True)
+        two = runs[(2, h_a)]
+        print(f"1 worker: target at round {one['target_round']}, {one['to_target_s']} s", flush=True)
+        accounts = {key: accounting(r) for key, r in runs.items()}
+        sizes = model_sizes()
+        projections = {h: projection(accounts, h, h, sizes) for h in hs}
+        if 500 not in hs:
+            projections[500] = projection(accounts, hs[-1], 500, sizes)
+        report(plain, runs, one, two, accounts, projections, epochs, hs, time.time() - started, args.json)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def report(plain, runs, one, two, accounts, projections, epochs, hs, wall, json_path) -> None:
+    print()
+    print(f"(a) time to the plain run's PSNR at step S = {plain['S']} ({plain['target_psnr']:.3f} dB), "
+          f"replicas = 2, H = {two['sync_every']}")
+    print(f"    {'workers':>7}  {'round':>5}  {'from 1st claim':>14}  {'from start':>10}  {'ratio':>6}")
+    verdict_a = "n/a"
+    for r in (one, two):
+        t = r["to_target_s"]
+        ratio = (t / one["to_target_s"]) if (t is not None and one["to_target_s"]) else None
+        print(f"    {r['workers']:>7}  {str(r['target_round']):>5}  "
+              f"{'not reached' if t is None else f'{t:.1f} s':>14}  "
+              f"{'' if r['to_target_from_start_s'] is None else format(r['to_target_from_start_s'], '.1f') + ' s':>10}  "
+              f"{'' if ratio is None else f'{ratio:.2f}x':>6}")
+    if one["to_target_s"] and two["to_target_s"]:
+        ratio = two["to_target_s"] / one["to_target_s"]
+        verdict_a = f"{'PASS' if ratio <= 0.6 else 'FAIL'}: 2 workers take {ratio:.2f}x the 1-worker time (target <= 0.6x)"
+        if one["target_round"] != two["target_round"]:
+            verdict_a += f"; NOTE the runs reached it at different rounds ({one['target_round']} vs {two['target_round']})"
+    else:
+        verdict_a = "FAIL: the target was not reached" + ("" if two["to_target_s"] else " by the 2-worker run")
+    print()
+    print(f"(b) final validation PSNR after the plain run's samples ({epochs} epochs; plain {plain['final_psnr']:.3f} dB)")
+    print(f"    {'N':>2}  {'H':>4}  {'rounds':>6}  {'PSNR':>8}  {'diff':>7}")
+    worst = 0.0
+    for (n, h), r in sorted(runs.items()):
+        diff = None if r["final_psnr"] is None else r["final_psnr"] - plain["final_psnr"]
+        worst = max(worst, abs(diff)) if diff is not None else float("inf")
+        print(f"    {n:>2}  {h:>4}  {len(r['rounds']):>6}  "
+              f"{'-' if r['final_psnr'] is None else format(r['final_psnr'], '.3f'):>8}  "
+              f"{'-' if diff is None else format(diff, '+.3f'):>7}")
+    verdict_b = f"{'PASS' if worst <= 0.1 else 'FAIL'}: the largest |difference| is {worst:.3f} dB (target <= 0.1 dB)"
+    print()
+    print("(c) bytes through the store per round (all workers), against synchronous data parallelism")
+    print(f"    {'N':>2}  {'H':>4}  {'exch. up':>10}  {'exch. down':>10}  {'other':>10}  {'per sample':>10}  "
+          f"{'sync DP':>10}  {'DiLoCo/DP':>9}  {'all/DP':>7}")
+    for (n, h), a in sorted(accounts.items()):
+        print(f"    {n:>2}  {h:>4}  {human_bytes(a['exchange_up']):>10}  {human_bytes(a['exchange_down']):>10}  "
+              f"{human_bytes(a['other_bytes']):>10}  {human_bytes(a['all_bytes'] / a['samples_per_round']):>10}  "
+              f"{human_bytes(a['sync_dp']):>10}  {a['exchange'] / a['sync_dp']:>9.4f}  {a['all_bytes'] / a['sync_dp']:>7.4f}")
+    any_a = next(iter(accounts.values()))
+    print(f"    packed weights {human_bytes(any_a['packed_size'])}; exchange = changes + global weights + momentum "
+          f"(up: the rounds' rows say {human_bytes(any_a['uploads_from_rows'])} for N=2/H={hs[0]}); other = unit and "
+          f"global checkpoints (weights + Adam state), validation pictures, journal events")
+    print()
+    print("(d) store calls per round (all workers, polling apart), by kind, for N=2/4 at each H")
+    labels = sorted({l for a in accounts.values() for l in a["calls_by_kind"]})
+    keys = sorted(accounts)
+    print("    " + f"{'call':<26}" + "".join(f"{f'N{n} H{h}':>10}" for n, h in keys))
+    for label in labels:
+        print("    " + f"{label:<26}" + "".join(f"{accounts[k]['calls_by_kind'].get(label, 0):>10.1f}" for k in keys))
+    print("    " + f"{'total':<26}" + "".join(f"{accounts[k]['calls']:>10.1f}" for k in keys))
+    print("    " + f"{'per idle poll':<26}" + "".join(f"{accounts[k]['poll_calls_per_idle_loop']:>10.1f}" for k in keys))
+    print("    " + f"{'per heartbeat':<26}" + "".join(f"{accounts[k]['calls_per_heartbeat']:>10.1f}" for k in keys))
+    print()
+    print(f"    projected to N = 8 T4 sessions on Drive (T4 step {next(iter(projections.values()))['t4_step_s'] * 1000:.1f} ms "
+          f"at batch {next(iter(projections.values()))['t4_batch']}, colab-t4.toml; rounds without overhead; polls every "
+          f"{DEFAULT_POLL_S:.0f} s, heartbeats every {DEFAULT_HEARTBEAT_S:.0f} s)")
+    print(f"    assumed Drive limits: {DRIVE['queries_per_minute_per_user']:,} queries/min/user, "
+          f"{DRIVE['queries_per_100s_per_project']:,} queries/100 s/project, "
+          f"{DRIVE['upload_bytes_per_day_per_user'] / 1e9:.0f} GB upload/day/user; 1 store call = 1 request")
+    verdicts_d = []
+    for h, p in sorted(projections.items()):
+        print(f"    H = {h}: a round every {p['round_s']:.1f} s, {p['requests_per_round']:.0f} requests per round -> "
+              f"{p['requests_per_min_all']:,.0f}/min for all 8 ({p['requests_per_min_per_worker']:,.0f}/min per session, "
+              f"{p['requests_per_100s_all']:,.0f} per 100 s)" + ("" if p["measured_h"] == h else
+                                                                 f"  (calls and bytes per round as at H = {p['measured_h']})"))
+        for name, m in p["models"].items():
+            print(f"        {name:<10} {human_bytes(m['packed_size']):>9} weights: "
+                  f"{human_bytes(m['upload_per_round']):>9} up per round, {human_bytes(m['upload_per_day_all']):>9}/day "
+                  f"(sync DP would move {human_bytes(m['sync_dp_per_day'])}/day)")
+        worst_upload = max(m["upload_per_day_all"] for m in p["models"].values())
+        ok_user = p["requests_per_min_all"] <= DRIVE["queries_per_minute_per_user"]
+        ok_project = p["requests_per_100s_all"] <= DRIVE["queries_per_100s_per_project"]
+        ok_upload = worst_upload <= DRIVE["upload_bytes_per_day_per_user"]
+        verdicts_d.append(f"H={h}: {'PASS' if ok_user and ok_project and ok_upload else 'FAIL'} "
+                          f"(queries {p['requests_per_min_all']:,.0f}/min all sessions as one user "
+                          f"{'<=' if ok_user else '>'} 12,000; {p['requests_per_100s_all']:,.0f}/100 s "
+                          f"{'<=' if ok_project else '>'} 20,000 per project; upload "
+                          f"{human_bytes(worst_upload)}/day {'<=' if ok_upload else '>'} 750 GB, largest model)")
+    print()
+    print(f"verdict (a): {verdict_a}")
+    print(f"verdict (b): {verdict_b}")
+    c = [a["exchange"] / a["sync_dp"] for a in accounts.values()]
+    print(f"verdict (c): DiLoCo moves {min(c):.4f}x-{max(c):.4f}x the bytes of synchronous data parallelism "
+          f"(everything the rounds write and read: "
+          f"{min(a['all_bytes'] / a['sync_dp'] for a in accounts.values()):.4f}x-"
+          f"{max(a['all_bytes'] / a['sync_dp'] for a in accounts.values()):.4f}x)")
+    for v in verdicts_d:
+        print(f"verdict (d): {v}")
+    print(f"(the benchmark took {wall:.0f} s)")
+    if json_path:
+        strip = lambda r: {k: v for k, v in r.items() if k != "reports"}  # noqa: E731
+        json_path.write_text(json.dumps({
+            "settings": {"model": MODEL, "epochs": epochs, "sync_every": hs, "train_images": TRAIN_IMAGES,
+                         "validation_images": VALIDATION_IMAGES, "image_size": IMAGE_SIZE, "worker": FAST,
+                         "threads": THREAD_ENV, "drive_limits": DRIVE},
+            "plain": strip(plain), "a": {"one_worker": strip(one), "two_workers": strip(two), "verdict": verdict_a},
+            "b": {f"n{n}-h{h}": strip(r) for (n, h), r in runs.items()} | {"verdict": verdict_b},
+            "c_d": {f"n{n}-h{h}": a for (n, h), a in accounts.items()},
+            "projection": {str(h): p for h, p in projections.items()}, "verdict_d": verdicts_d,
+            "seconds": wall}, indent=1, default=str))
+        print(f"figures written to {json_path}")
+
+
+if __name__ == "__main__":
+    main()
