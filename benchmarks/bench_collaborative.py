@@ -397,10 +397,11 @@ def plain_run(data: Path, folder: Path, epochs: int) -> dict:
 
 
 def collaborative_run(data: Path, folder: Path, name: str, epochs: int, replicas: int, sync_every: int,
-                      workers: int, target: float | None = None, stop_at_target: bool = False) -> dict:
+                      workers: int, target: float | None = None, stop_at_target: bool = False,
+                      **extra) -> dict:
     """Trains one collaborative run with `workers` processes; returns its rounds, times and counts."""
     run = {"name": name, **MODEL, "epochs": epochs, "mode": "collaborative", "replicas": replicas,
-           "sync_every": sync_every}
+           "sync_every": sync_every, **extra}
     job = make_job(folder / name, data, run)
     ledger_path = job.base_dir / "watch.db"
     watch = {}

@@ -138,6 +138,15 @@ class ChunkOutcome:
     result: str
     train_seconds: float
     notices: list[str] = field(default_factory=list)
+    round: int | None = None  # a collaborative run's unit: its round and replica
+    replica: int | None = None
+
+    @property
+    def what(self) -> str:
+        """Returns what was trained, in words: "run chunk 3", or "run round 1 replica 0"."""
+        if self.round is None:
+            return f"{self.run} chunk {self.chunk}"
+        return f"{self.run} round {self.round} replica {self.replica}"
 
 
 @dataclass(frozen=True)
@@ -459,6 +468,8 @@ class Worker:
             log.info("lost the claim on %s chunk %d to an earlier one", chunk["run"], chunk["idx"])
             return "lost"
         outcome = self._train(chunk)
+        if chunk["round"] is not None:
+            outcome = replace(outcome, round=chunk["round"], replica=chunk["replica"])
         self.outcomes.append(outcome)
         self.on_outcome(outcome)
         return {"lost": "lost", "failed": "failed"}.get(outcome.result, "trained")

@@ -240,3 +240,28 @@ def test_a_failing_account_check_stops_the_notebook_before_any_worker(kernel_env
     assert "FAILED" in out["accounts-check"] and "blocked is a file, not a folder" in out["accounts-check"]
     assert out["worker"] == "" and out["status-after"] == ""  # never ran
     assert not (tmp_path / "stores" / "alice" / "test-job" / "journal").exists()  # no worker wrote anything
+
+
+def test_the_unchanged_notebook_takes_a_replica_of_a_collaborative_run(kernel_env, tmp_path):
+    write_images(tmp_path / "images", 12, size=(48, 40))
+    path = tmp_path / "job.toml"
+    together = dict(RUN, name="together", epochs=4, mode="collaborative", replicas=3, sync_every=2)
+    path.write_text(job_text(accounts=[("alice", 1), ("bob", 1)], runs=[together], reserve_mb=0))
+    plan_job(load_job(path), scan_workers=1)
+    # A member opens the notebook; another session already holds replica 0 of round 0.
+    from shardrun.journal import Journal
+
+    job = load_job(path)
+    home = LocalStore(tmp_path / "stores" / "alice")
+    Journal(home, job.name).append("claim", "carol-colab", "together", 0, 0, {})
+    nb = execute(without_colab(dict(JOB_FILE=str(path), ACCOUNT="bob", WORKER_OPTIONS=FAST_WORKER)), tmp_path)
+    worker = outputs_by_id(nb)["worker"]
+    # The worker took the two replicas left in round 0, each on its own part, and stopped as told.
+    assert sorted(re.findall(r"together round 0 replica (\d): done at step 2 \(from 0", worker)) == ["1", "2"]
+    assert "worker stopped: max-chunks" in worker
+    ledger = Ledger.open(job.ledger_path)
+    units = {(c["round"], c["replica"]): c for c in ledger.chunks("together")}
+    assert [units[(0, i)]["state"] for i in range(3)] == ["running", "done", "done"]
+    for i in (1, 2):
+        assert home.stat(units[(0, i)]["change_key"]).md5 == units[(0, i)]["change_md5"]
+    assert ledger.rounds("together")[0]["state"] == "open"  # waiting for carol's change

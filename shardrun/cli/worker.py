@@ -98,7 +98,7 @@ def worker(job, account, budget, max_chunks, checkpoint_minutes, heartbeat_minut
     display = ProgressDisplay(make_console())
 
     def on_outcome(outcome):
-        display.say(f"{outcome.run} chunk {outcome.chunk}: {outcome.result} at step {outcome.step} "
+        display.say(f"{outcome.what}: {outcome.result} at step {outcome.step} "
                     f"(from {outcome.start_step}, {human_duration(outcome.train_seconds)} of training)")
         for notice in outcome.notices:
             display.say(f"  note: {notice}")

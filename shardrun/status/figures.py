@@ -242,7 +242,8 @@ def estimate_eta(runs: list[dict], ledger_runs: dict[str, dict], metrics: dict[s
     start = as_of if as_of is not None else now
     # A collaborative run whose replicas have trained every step is not finished before its last
     # outer step: no training is left, but the run is not done.
-    pending = any(c["rounds_done"] < c["rounds_total"] for c in (r.get("collaborative") for r in runs) if c)
+    pending = any(c.get("rounds_done", 0) < c.get("rounds_total", 0) for c in (r.get("collaborative") for r in runs)
+                  if c)
     finished = training == 0 and not pending
     return {"seconds": seconds, "at": None if finished else iso_time(start + seconds), "finished": finished,
             "runs": per_run,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -317,8 +315,8 @@ def test_a_real_collaborative_run_reports_what_status_shows(tmp_path):
 
 def test_a_run_whose_last_round_waits_for_its_outer_step_is_not_done(job):
     # Round 3 (the last) closed with every change in; no outer step yet.
-    events = known_events()[:-4] + [
-        ev(1950 + i, "claim", "w1", u) for i, u in enumerate((7, 8))] + [
+    events = known_events()[:-7] + [
+        ev(1950 + i, "claim", "w1", u) for i, u in enumerate((6, 7, 8))] + [
         done(2000 + i, "w1", u, 100) for i, u in enumerate((6, 7, 8))] + [
         outer(2010, "w1", 2, [0, 1, 2], 1002, 2502, 32.0)] + [
         ev(2020 + i, "claim", "w1", u) for i, u in enumerate((9, 10, 11))] + [
