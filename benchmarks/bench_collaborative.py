@@ -19,19 +19,25 @@ up to the plain run's. One model (ESPCN, x2, luma, patch 24, 8 patches per image
 
 1. The baseline: a plain run of E epochs (S_total = 8E steps) in one process, validated every
    S_total/8 steps. S = S_total/2; its PSNR at S is the target of (a); its PSNR at S_total the
-   baseline of (b).
-(a) Wall time to reach the target: the collaborative run with replicas=2, H = the short sync
-   interval, trained by 1 worker process (it trains both replicas in turn) and by 2 (one core
-   each). The time is the store's time of the `outer` event of the first round whose global
-   validation PSNR reaches the target, counted from the run's first claim (training time; a
-   session's start-up, paid once per 12-hour session on a real platform, left out) and from the
-   processes' start (shown too). The 1-worker run is stopped (SIGTERM) once it has reached the
-   target. Target: 2 workers <= 0.6x the 1-worker time. With every replica required the rounds are
+   baseline of (b). Beside it, on the other CPU, a control: a collaborative run with ONE replica,
+   outer_lr 1 and no momentum, whose global weights are then the replica's own, so it must follow
+   the plain run step for step (a check of the rounds' machinery: start weights, changes, outer
+   step, the optimiser state carried across rounds).
+(a) Wall time to reach the target: a collaborative run with replicas=2, H = the first sync
+   interval and room to get there (2E epochs), trained by 1 worker process (it trains both
+   replicas in turn) and by 2 (one core each), each stopped (SIGTERM) once a round's global
+   validation PSNR has reached the target. The time is the store's time of the `outer` event of
+   that round, counted from the run's first claim (training time; a session's start-up, paid once
+   per 12-hour session on a real platform, left out) and from the processes' start (shown too).
+   Target: 2 workers <= 0.6x the 1-worker time. With every replica required the rounds are
    reproducible, so both reach it at the same round (checked).
 (b) Quality after the same samples: collaborative runs of E epochs per replica (each replica sees
    1/N of the images E times: N x steps_per_replica x batch = the plain run's samples) for N = 2
-   and 4, H = 50 and 200 (10 and 40 with --quick); final global validation PSNR minus the plain
-   run's final PSNR. Target: within 0.1 dB. Each run is trained by 2 worker processes.
+   and 4, H = 50 and 200 (E = 200; with --quick E = 24, H = 20 and 40); final global validation
+   PSNR minus the plain run's final PSNR. Target: within 0.1 dB. Each run is trained by 2 worker
+   processes. The outer step keeps the defaults (outer_lr 0.7, Nesterov momentum 0.9); without
+   --quick the same four runs are trained again with outer_lr 1 and no momentum (plain averaging
+   of the replicas' weights), shown beside them (--averaging / --no-averaging).
 (c) Bytes through the store per round and per training sample: the DiLoCo exchange (N changes up,
    the global weights and outer momentum up, the changes, the momentum and the global weights
    read back) as counted by the workers, and everything else a round moves (unit and global
@@ -39,17 +45,22 @@ up to the plain run's. One model (ESPCN, x2, luma, patch 24, 8 patches per image
    would send: every step, each replica's gradient up and the averaged gradient down
    (2 x N x H x packed_size per round, train/outer.packed_size of the weights).
 (d) Store API calls per round (the workers' calls outside polling, split by kind), per idle poll
-   and per heartbeat. Then (c) and (d) projected to N = 8 T4 sessions on Google Drive: a T4 step
-   of batch_size / patches_per_second of configs/profiles/colab-t4.toml (64 / 2500 = 25.6 ms for
-   every model: input-bound), rounds of H steps with no overhead (the fastest rounds: the most
-   calls and bytes per minute), calls and bytes per round fitted as a + b*N from the N = 2 and 4
-   runs, polling at the worker's default 30 s and heartbeats at its default 2 min. Checked
-   against Drive's per-user limits as assumed and printed (12,000 queries per 60 s per user;
-   20,000 per 100 s per project; 750 GB uploaded per day per user), one store call taken as one
-   Drive request (a listing: one per 1,000 objects). Packed sizes of the other built-in models
-   (as colab-t4.toml configures them) are shown for scale.
+   and per heartbeat; how many workers computed each round's outer step (any worker that syncs
+   between a round's close and its `outer` event computes it too); how many units a worker
+   trained on another replica than its previous unit's (it then restores that replica's
+   checkpoint and needs its part's shards). Then (c) and (d) projected to N = 8 T4 sessions on
+   Google Drive: a T4 step of batch_size / patches_per_second of configs/profiles/colab-t4.toml
+   (64 / 2500 = 25.6 ms for every model: input-bound), rounds of H steps with no overhead (the
+   fastest rounds: the most calls and bytes per minute), calls and bytes per round fitted as
+   a + b*N from the N = 2 and 4 runs, with the outer step computed once per round (best case) and
+   by all 8 sessions (worst case), polling at the worker's default 30 s and heartbeats at its
+   default 2 min (and the round length those 30 s polls give). Checked against Drive's limits as
+   assumed and printed (12,000 queries per minute per user; 20,000 per 100 s per project; 750 GB
+   uploaded per day per user), every session counted as one user, one store call as one Drive
+   request (a listing: one per 1,000 objects). The packed sizes of the other built-in models (as
+   colab-t4.toml configures them) scale the bytes.
 
-    .venv/bin/python benchmarks/bench_collaborative.py                 # about 10 min on 2 cores
+    .venv/bin/python benchmarks/bench_collaborative.py                 # about 7 min on 2 cores
     .venv/bin/python benchmarks/bench_collaborative.py --quick         # under 3 min
     .venv/bin/python benchmarks/bench_collaborative.py --quick --json /tmp/collab.json --keep /tmp/benchc/run
 """
@@ -119,13 +130,17 @@ class Counts:
         self.lock = threading.Lock()
         self.totals: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
         self.loop: dict[str, list[int]] | None = None  # the main thread's calls in the loop under way
-        self.main = threading.main_thread()
+        self.in_outer = False  # inside Rounds.outer (an outer step being computed)
 
     def add(self, call: str, key: str, nbytes: int = 0, objects: int = 0) -> None:
         label = f"{call} {category(key)}"
         with self.lock:
-            if threading.current_thread() is not self.main:
+            # The heartbeat thread's calls, and (the journal reads events on a pool) its sync's, are
+            # the heartbeat's; a pool's reads during the main thread's sync go with the main thread.
+            if threading.current_thread().name.startswith("heartbeat-"):
                 bucket = self.totals["heartbeat"]
+            elif self.in_outer:
+                bucket = self.totals["outer"]
             elif self.loop is not None:
                 bucket = self.loop
             else:
@@ -241,12 +256,24 @@ def child(job_file: str, account: str, out: str, settings_json: str) -> None:
             loops["idle" if result == "idle" else "other"] += 1
 
     worker.loop = loop
+    plain_outer = worker.rounds.outer
+    outers = [0]
+
+    def outer(*a, **k):
+        counts.in_outer = True
+        try:
+            return plain_outer(*a, **k)
+        finally:
+            counts.in_outer = False
+            outers[0] += 1
+
+    worker.rounds.outer = outer
     reason = "crashed"
     try:
         reason = worker.run()
     finally:
         Path(out).write_text(json.dumps({
-            "worker": worker.id, "reason": reason, "started": started, "ended": time.time(), "loops": loops,
+            "worker": worker.id, "reason": reason, "started": started, "ended": time.time(), "loops": loops, "outer_steps": outers[0],
             "outcomes": [[o.run, o.chunk, o.result, o.start_step, o.step, o.train_seconds] for o in worker.outcomes],
             "counts": {phase: dict(rows) for phase, rows in counts.totals.items()}}))
 
@@ -362,6 +389,32 @@ def first_claim_time(ledger) -> float | None:
     return t
 
 
+def round_timing(ledger, replicas: int) -> dict:
+    """Returns the medians, in store time, of a unit (its owner's last claim to its `done`), of the
+    wait from a round's last `done` to its first `outer`, and of a round (outer to outer), and the
+    claims lost to another worker's."""
+    import statistics
+
+    events = list(ledger.db.query("SELECT server_time, kind, worker, chunk FROM events "
+                                  "WHERE kind IN ('claim', 'done', 'outer') ORDER BY server_time"))
+    claims, units, dones, outers, done_by = {}, [], defaultdict(list), {}, {}
+    for e in events:
+        if e["kind"] == "claim":
+            claims[(e["chunk"], e["worker"])] = e["server_time"]
+        elif e["kind"] == "done" and (e["chunk"], e["worker"]) in claims:
+            units.append(e["server_time"] - claims[(e["chunk"], e["worker"])])
+            dones[e["chunk"] // replicas].append(e["server_time"])
+            done_by[e["chunk"]] = e["worker"]
+        elif e["kind"] == "outer":
+            outers.setdefault(e["chunk"], e["server_time"])
+    waits = [outers[r] - max(t) for r, t in dones.items() if r in outers]
+    ends = [outers[r] for r in sorted(outers)]
+    lost = sum(1 for chunk, worker in claims if chunk in done_by and done_by[chunk] != worker)
+    median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    return {"unit_s": median(units[1:]), "outer_wait_s": median(waits),  # the first unit traces the step
+            "round_s": median([b - a for a, b in zip(ends, ends[1:])]), "claims_lost": lost}
+
+
 def round_table(ledger, run: str) -> list[dict]:
     rows = []
     for r in ledger.rounds(run):
@@ -376,12 +429,12 @@ def round_table(ledger, run: str) -> list[dict]:
 # -- the measurements -----------------------------------------------------------------------------
 
 
-def plain_run(data: Path, folder: Path, epochs: int) -> dict:
+def plain_run(data: Path, folder: Path, epochs: int, cpu: int = 0) -> dict:
     run = {"name": "plain", **MODEL, "epochs": epochs}
     job = make_job(folder / "plain", data, run)
     total = epochs * TRAIN_IMAGES * MODEL["patches_per_image"] // MODEL["batch_size"]
     began = time.time()
-    reports = wait_workers(start_workers(job, 1, job.base_dir, {**FAST, "checkpoint_steps": total // 8}, [0]),
+    reports = wait_workers(start_workers(job, 1, job.base_dir, {**FAST, "checkpoint_steps": total // 8}, [cpu]),
                            timeout=900)
     ledger, _ = ledger_of(job, job.base_dir / "check.db")
     curve = {}
@@ -398,7 +451,7 @@ def plain_run(data: Path, folder: Path, epochs: int) -> dict:
 
 def collaborative_run(data: Path, folder: Path, name: str, epochs: int, replicas: int, sync_every: int,
                       workers: int, target: float | None = None, stop_at_target: bool = False,
-                      **extra) -> dict:
+                      cpus: tuple[int, ...] = (0, 1), **extra) -> dict:
     """Trains one collaborative run with `workers` processes; returns its rounds, times and counts."""
     run = {"name": name, **MODEL, "epochs": epochs, "mode": "collaborative", "replicas": replicas,
            "sync_every": sync_every, **extra}
@@ -414,7 +467,7 @@ def collaborative_run(data: Path, folder: Path, name: str, epochs: int, replicas
         return any(r["psnr"] is not None and r["psnr"] >= target for r in round_table(watch["ledger"], name))
 
     spawned = time.time()
-    reports = wait_workers(start_workers(job, workers, job.base_dir, FAST, [0, 1]), timeout=900,
+    reports = wait_workers(start_workers(job, workers, job.base_dir, FAST, list(cpus)), timeout=900,
                            stop_when=reached if stop_at_target else None)
     if "ledger" in watch:
         watch["ledger"].close()
@@ -432,11 +485,16 @@ def collaborative_run(data: Path, folder: Path, name: str, epochs: int, replicas
         result["target_round"] = hit and hit["round"]
         result["to_target_s"] = hit and hit["done_time"] - claimed
         result["to_target_from_start_s"] = hit and hit["done_time"] - spawned
+    result["timing"] = round_timing(ledger, replicas)
     ledger.close()
     return result
 
 
 # -- the accounting -------------------------------------------------------------------------------
+
+
+EXCHANGE = ("change", "global-weights", "momentum")  # the DiLoCo objects themselves
+SCALES_WITH_WEIGHTS = EXCHANGE + ("unit-ckpt", "global-ckpt")  # what grows with the network
 
 
 def merged(reports: list[dict], phases: tuple[str, ...]) -> dict[str, list[int]]:
@@ -450,55 +508,82 @@ def merged(reports: list[dict], phases: tuple[str, ...]) -> dict[str, list[int]]
     return total
 
 
-def drive_requests(label: str, calls: int, objects: int) -> int:
+def drive_requests(label: str, calls: float, objects: float) -> float:
     """Drive requests for `calls` store calls: one each, a listing one per 1,000 objects (at least one)."""
     return max(calls, math.ceil(objects / 1000)) if label.startswith("list") else calls
 
 
+def kind(label: str) -> str:
+    return label.split(" ", 1)[1]
+
+
+def per(rows: dict[str, list[int]], count: float) -> dict[str, list[float]]:
+    return {label: [v / count for v in values] for label, values in rows.items()
+            if kind(label) not in ONE_TIME} if count else {}
+
+
 def accounting(result: dict) -> dict:
-    """Returns a collaborative run's bytes and calls per round (from its workers' counts)."""
+    """Returns a collaborative run's bytes and calls per round (from its workers' counts): the
+    units' side (claims, training, handing in, syncs) and the outer steps' apart."""
     done = [r for r in result["rounds"] if r["state"] == "done"]
     n_rounds = len(done)
-    work = merged(result["reports"], ("work",))
-    per_round = {label: [v / n_rounds for v in values] for label, values in work.items()
-                 if label.split(" ", 1)[1] not in ONE_TIME and n_rounds}
-    exchange = {"change", "global-weights", "momentum"}
-    ex_up = sum(v[1] for l, v in per_round.items() if l.startswith("write") and l.split()[1] in exchange)
-    ex_down = sum(v[1] for l, v in per_round.items() if l.startswith("read") and l.split()[1] in exchange)
-    other = sum(v[1] for l, v in per_round.items() if l.split()[1] not in exchange and l.split()[0] in ("write", "read"))
+    reports = result["reports"]
+    outers = sum(r["outer_steps"] for r in reports)
+    unit = per(merged(reports, ("work",)), n_rounds)
+    outer_round = per(merged(reports, ("outer",)), n_rounds)
+    outer_each = per(merged(reports, ("outer",)), outers)
+    both = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for rows in (unit, outer_round):
+        for label, values in rows.items():
+            for i, v in enumerate(values):
+                both[label][i] += v
+    up = lambda rows, kinds=None: sum(v[1] for l, v in rows.items() if l.startswith("write")  # noqa: E731
+                                      and (kinds is None or kind(l) in kinds))
+    down = lambda rows, kinds=None: sum(v[1] for l, v in rows.items() if l.startswith("read")  # noqa: E731
+                                        and (kinds is None or kind(l) in kinds))
     packed = done[0]["weights_size"] if done else 0
     n, h = result["replicas"], result["sync_every"]
-    samples = n * h * MODEL["batch_size"]
-    sync_dp = 2 * n * h * packed
-    from_rows = (sum(r["change_bytes"] or 0 for r in done) + sum((r["weights_size"] or 0) + (r["momentum_size"] or 0)
-                                                                for r in done)) / max(n_rounds, 1)
-    calls = sum(v[0] for v in per_round.values())
-    requests = sum(drive_requests(l, v[0], v[2]) for l, v in per_round.items())
-    polls = merged(result["reports"], ("poll",))
-    idle_loops = sum(r["loops"]["idle"] for r in result["reports"])
-    beats = merged(result["reports"], ("heartbeat",))
+    requests = lambda rows: sum(drive_requests(l, v[0], v[2]) for l, v in rows.items())  # noqa: E731
+    polls = merged(reports, ("poll",))
+    idle_loops = sum(r["loops"]["idle"] for r in reports)
+    beats = merged(reports, ("heartbeat",))
     beat_writes = sum(v[0] for l, v in beats.items() if l == "write journal")
-    one_time = {l: v for l, v in work.items() if l.split(" ", 1)[1] in ONE_TIME}
-    return {"rounds": n_rounds, "packed_size": packed, "samples_per_round": samples,
-            "exchange_up": ex_up, "exchange_down": ex_down, "exchange": ex_up + ex_down,
-            "uploads_from_rows": from_rows, "other_bytes": other, "all_bytes": ex_up + ex_down + other,
-            "sync_dp": sync_dp, "calls": calls, "requests": requests,
-            "calls_by_kind": {l: v[0] for l, v in sorted(per_round.items())},
-            "bytes_by_kind": {l: v[1] for l, v in sorted(per_round.items()) if v[1]},
+    one_time = {l: v for l, v in merged(reports, ("work", "setup")).items() if kind(l) in ONE_TIME}
+    exchange_up, exchange_down = up(both, EXCHANGE), down(both, EXCHANGE)
+    all_bytes = up(both) + down(both)
+    # A worker that trains another replica than in its previous unit restores that replica's
+    # checkpoint, builds a trainer for it and needs its part's shards (on another machine: downloads them).
+    trained = [[o[1] % n for o in r["outcomes"] if o[2] == "done"] for r in reports]
+    switches = sum(sum(1 for a, b in zip(seq, seq[1:]) if a != b) for seq in trained)
+    units_done = sum(len(seq) for seq in trained)
+    return {"rounds": n_rounds, "packed_size": packed, "samples_per_round": n * h * MODEL["batch_size"],
+            "outer_steps_per_round": outers / n_rounds if n_rounds else 0.0,
+            "exchange_up": exchange_up, "exchange_down": exchange_down, "exchange": exchange_up + exchange_down,
+            "uploads_from_rows": (sum((r["change_bytes"] or 0) + (r["weights_size"] or 0) + (r["momentum_size"] or 0)
+                                      for r in done) / n_rounds) if n_rounds else 0,
+            "other_bytes": all_bytes - exchange_up - exchange_down, "all_bytes": all_bytes,
+            "sync_dp": 2 * n * h * packed,
+            "calls": sum(v[0] for v in both.values()), "requests": requests(both),
+            "unit_requests": requests(unit), "outer_requests_each": requests(outer_each),
+            "unit_up_scaling": up(unit, SCALES_WITH_WEIGHTS), "unit_up_fixed": up(unit) - up(unit, SCALES_WITH_WEIGHTS),
+            "outer_up_scaling": up(outer_each, SCALES_WITH_WEIGHTS),
+            "outer_up_fixed": up(outer_each) - up(outer_each, SCALES_WITH_WEIGHTS),
+            "calls_by_kind": {l: v[0] for l, v in sorted(both.items())},
+            "bytes_by_kind": {l: v[1] for l, v in sorted(both.items()) if v[1]},
             "poll_calls_per_idle_loop": sum(v[0] for v in polls.values()) / idle_loops if idle_loops else 0.0,
-            "idle_loops": idle_loops,
-            "heartbeats": beat_writes,
-            "calls_per_heartbeat": sum(v[0] for v in beats.values()) / beat_writes if beat_writes else 0.0,
+            "idle_loops": idle_loops, "heartbeats": beat_writes,
+            "replica_switches": switches, "units": units_done,
+            "replicas_per_worker": [sorted(set(seq)) for seq in trained],
+            "calls_per_heartbeat": sum(v[0] for v in beats.values()) / beat_writes if beat_writes else None,
             "one_time_calls": sum(v[0] for v in one_time.values()), "one_time_bytes": sum(v[1] for v in one_time.values())}
 
 
 def fit(points: dict[int, float], n: int) -> float:
-    """Returns a + b*n fitted through two (replicas -> value) points (or the one point scaled)."""
-    (n1, y1), (n2, y2) = sorted(points.items())[:1] + sorted(points.items())[-1:]
+    """Returns a + b*n through the (replicas -> value) points with the fewest and most replicas."""
+    (n1, y1), (n2, y2) = min(points.items()), max(points.items())
     if n1 == n2:
         return y1 * n / n1
-    b = (y2 - y1) / (n2 - n1)
-    return y1 + b * (n - n1)
+    return y1 + (y2 - y1) / (n2 - n1) * (n - n1)
 
 
 def model_sizes() -> dict[str, int]:
@@ -519,6 +604,7 @@ def model_sizes() -> dict[str, int]:
 
 
 def t4_step_seconds() -> tuple[float, int]:
+    """Returns a T4 step's seconds and batch for the benchmark's model (configs/profiles/colab-t4.toml)."""
     import tomllib
 
     profile = tomllib.loads((ROOT / "configs" / "profiles" / "colab-t4.toml").read_text())
@@ -528,48 +614,54 @@ def t4_step_seconds() -> tuple[float, int]:
 
 def projection(accounts: dict[tuple[int, int], dict], measured_h: int, h: int, sizes: dict[str, int],
                n: int = 8) -> dict:
-    """Projects the calls and bytes of rounds of `h` steps to `n` T4 sessions on Drive, from the
-    calls and bytes per round measured at H = `measured_h`."""
+    """Projects rounds of `h` T4 steps with `n` sessions on Drive, from the calls and bytes per
+    round measured at H = `measured_h` (fitted as a + b*N over N = 2 and 4). The outer step is
+    counted once per round (best) and once per session (worst: as implemented, every worker that
+    syncs between a round's close and its `outer` event computes and uploads it too)."""
     step_s, batch = t4_step_seconds()
-    measured = {r: a for (r, hh), a in accounts.items() if hh == measured_h}
+    m = {r: a for (r, hh), a in accounts.items() if hh == measured_h}
     round_s = h * step_s
     rounds_per_min = 60 / round_s
-    requests_round = fit({r: a["requests"] for r, a in measured.items()}, n)
-    poll = max(a["poll_calls_per_idle_loop"] for a in measured.values())
-    beat = max([a["calls_per_heartbeat"] for a in measured.values()] + [1.0])
-    per_min = requests_round * rounds_per_min + n * poll * 60 / DEFAULT_POLL_S + n * beat * 60 / DEFAULT_HEARTBEAT_S
-    per_worker_min = per_min / n
-    # Bytes: the DiLoCo exchange scales with the model's packed size; the rest (checkpoints with
-    # Adam's state, pictures, events) measured here, scaled with the packed size too (an upper
-    # bound for the events and pictures).
-    packed_here = next(iter(measured.values()))["packed_size"]
-    up_round_here = fit({r: a["exchange_up"] + a["bytes_by_kind"].get("write unit-ckpt", 0)
-                         + a["bytes_by_kind"].get("write global-ckpt", 0) for r, a in measured.items()}, n)
-    other_up_here = fit({r: sum(v for l, v in a["bytes_by_kind"].items() if l.startswith("write")
-                                and l.split()[1] not in ("change", "global-weights", "momentum", "unit-ckpt",
-                                                         "global-ckpt")) for r, a in measured.items()}, n)
+    unit_req = fit({r: a["unit_requests"] for r, a in m.items()}, n)
+    outer_req = fit({r: a["outer_requests_each"] for r, a in m.items()}, n)
+    poll = max(a["poll_calls_per_idle_loop"] for a in m.values())
+    beat = max([a["calls_per_heartbeat"] for a in m.values() if a["calls_per_heartbeat"] is not None] + [1.0])
+    background = n * poll * 60 / DEFAULT_POLL_S + n * beat * 60 / DEFAULT_HEARTBEAT_S
+    cases = {}
+    for case, k in (("one outer step", 1), (f"{n} outer steps", n)):
+        per_round = unit_req + k * outer_req
+        per_min = per_round * rounds_per_min + background
+        cases[case] = {"outer_steps": k, "requests_per_round": per_round, "requests_per_min_all": per_min,
+                       "requests_per_100s_all": per_min * 100 / 60, "requests_per_min_per_session": per_min / n}
+    packed_here = next(iter(m.values()))["packed_size"]
+    scaling = {key: fit({r: a[key] for r, a in m.items()}, n)
+               for key in ("unit_up_scaling", "unit_up_fixed", "outer_up_scaling", "outer_up_fixed")}
     models = {}
     for name, size in sorted(sizes.items()):
-        up_round = up_round_here * size / packed_here + other_up_here
-        per_day = up_round * rounds_per_min * 60 * 24
-        # The one worker that computes every outer step uploads weights, momentum and the global
-        # checkpoint each round; each replica uploads its change and its unit checkpoint. Worst
-        # case for one user: every session signed in as the same person.
-        models[name] = {"packed_size": size, "upload_per_round": up_round, "upload_per_day_all": per_day,
+        ratio = size / packed_here
+        unit_up = scaling["unit_up_scaling"] * ratio + scaling["unit_up_fixed"]
+        outer_up = scaling["outer_up_scaling"] * ratio + scaling["outer_up_fixed"]
+        models[name] = {"packed_size": size,
+                        "upload_per_round": {c: unit_up + v["outer_steps"] * outer_up for c, v in cases.items()},
+                        "upload_per_day_all": {c: (unit_up + v["outer_steps"] * outer_up) * rounds_per_min * 1440
+                                               for c, v in cases.items()},
                         "sync_dp_per_day": 2 * n * size * 86400 / step_s}
+    # With the default polls a replica that finishes before the last one sees the next round open
+    # only at its next look: the last of n - 1 uniform waits over poll_seconds, on average.
+    polled_round_s = round_s + DEFAULT_POLL_S * (n - 1) / n
     return {"n": n, "h": h, "measured_h": measured_h, "t4_step_s": step_s, "t4_batch": batch, "round_s": round_s,
-            "requests_per_round": requests_round, "requests_per_min_all": per_min,
-            "requests_per_min_per_worker": per_worker_min, "requests_per_100s_all": per_min * 100 / 60,
-            "poll_calls": poll, "heartbeat_calls": beat, "models": models}
+            "polled_round_s": polled_round_s, "busy_share_with_default_polls": round_s / polled_round_s,
+            "unit_requests_per_round": unit_req, "outer_requests_each": outer_req, "poll_calls": poll,
+            "heartbeat_calls": beat, "background_per_min": background, "cases": cases, "models": models}
 
 
-# -- the report -----------------------------------------------------------------------------------
+# -- the run and the report -----------------------------------------------------------------------
 
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+            return f"{n:,.0f} B" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return str(n)
 
@@ -580,14 +672,18 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs and H (under 3 min)")
-    parser.add_argument("--epochs", type=int, help="epochs of the plain run (and of each replica); default 200, 40 quick")
-    parser.add_argument("--sync-every", default=None, help="H values, comma-separated; default 50,200 (10,40 quick)")
+    parser.add_argument("--epochs", type=int, help="epochs of the plain run and of each replica (default 200; 24 quick)")
+    parser.add_argument("--sync-every", help="two H values, comma-separated (default 50,200; 20,40 quick); "
+                                             "(a) uses the first")
+    parser.add_argument("--averaging", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train (b)'s runs with outer_lr 1 and no momentum (plain averaging of the "
+                             "replicas); default: on, off with --quick")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", type=Path, help="work in this folder (emptied first) and keep it")
     args = parser.parse_args()
-    epochs = args.epochs or (40 if args.quick else 200)
-    hs = [int(h) for h in (args.sync_every or ("10,40" if args.quick else "50,200")).split(",")]
-    if os.cpu_count() is None or len(os.sched_getaffinity(0)) < 2:
+    epochs = args.epochs or (24 if args.quick else 200)
+    hs = [int(h) for h in (args.sync_every or ("20,40" if args.quick else "50,200")).split(",")]
+    if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("this benchmark needs 2 CPUs (one per worker process)")
     for r in (2, 4):
         steps = epochs * (TRAIN_IMAGES // r) * MODEL["patches_per_image"] // MODEL["batch_size"]
@@ -600,141 +696,220 @@ def main() -> None:
         folder = args.keep
     else:
         folder = Path(tempfile.mkdtemp(prefix="bench-collab-"))
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
     try:
         data = folder / "data"
         write_images(data / "train", TRAIN_IMAGES, IMAGE_SIZE, seed=1)
         write_images(data / "val", VALIDATION_IMAGES, IMAGE_SIZE, seed=2)
-        print(f"{MODEL['model']} x{MODEL['scale']}, {TRAIN_IMAGES} training + {VALIDATION_IMAGES} validation "
-              f"images of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {MODEL['batch_size']}, patch {MODEL['patch_size']}, "
-              f"{epochs} epochs; each worker a process on one CPU (1 TF thread); work in {folder}", flush=True)
-        plain = plain_run(data, folder, epochs)
-        print(f"plain run: {plain['steps']} steps in {plain['seconds']:.0f} s; PSNR at S = {plain['S']}: "
+        print(f"{MODEL['model']} x{MODEL['scale']}, {TRAIN_IMAGES} training + {VALIDATION_IMAGES} validation images of "
+              f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {MODEL['batch_size']}, patch {MODEL['patch_size']}, "
+              f"{epochs} epochs; each worker a process on one CPU (1 TF thread); load average "
+              f"{load_before[0]:.2f}; in {folder}", flush=True)
+        # The control (one replica, outer_lr 1, no momentum: each round's global weights are the
+        # replica's own, so it must follow the plain run step for step) trains beside the plain
+        # run, on the other CPU: only its PSNR counts.
+        control_result = {}
+        control_thread = threading.Thread(target=lambda: control_result.update(collaborative_run(
+            data, folder, f"n1-h{hs[-1]}-control", epochs, 1, hs[-1], workers=1, cpus=(1,),
+            outer_lr=1.0, outer_momentum=0.0)))
+        control_thread.start()
+        plain = plain_run(data, folder, epochs, cpu=0)
+        control_thread.join()
+        control = control_result
+        if not control:
+            raise SystemExit("the control run failed; see its worker log under " + str(folder))
+        print(f"  plain: {plain['steps']} steps, {plain['seconds']:.0f} s; PSNR at S = {plain['S']}: "
               f"{plain['target_psnr']:.3f} dB, at {plain['steps']}: {plain['final_psnr']:.3f} dB "
               f"(bicubic {plain['bicubic_psnr']:.3f})", flush=True)
         runs: dict[tuple[int, int], dict] = {}
         for h in hs:
             for n in (2, 4):
                 name = f"n{n}-h{h}"
-                runs[(n, h)] = collaborative_run(data, folder, name, epochs, n, h, workers=2,
-                                                 target=plain["target_psnr"] if n == 2 else None)
-                r = runs[(n, h)]
-                print(f"{name}: {len(r['rounds'])} rounds, final PSNR {r['final_psnr']}, "
-                      f"{r['reports'][0]['ended'] - r['spawned']:.0f} s", flush=True)
-        h_a = hs[0]
-        one = collaborative_run(data, folder, f"n2-h{h_a}-1worker", epochs, 2, h_a, workers=1,
-                                target=plain["target_psnr"], stop_at_target=True)
-        two = runs[(2, h_a)]
-        print(f"1 worker: target at round {one['target_round']}, {one['to_target_s']} s", flush=True)
+                runs[(n, h)] = r = collaborative_run(data, folder, name, epochs, n, h, workers=2)
+                print(f"  {name}: {len(r['rounds'])} rounds, final PSNR {r['final_psnr'] or float('nan'):.3f}, "
+                      f"{max(x['ended'] for x in r['reports']) - r['spawned']:.0f} s", flush=True)
+        print(f"  control (N=1, outer_lr 1, momentum 0): final PSNR {control['final_psnr'] or float('nan'):.3f}",
+              flush=True)
+        averaged: dict[tuple[int, int], dict] = {}
+        if args.averaging if args.averaging is not None else not args.quick:
+            for (n, h) in sorted(runs):
+                averaged[(n, h)] = r = collaborative_run(data, folder, f"n{n}-h{h}-avg", epochs, n, h, workers=2,
+                                                         outer_lr=1.0, outer_momentum=0.0)
+                print(f"  n{n}-h{h}, averaging: final PSNR {r['final_psnr'] or float('nan'):.3f}", flush=True)
+        # (a): the same run, with room (twice the epochs), by 1 and by 2 workers, each stopped at the target.
+        timed = {}
+        for workers in (1, 2):
+            timed[workers] = r = collaborative_run(data, folder, f"n2-h{hs[0]}-{workers}w", 2 * epochs, 2, hs[0],
+                                                   workers=workers, target=plain["target_psnr"], stop_at_target=True)
+            print(f"  {workers} worker(s): target at round {r['target_round']}, "
+                  f"{'-' if r['to_target_s'] is None else format(r['to_target_s'], '.1f')} s", flush=True)
         accounts = {key: accounting(r) for key, r in runs.items()}
         sizes = model_sizes()
         projections = {h: projection(accounts, h, h, sizes) for h in hs}
         if 500 not in hs:
             projections[500] = projection(accounts, hs[-1], 500, sizes)
-        report(plain, runs, one, two, accounts, projections, epochs, hs, time.time() - started, args.json)
+        report(plain, runs, averaged, control, timed, accounts, projections, epochs, hs, time.time() - started,
+               (load_before, os.getloadavg()), args.json)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def report(plain, runs, one, two, accounts, projections, epochs, hs, wall, json_path) -> None:
+def control_check(plain: dict, control: dict) -> tuple[float | None, int]:
+    """Returns the largest |PSNR difference| between the control's rounds and the plain run at the
+    same steps, and how many steps were compared."""
+    h = control["sync_every"]
+    diffs = []
+    for r in control["rounds"]:
+        step = min((r["round"] + 1) * h, control["steps_per_replica"])
+        if r["psnr"] is not None and str(step) in plain["curve"]:
+            diffs.append(abs(r["psnr"] - plain["curve"][str(step)]))
+    return (max(diffs) if diffs else None), len(diffs)
+
+
+def report(plain, runs, averaged, control, timed, accounts, projections, epochs, hs, wall, loads, json_path) -> None:
+    one, two = timed[1], timed[2]
     print()
-    print(f"(a) time to the plain run's PSNR at step S = {plain['S']} ({plain['target_psnr']:.3f} dB), "
-          f"replicas = 2, H = {two['sync_every']}")
+    print(f"(a) time to the plain run's PSNR at step S = {plain['S']} of {plain['steps']} ({plain['target_psnr']:.3f} dB): "
+          f"replicas = 2, H = {hs[0]}, up to {2 * epochs} epochs")
     print(f"    {'workers':>7}  {'round':>5}  {'from 1st claim':>14}  {'from start':>10}  {'ratio':>6}")
-    verdict_a = "n/a"
     for r in (one, two):
         t = r["to_target_s"]
-        ratio = (t / one["to_target_s"]) if (t is not None and one["to_target_s"]) else None
-        print(f"    {r['workers']:>7}  {str(r['target_round']):>5}  "
-              f"{'not reached' if t is None else f'{t:.1f} s':>14}  "
-              f"{'' if r['to_target_from_start_s'] is None else format(r['to_target_from_start_s'], '.1f') + ' s':>10}  "
-              f"{'' if ratio is None else f'{ratio:.2f}x':>6}")
+        ratio = t / one["to_target_s"] if t is not None and one["to_target_s"] else None
+        start = r["to_target_from_start_s"]
+        print(f"    {r['workers']:>7}  {str(r['target_round']):>5}  {'not reached' if t is None else f'{t:.1f} s':>14}  "
+              f"{'' if start is None else f'{start:.1f} s':>10}  {'' if ratio is None else f'{ratio:.2f}x':>6}")
+    t1, t2 = one["timing"], two["timing"]
+    ideal = None
+    if t1["unit_s"] and t1["outer_wait_s"] is not None:
+        ideal = (t1["unit_s"] + t1["outer_wait_s"]) / (2 * t1["unit_s"] + t1["outer_wait_s"])
+    fmt = lambda x: "-" if x is None else f"{x:.2f} s"  # noqa: E731
+    print(f"    per round (medians, store time): a unit {fmt(t1['unit_s'])} with 1 worker, {fmt(t2['unit_s'])} with 2; "
+          f"last done to outer {fmt(t1['outer_wait_s'])} / {fmt(t2['outer_wait_s'])}; a round {fmt(t1['round_s'])} / "
+          f"{fmt(t2['round_s'])}; claims lost {t1['claims_lost']} / {t2['claims_lost']}")
+    if ideal is not None:
+        print(f"    with the 1-worker unit time for both (no contention for the cores), 2 workers would take "
+              f"{ideal:.2f}x per round")
     if one["to_target_s"] and two["to_target_s"]:
         ratio = two["to_target_s"] / one["to_target_s"]
-        verdict_a = f"{'PASS' if ratio <= 0.6 else 'FAIL'}: 2 workers take {ratio:.2f}x the 1-worker time (target <= 0.6x)"
+        verdict_a = (f"{'PASS' if ratio <= 0.6 else 'FAIL'}: 2 workers take {ratio:.2f}x the 1-worker time "
+                     f"(target <= 0.6x; from the processes' start {two['to_target_from_start_s'] / one['to_target_from_start_s']:.2f}x)")
         if one["target_round"] != two["target_round"]:
-            verdict_a += f"; NOTE the runs reached it at different rounds ({one['target_round']} vs {two['target_round']})"
+            verdict_a += f"; NOTE: reached at different rounds ({one['target_round']} and {two['target_round']})"
     else:
-        verdict_a = "FAIL: the target was not reached" + ("" if two["to_target_s"] else " by the 2-worker run")
+        verdict_a = (f"FAIL: the target was not reached in {2 * epochs} epochs (best global PSNR "
+                     f"{max((x['psnr'] or 0) for x in two['rounds']):.3f} dB)")
     print()
-    print(f"(b) final validation PSNR after the plain run's samples ({epochs} epochs; plain {plain['final_psnr']:.3f} dB)")
-    print(f"    {'N':>2}  {'H':>4}  {'rounds':>6}  {'PSNR':>8}  {'diff':>7}")
+    print(f"(b) final validation PSNR after the plain run's samples ({epochs} epochs; plain: {plain['final_psnr']:.3f} dB, "
+          f"bicubic {plain['bicubic_psnr']:.3f})")
+    print(f"    {'N':>2}  {'H':>4}  {'rounds':>6}  {'PSNR':>8}  {'diff':>7}  global PSNR by round")
     worst = 0.0
     for (n, h), r in sorted(runs.items()):
         diff = None if r["final_psnr"] is None else r["final_psnr"] - plain["final_psnr"]
         worst = max(worst, abs(diff)) if diff is not None else float("inf")
-        print(f"    {n:>2}  {h:>4}  {len(r['rounds']):>6}  "
-              f"{'-' if r['final_psnr'] is None else format(r['final_psnr'], '.3f'):>8}  "
-              f"{'-' if diff is None else format(diff, '+.3f'):>7}")
-    verdict_b = f"{'PASS' if worst <= 0.1 else 'FAIL'}: the largest |difference| is {worst:.3f} dB (target <= 0.1 dB)"
+        trail = " ".join(f"{x['psnr']:.1f}" for x in r["rounds"] if x["psnr"] is not None)
+        print(f"    {n:>2}  {h:>4}  {len(r['rounds']):>6}  {'-' if r['final_psnr'] is None else format(r['final_psnr'], '.3f'):>8}  "
+              f"{'-' if diff is None else format(diff, '+.3f'):>7}  {trail}")
+    worst_avg = None
+    if averaged:
+        print("    the same runs with outer_lr 1 and no momentum (plain averaging of the replicas' weights):")
+        worst_avg = 0.0
+        for (n, h), r in sorted(averaged.items()):
+            diff = None if r["final_psnr"] is None else r["final_psnr"] - plain["final_psnr"]
+            worst_avg = max(worst_avg, abs(diff)) if diff is not None else float("inf")
+            trail = " ".join(f"{x['psnr']:.1f}" for x in r["rounds"] if x["psnr"] is not None)
+            print(f"    {n:>2}  {h:>4}  {len(r['rounds']):>6}  "
+                  f"{'-' if r['final_psnr'] is None else format(r['final_psnr'], '.3f'):>8}  "
+                  f"{'-' if diff is None else format(diff, '+.3f'):>7}  {trail}")
+    c_diff, c_points = control_check(plain, control)
+    print(f"    control: N = 1, H = {control['sync_every']}, outer_lr 1, momentum 0 (must equal the plain run): "
+          f"final {control['final_psnr'] or float('nan'):.3f} dB; largest |diff| from the plain run at the same step "
+          f"{'-' if c_diff is None else format(c_diff, '.4f')} dB over {c_points} steps")
+    verdict_b = (f"{'PASS' if worst <= 0.1 else 'FAIL'}: the largest |difference| is {worst:.3f} dB (target <= 0.1 dB; "
+                 f"outer_lr 0.7, Nesterov 0.9)" + ("" if worst_avg is None else
+                                                   f"; with plain averaging {worst_avg:.3f} dB"))
+    verdict_control = ("PASS" if c_diff is not None and c_diff <= 0.01 else "FAIL") + \
+        f": the one-replica control follows the plain run to {'-' if c_diff is None else format(c_diff, '.4f')} dB"
     print()
-    print("(c) bytes through the store per round (all workers), against synchronous data parallelism")
-    print(f"    {'N':>2}  {'H':>4}  {'exch. up':>10}  {'exch. down':>10}  {'other':>10}  {'per sample':>10}  "
-          f"{'sync DP':>10}  {'DiLoCo/DP':>9}  {'all/DP':>7}")
+    print("(c) bytes through the store per round (every worker's reads and writes), against synchronous data parallelism")
+    print(f"    {'N':>2}  {'H':>4}  {'exch. up':>10}  {'exch. down':>10}  {'other':>10}  {'all/sample':>10}  "
+          f"{'sync DP':>10}  {'exch./DP':>8}  {'all/DP':>7}  {'outer steps':>11}")
     for (n, h), a in sorted(accounts.items()):
         print(f"    {n:>2}  {h:>4}  {human_bytes(a['exchange_up']):>10}  {human_bytes(a['exchange_down']):>10}  "
               f"{human_bytes(a['other_bytes']):>10}  {human_bytes(a['all_bytes'] / a['samples_per_round']):>10}  "
-              f"{human_bytes(a['sync_dp']):>10}  {a['exchange'] / a['sync_dp']:>9.4f}  {a['all_bytes'] / a['sync_dp']:>7.4f}")
-    any_a = next(iter(accounts.values()))
-    print(f"    packed weights {human_bytes(any_a['packed_size'])}; exchange = changes + global weights + momentum "
-          f"(up: the rounds' rows say {human_bytes(any_a['uploads_from_rows'])} for N=2/H={hs[0]}); other = unit and "
-          f"global checkpoints (weights + Adam state), validation pictures, journal events")
+              f"{human_bytes(a['sync_dp']):>10}  {a['exchange'] / a['sync_dp']:>8.4f}  {a['all_bytes'] / a['sync_dp']:>7.4f}  "
+              f"{a['outer_steps_per_round']:>11.2f}")
+    first = accounts[min(accounts)]
+    print(f"    packed weights (train/outer.packed_size) {human_bytes(first['packed_size'])}; sync DP = 2 x N x H x that; "
+          f"exch. = changes, global weights, momentum (the rounds' rows: {human_bytes(first['uploads_from_rows'])} up per "
+          f"round at N=2, H={hs[0]}); other = unit and global checkpoints (weights + Adam state), validation pictures, "
+          f"journal events; outer steps = how many workers computed each round's (2 workers here)")
     print()
-    print("(d) store calls per round (all workers, polling apart), by kind, for N=2/4 at each H")
-    labels = sorted({l for a in accounts.values() for l in a["calls_by_kind"]})
+    print("(d) store calls per round (every worker, polling and heartbeats apart), by call and object")
     keys = sorted(accounts)
-    print("    " + f"{'call':<26}" + "".join(f"{f'N{n} H{h}':>10}" for n, h in keys))
+    labels = sorted({l for a in accounts.values() for l in a["calls_by_kind"]})
+    print("    " + f"{'call':<24}" + "".join(f"{f'N{n} H{h}':>10}" for n, h in keys))
     for label in labels:
-        print("    " + f"{label:<26}" + "".join(f"{accounts[k]['calls_by_kind'].get(label, 0):>10.1f}" for k in keys))
-    print("    " + f"{'total':<26}" + "".join(f"{accounts[k]['calls']:>10.1f}" for k in keys))
-    print("    " + f"{'per idle poll':<26}" + "".join(f"{accounts[k]['poll_calls_per_idle_loop']:>10.1f}" for k in keys))
-    print("    " + f"{'per heartbeat':<26}" + "".join(f"{accounts[k]['calls_per_heartbeat']:>10.1f}" for k in keys))
+        print("    " + f"{label:<24}" + "".join(f"{accounts[k]['calls_by_kind'].get(label, 0):>10.1f}" for k in keys))
+    switched = "".join(f"{str(accounts[k]['replica_switches']) + '/' + str(accounts[k]['units']):>10}" for k in keys)
+    print("    " + f"{'units on another replica':<24}" + switched)
+    for title, key in (("total", "calls"), ("  of one outer step", "outer_requests_each"),
+                       ("per idle poll", "poll_calls_per_idle_loop"), ("per heartbeat", "calls_per_heartbeat")):
+        print("    " + f"{title:<24}" + "".join("         -" if accounts[k][key] is None else f"{accounts[k][key]:>10.1f}"
+                                             for k in keys))
+    p0 = next(iter(projections.values()))
     print()
-    print(f"    projected to N = 8 T4 sessions on Drive (T4 step {next(iter(projections.values()))['t4_step_s'] * 1000:.1f} ms "
-          f"at batch {next(iter(projections.values()))['t4_batch']}, colab-t4.toml; rounds without overhead; polls every "
-          f"{DEFAULT_POLL_S:.0f} s, heartbeats every {DEFAULT_HEARTBEAT_S:.0f} s)")
-    print(f"    assumed Drive limits: {DRIVE['queries_per_minute_per_user']:,} queries/min/user, "
-          f"{DRIVE['queries_per_100s_per_project']:,} queries/100 s/project, "
-          f"{DRIVE['upload_bytes_per_day_per_user'] / 1e9:.0f} GB upload/day/user; 1 store call = 1 request")
+    print(f"    projected to N = 8 T4 sessions on Drive: a T4 step of {p0['t4_step_s'] * 1000:.1f} ms (batch {p0['t4_batch']}, "
+          f"configs/profiles/colab-t4.toml), rounds of H steps without overhead; polls every {DEFAULT_POLL_S:.0f} s and "
+          f"heartbeats every {DEFAULT_HEARTBEAT_S:.0f} s per session; calls per round fitted a + b*N")
+    print(f"    Drive limits assumed: {DRIVE['queries_per_minute_per_user']:,} queries per minute per user, "
+          f"{DRIVE['queries_per_100s_per_project']:,} per 100 s per project, "
+          f"{DRIVE['upload_bytes_per_day_per_user'] / 1e9:.0f} GB uploaded per day per user; one store call = one "
+          f"request (a listing one per 1,000 objects); every session counted as one user (the worst case)")
     verdicts_d = []
     for h, p in sorted(projections.items()):
-        print(f"    H = {h}: a round every {p['round_s']:.1f} s, {p['requests_per_round']:.0f} requests per round -> "
-              f"{p['requests_per_min_all']:,.0f}/min for all 8 ({p['requests_per_min_per_worker']:,.0f}/min per session, "
-              f"{p['requests_per_100s_all']:,.0f} per 100 s)" + ("" if p["measured_h"] == h else
-                                                                 f"  (calls and bytes per round as at H = {p['measured_h']})"))
-        for name, m in p["models"].items():
-            print(f"        {name:<10} {human_bytes(m['packed_size']):>9} weights: "
-                  f"{human_bytes(m['upload_per_round']):>9} up per round, {human_bytes(m['upload_per_day_all']):>9}/day "
-                  f"(sync DP would move {human_bytes(m['sync_dp_per_day'])}/day)")
-        worst_upload = max(m["upload_per_day_all"] for m in p["models"].values())
-        ok_user = p["requests_per_min_all"] <= DRIVE["queries_per_minute_per_user"]
-        ok_project = p["requests_per_100s_all"] <= DRIVE["queries_per_100s_per_project"]
-        ok_upload = worst_upload <= DRIVE["upload_bytes_per_day_per_user"]
-        verdicts_d.append(f"H={h}: {'PASS' if ok_user and ok_project and ok_upload else 'FAIL'} "
-                          f"(queries {p['requests_per_min_all']:,.0f}/min all sessions as one user "
-                          f"{'<=' if ok_user else '>'} 12,000; {p['requests_per_100s_all']:,.0f}/100 s "
-                          f"{'<=' if ok_project else '>'} 20,000 per project; upload "
-                          f"{human_bytes(worst_upload)}/day {'<=' if ok_upload else '>'} 750 GB, largest model)")
+        note = "" if p["measured_h"] == h else f" (calls and bytes per round as measured at H = {p['measured_h']})"
+        print(f"    H = {h}: a round every {p['round_s']:.1f} s{note}; with the default {DEFAULT_POLL_S:.0f} s polls "
+              f"about {p['polled_round_s']:.1f} s (the T4s busy {100 * p['busy_share_with_default_polls']:.0f}% of the time)")
+        for case, c in p["cases"].items():
+            print(f"        {case:<16} {c['requests_per_round']:>6.0f} requests/round -> {c['requests_per_min_all']:>8,.0f}/min "
+                  f"all sessions ({c['requests_per_min_per_session']:,.0f} per session), {c['requests_per_100s_all']:,.0f} per 100 s")
+        for name, mm in p["models"].items():
+            ups = mm["upload_per_day_all"]
+            print(f"        {name:<10} {human_bytes(mm['packed_size']):>9} weights: "
+                  + ", ".join(f"{human_bytes(v)}/day up ({case})" for case, v in ups.items())
+                  + f"; sync DP {human_bytes(mm['sync_dp_per_day'])}/day")
+        for case, c in p["cases"].items():
+            upload = max(mm["upload_per_day_all"][case] for mm in p["models"].values())
+            ok = (c["requests_per_min_all"] <= DRIVE["queries_per_minute_per_user"],
+                  c["requests_per_100s_all"] <= DRIVE["queries_per_100s_per_project"],
+                  upload <= DRIVE["upload_bytes_per_day_per_user"])
+            verdicts_d.append(f"H={h}, {case}: {'PASS' if all(ok) else 'FAIL'} ({c['requests_per_min_all']:,.0f} "
+                              f"requests/min {'<=' if ok[0] else '>'} 12,000/user; {c['requests_per_100s_all']:,.0f}/100 s "
+                              f"{'<=' if ok[1] else '>'} 20,000/project; {human_bytes(upload)}/day up "
+                              f"{'<=' if ok[2] else '>'} 750 GB/user, largest model)")
+    c = [a["exchange"] / a["sync_dp"] for a in accounts.values()]
+    alls = [a["all_bytes"] / a["sync_dp"] for a in accounts.values()]
     print()
     print(f"verdict (a): {verdict_a}")
     print(f"verdict (b): {verdict_b}")
-    c = [a["exchange"] / a["sync_dp"] for a in accounts.values()]
-    print(f"verdict (c): DiLoCo moves {min(c):.4f}x-{max(c):.4f}x the bytes of synchronous data parallelism "
-          f"(everything the rounds write and read: "
-          f"{min(a['all_bytes'] / a['sync_dp'] for a in accounts.values()):.4f}x-"
-          f"{max(a['all_bytes'] / a['sync_dp'] for a in accounts.values()):.4f}x)")
+    print(f"verdict (b) control: {verdict_control}")
+    print(f"verdict (c): the DiLoCo exchange is {min(c):.4f}x-{max(c):.4f}x the bytes of synchronous data parallelism; "
+          f"everything the rounds move {min(alls):.4f}x-{max(alls):.4f}x")
     for v in verdicts_d:
         print(f"verdict (d): {v}")
-    print(f"(the benchmark took {wall:.0f} s)")
+    print(f"(the benchmark took {wall:.0f} s; load average {loads[0][0]:.2f} before, {loads[1][0]:.2f} after)")
     if json_path:
         strip = lambda r: {k: v for k, v in r.items() if k != "reports"}  # noqa: E731
         json_path.write_text(json.dumps({
             "settings": {"model": MODEL, "epochs": epochs, "sync_every": hs, "train_images": TRAIN_IMAGES,
                          "validation_images": VALIDATION_IMAGES, "image_size": IMAGE_SIZE, "worker": FAST,
-                         "threads": THREAD_ENV, "drive_limits": DRIVE},
-            "plain": strip(plain), "a": {"one_worker": strip(one), "two_workers": strip(two), "verdict": verdict_a},
-            "b": {f"n{n}-h{h}": strip(r) for (n, h), r in runs.items()} | {"verdict": verdict_b},
+                         "threads": THREAD_ENV, "drive_limits": DRIVE, "load_average": loads},
+            "plain": strip(plain),
+            "a": {"one_worker": strip(one), "two_workers": strip(two), "verdict": verdict_a},
+            "b": {**{f"n{n}-h{h}": strip(r) for (n, h), r in runs.items()},
+                  **{f"n{n}-h{h}-averaging": strip(r) for (n, h), r in averaged.items()}, "control": strip(control),
+                  "control_max_diff_db": c_diff, "verdict": verdict_b, "verdict_control": verdict_control},
             "c_d": {f"n{n}-h{h}": a for (n, h), a in accounts.items()},
             "projection": {str(h): p for h, p in projections.items()}, "verdict_d": verdicts_d,
             "seconds": wall}, indent=1, default=str))

@@ -28,7 +28,8 @@ from shardrun import paths
 from shardrun.clock import Clock, SystemClock
 from shardrun.storage.base import Store
 
-KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave", "close", "outer")
+KINDS = ("plan", "claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "leave", "close", "outer",
+         "reject")
 READ_THREADS = 8  # reading many small objects is latency-bound (Drive), not CPU-bound
 
 # The bucketed layout's two tolerances (docs/worker.md): an object's bucket must lie within SKEW_S
@@ -96,7 +97,7 @@ class Event:
 
 # -- what a well-formed event is -----------------------------------------------------------------
 
-CHUNK_KINDS = ("claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire")
+CHUNK_KINDS = ("claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "reject")
 # A collaborative run's round events name the run and the round (in `chunk`): docs/collaborative.md.
 ROUND_KINDS = ("close", "outer")
 

@@ -173,8 +173,18 @@ class Rounds:
         replicas = json.loads(row["replicas"])
         with w._lock:
             units = {c["replica"]: c for c in w.ledger.chunks(run) if c["round"] == round_}
-        changes = [self._get(units[i]["change_key"], units[i]["change_sha256"], units[i]["change_md5"],
-                             f"replica {i}'s change in round {round_}") for i in replicas]
+        changes, unreadable = [], []
+        for i in replicas:
+            try:
+                changes.append(self._get(units[i]["change_key"], units[i]["change_sha256"], units[i]["change_md5"],
+                                         f"replica {i}'s change in round {round_}"))
+            except RoundError as e:
+                unreadable.append((units[i], str(e)))
+        if unreadable:
+            for unit, reason in unreadable:  # the unit hands in its change again; the round waits for it
+                log.warning("run %s: %s; replica %d trains its round's end again", run, reason, unit["replica"])
+                w._write("reject", run, unit["idx"], unit["generation"], reason=reason)
+            return
         weights, momentum = outer_step(self.start_weights(run, round_), self._momentum(run, round_), changes,
                                        OuterSettings(collab["outer_lr"], collab["outer_momentum"]))
         name = lambda kind, arrays: paths.round_object_key(  # noqa: E731

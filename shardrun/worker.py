@@ -547,6 +547,7 @@ class Worker:
         trainer = self._trainers.get(trainer_key) or fresh_trainer()
         expected_total = self.ledger.run(run)["steps_total"]
         reason = None
+        self._unit_end = None
         if unit:
             try:
                 trainer, restore_notices = self._start_unit(trainer, fresh_trainer, run, chunk)
@@ -649,6 +650,8 @@ class Worker:
                 notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
         if result.reason == "target":
+            if unit and "key" not in final and self._unit_end is not None:
+                final.update(self._unit_end)  # no step trained: the unit ends on the checkpoint it started from
             if unit:  # the round's change goes up before `done` names it
                 final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
             self._write("done", run, idx, generation, **{**self.identity(), **final})
@@ -858,6 +861,8 @@ class Worker:
         own, earlier = self.rounds.resume_candidates(run, chunk)
         restored, notices = self._restore_from(trainer, own)
         if restored:
+            if restored["step"] == chunk["end_step"]:  # handing in again: the round's end is trained
+                self._unit_end = {"key": restored["key"], "md5": restored["md5"], "step": restored["step"]}
             return trainer, notices
         restored, more = self._restore_from(trainer, earlier)
         notices += more
@@ -866,8 +871,9 @@ class Worker:
         self.rounds.begin_round(trainer, run, chunk)
         return trainer, notices
 
-    def _restore_from(self, trainer, candidates: list[dict]) -> tuple[bool, list[str]]:
-        """Restores the first usable of `candidates` (checkpoint rows, newest first)."""
+    def _restore_from(self, trainer, candidates: list[dict]) -> tuple[dict | None, list[str]]:
+        """Restores the first usable of `candidates` (checkpoint rows, newest first); returns it
+        (None when none was), and the notices."""
         from shardrun.train.checkpoint import CheckpointError
 
         notices: list[str] = []
@@ -882,8 +888,8 @@ class Worker:
                 log.warning(notices[-1])
                 continue
             notices += list(result.notices)
-            return True, notices
-        return False, notices
+            return ckpt, notices
+        return None, notices
 
     # -- the live display (on_update): reports only, never a write or a wait --
 

@@ -212,3 +212,30 @@ def test_export_takes_the_global_network_of_a_round(together, tmp_path):
     described = json.loads((tmp_path / "c.model.json").read_text())
     assert described["checkpoint"]["step"] == 6
     assert described["validation"]["psnr"] == json.loads(last["validation"])["psnr"]
+
+
+def test_a_damaged_change_is_handed_in_again_and_the_result_is_unchanged(together, tmp_path):
+    reference_job = tmp_path / "reference"
+    shutil.copytree(together.base_dir, reference_job)
+    from shardrun.config.job import load_job
+
+    reference = load_job(reference_job / "job.toml")
+    assert worker(reference).run() == "finished"
+    expected = [r["weights_sha256"] for r in fold_journal(reference, tmp_path / "ref.db").rounds("c")]
+
+    # A worker trains round 0's three units but stops before the outer step; then a replica's
+    # change is damaged on the store.
+    first = worker(together)
+    assert first.run(max_chunks=3) == "max-chunks"
+    ledger = fold_journal(together, tmp_path / "mid.db")
+    assert ledger.rounds("c")[0]["state"] == "closed"
+    damaged = ledger.chunks("c")[1]
+    store = home_store(together)
+    store.put_bytes(damaged["change_key"], b"SRARR1\n" + b"\0" * 40)
+    second = worker(together, account="bob")
+    assert second.run() == "finished"
+    ledger = fold_journal(together, tmp_path / "check.db")
+    unit = ledger.chunks("c")[1]
+    assert unit["generation"] == 1 and unit["change_key"] != damaged["change_key"]
+    assert "cannot be read" in unit["last_error"] and ledger.bad_events() == []
+    assert [r["weights_sha256"] for r in ledger.rounds("c")] == expected

@@ -358,3 +358,20 @@ class Fold:
             self._set_round(nxt, state="open", opened_time=event.server_time)
             self.conn.execute("UPDATE chunks SET state = 'ready' WHERE run = ? AND round = ? AND state = 'waiting'",
                               (row["run"], row["round"] + 1))
+
+    def _on_reject(self, event: Event) -> None:
+        # A worker could not read a unit's change (missing, or failing its sha256) for the outer
+        # step: the unit trains again at its next generation (from its final checkpoint: a change
+        # recomputed at once), and its round waits for it again. It is never part of a result.
+        unit = self._chunk(event)
+        if not unit or unit["round"] is None or unit["state"] != "done" or unit["generation"] != event.generation:
+            return
+        row = self._round(unit["run"], unit["round"])
+        if row is None or row["state"] != "closed":
+            return
+        self._update(unit, state="ready", generation=unit["generation"] + 1, owner=None, claim_time=None,
+                     change_key=None, change_sha256=None, change_md5=None, change_size=None,
+                     last_error=str(event.payload.get("reason", "its change could not be read")))
+        self._set_round(row, state="open", closed_time=None, closed_by=None, replicas=None, change_bytes=None)
+        self.conn.execute("UPDATE chunks SET state = 'ready', generation = generation + 1 WHERE run = ? AND round = ? "
+                          "AND state = 'dropped'", (row["run"], row["round"]))
