@@ -149,7 +149,7 @@ class Rounds:
                 continue
             if row["state"] == "open":
                 now = w.server_now()
-                waited = None if now is None else now - row["opened_time"]
+                waited = None if now is None or row["started_time"] is None else now - row["started_time"]
                 if waited is not None and waited >= collab["round_timeout_minutes"] * 60:
                     with w._lock:
                         done = w.ledger.db.execute("SELECT COUNT(*) FROM chunks WHERE run = ? AND round = ? "

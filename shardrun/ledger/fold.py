@@ -198,6 +198,9 @@ class Fold:
         if chunk and chunk["state"] == "ready" and chunk["generation"] == event.generation:
             self._update(chunk, state="running", owner=event.worker, claim_time=event.server_time,
                          heartbeat_time=event.server_time, attempts=chunk["attempts"] + 1)
+            if chunk["round"] is not None:  # a round's timeout runs from its first claim
+                self.conn.execute("UPDATE rounds SET started_time = ? WHERE run = ? AND round = ? "
+                                  "AND started_time IS NULL", (event.server_time, chunk["run"], chunk["round"]))
             self.summary.claimed(event, {**chunk, "generation": event.generation})
 
     def _on_heartbeat(self, event: Event) -> None:
@@ -326,12 +329,14 @@ class Fold:
 
     def _on_close(self, event: Event) -> None:
         # Any worker may close a round that waited past round_timeout (the store's time of this
-        # very event against the round's opening) with at least min_replicas changes in.
+        # very event against the round's first claim: a round nobody worked on has not waited)
+        # with at least min_replicas changes in.
         row, collab = self._round(event.run, event.chunk), self._collaborative_of(event.run or "")
         if not row or not collab or row["state"] != "open":
             return
         done = self._units_done(row["run"], row["round"])
-        if (event.server_time - row["opened_time"] >= collab["round_timeout_minutes"] * 60
+        if (row["started_time"] is not None
+                and event.server_time - row["started_time"] >= collab["round_timeout_minutes"] * 60
                 and len(done) >= collab["min_replicas"]):
             self._close(row, event, done, "timeout")
 

@@ -336,7 +336,9 @@ def collaborative_figures(record: dict, rounds: list[dict], units: list[dict], a
                    "start_step": members[0]["start_step"] if members else None,
                    "end_step": members[0]["end_step"] if members else None,
                    "opened_at": iso_time(opened), "open_seconds": open_seconds,
-                   "timeout_at": None if opened is None or timeout is None else iso_time(opened + timeout * 60),
+                   # the timeout runs from the round's first claim (ledger/fold.py, _on_close)
+                   "timeout_at": None if current_row.get("started_time") is None or timeout is None
+                   else iso_time(current_row["started_time"] + timeout * 60),
                    "changes_in": len(done_times), "closed_by": current_row["closed_by"],
                    "replicas": replicas, "stragglers": stragglers}
     history = []

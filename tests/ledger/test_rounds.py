@@ -111,8 +111,8 @@ def test_a_done_without_its_change_and_a_fenced_workers_done_are_ignored():
 def test_a_round_past_its_timeout_closes_with_min_replicas_and_drops_the_late_one():
     start = [plan(min_replicas=2), ev("claim", 1.0, "w1", 0), ev("claim", 1.1, "w2", 1), ev("claim", 1.2, "w3", 2),
              done(5.0, 0, "w1"), done(6.0, 1, "w2")]
-    timeout = TIMEOUT_MIN * 60
-    assert round_row(fold(start + [ev("close", timeout - 1, "w1", 0)]), 0)["state"] == "open"  # too early
+    timeout = TIMEOUT_MIN * 60 + 1.0  # from the round's first claim
+    assert round_row(fold(start + [ev("close", timeout - 0.1, "w1", 0)]), 0)["state"] == "open"  # too early
     ledger = fold(start + [ev("close", timeout, "w1", 0)])
     r0 = round_row(ledger, 0)
     assert (r0["state"], r0["closed_by"], json.loads(r0["replicas"]), r0["closed_time"]) == (
@@ -123,6 +123,16 @@ def test_a_round_past_its_timeout_closes_with_min_replicas_and_drops_the_late_on
     ledger = fold(start + [ev("close", timeout, "w1", 0), done(timeout + 1, 2, "w3"), outer(timeout + 2, 0, [0, 1])])
     assert ledger.chunks("c")[2]["state"] == "dropped" and round_row(ledger, 0)["state"] == "done"
     assert [c["state"] for c in ledger.chunks("c")][3:6] == ["ready"] * 3  # it starts again next round
+
+
+def test_a_round_nobody_worked_on_has_not_waited():
+    # Planned a day before anyone starts: the timeout runs from the round's first claim.
+    day = 86_400.0
+    events = [plan(min_replicas=2), ev("claim", day, "w1", 0), ev("claim", day + 1, "w2", 1),
+              done(day + 5, 0, "w1"), done(day + 6, 1, "w2"), ev("close", day + 7, "w1", 0)]
+    assert round_row(fold(events), 0)["state"] == "open"
+    closed = fold(events + [ev("close", day + TIMEOUT_MIN * 60, "w1", 0)])
+    assert (round_row(closed, 0)["state"], json.loads(round_row(closed, 0)["replicas"])) == ("closed", [0, 1])
 
 
 def test_a_round_below_min_replicas_waits_past_its_timeout():

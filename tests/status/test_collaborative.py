@@ -88,10 +88,10 @@ def known_events() -> list[Event]:
         ev(10, "claim", "w1", 0), ev(12, "claim", "w2", 1), ev(14, "claim", "w3", 2),
         done(100, "w1", 0, 100), done(110, "w2", 1, 110), done(120, "w3", 2, 120),
         outer(130, "w1", 0, [0, 1, 2], 1000, 2500, 30.0),
-        ev(140, "claim", "w1", 3), ev(142, "claim", "w2", 4), ev(144, "claim", "w3", 5),
+        ev(131, "claim", "w1", 3), ev(132, "claim", "w2", 4), ev(133, "claim", "w3", 5),
         ev(200, "heartbeat", "w3", 5, step=13, loss=0.2, patches_per_second=8.0, steps_per_second=1.0),
         done(240, "w1", 3, 101), done(250, "w2", 4, 111),
-        ev(130 + TIMEOUT_MIN * 60, "close", "w1", 1),
+        ev(131 + TIMEOUT_MIN * 60, "close", "w1", 1),  # the timeout runs from the round's first claim
         outer(1940, "w2", 1, [0, 1], 1001, 2501, 31.0),
         ev(1950, "claim", "w1", 6), ev(1952, "claim", "w2", 7), ev(1960, "claim", "w4", 8),
         ev(2040, "heartbeat", "w2", 7, step=27, loss=0.1, patches_per_second=8.0, steps_per_second=1.0),
@@ -131,7 +131,7 @@ def test_a_collaborative_runs_rounds_replicas_and_stragglers(known_status):
     assert (cur["round"], cur["state"], cur["start_step"], cur["end_step"], cur["changes_in"]) == (2, "open", 20, 30, 1)
     assert cur["opened_at"] == "2027-01-15T08:32:20+00:00"  # T0 + 1940, the outer step of round 1
     assert cur["open_seconds"] == pytest.approx(2070 - 1940)  # as of the journal's latest event
-    assert cur["timeout_at"] == "2027-01-15T09:02:20+00:00"
+    assert cur["timeout_at"] == "2027-01-15T09:02:30+00:00"  # T0 + 1950 (its first claim) + 30 min
     assert [(r["replica"], r["worker"], r["state"], r["step"], r["round_steps_done"], r["straggler"])
             for r in cur["replicas"]] == [(0, "w1", "done", 30, 10, False), (1, "w2", "running", 28, 8, True),
                                           (2, "w4", "running", 24, 4, True)]
