@@ -156,9 +156,9 @@ def test_every_reader_agrees_on_the_rounds_whatever_order_it_reads_them_in():
     timeout = TIMEOUT_MIN * 60
     events = [plan(min_replicas=2)] + trained_round(0, 1.0) + [outer(9.0, 0, [0, 1, 2]), outer(9.2, 0, [0, 1, 2], "w2")]
     events += [ev("claim", 10.0, "w1", 3), ev("claim", 10.1, "w2", 4), ev("claim", 10.2, "w3", 5),
-               done(15.0, 3, "w1"), done(16.0, 4, "w2"), ev("close", 9.0 + timeout, "w2", 1),
-               done(9.0 + timeout + 1, 5, "w3"), outer(9.0 + timeout + 2, 1, [0, 1], "w3"),
-               ev("close", 9.0 + timeout + 3, "w1", 1)]
+               done(15.0, 3, "w1"), done(16.0, 4, "w2"), ev("close", 10.0 + timeout, "w2", 1),
+               done(10.0 + timeout + 1, 5, "w3"), outer(10.0 + timeout + 2, 1, [0, 1], "w3"),
+               ev("close", 10.0 + timeout + 3, "w1", 1)]
     reference = fold(events).dump()
     assert [r[2] for r in sorted(reference["rounds"])][:2] == ["done", "done"]
     rng = random.Random(5)
