@@ -143,6 +143,10 @@ class Rounds:
         w = self.worker
         with w._lock:
             rounds = list(w.ledger.db.query("SELECT * FROM rounds WHERE state IN ('open', 'closed') ORDER BY run, round"))
+        # Whoever handed in a round's last change (or closed it) computes its outer step at once;
+        # the others only when it is still missing a while later (that worker may have died), so
+        # a round is rarely stepped twice (a second copy is harmless: the same bytes, refused).
+        grace = 2 * w.heartbeat_interval()
         for row in rounds:
             collab = w.ledger.collaborative(row["run"])
             if collab is None:
@@ -159,12 +163,29 @@ class Rounds:
                                  row["run"], row["round"], waited / 60, done, collab["replicas"])
                         w._write("close", row["run"], row["round"], 0)
                         wrote = True
-                continue
+                        row = self._round(row["run"], row["round"])
+                if row["state"] != "closed":
+                    continue
+            elif not self._closed_by_us(row):
+                now = w.server_now()
+                if now is not None and now - row["closed_time"] < grace:
+                    continue
             self.outer(row, collab, trainer_for(row["run"]))
             wrote = True
         if wrote:
             w.sync()
         return wrote
+
+    def _closed_by_us(self, row: dict) -> bool:
+        """True when this worker's event closed the round: its last change, or its `close`."""
+        with self.worker._lock:
+            last = self.worker.ledger.db.execute(
+                "SELECT owner FROM chunks WHERE run = ? AND round = ? AND state = 'done' AND done_time = ?",
+                [row["run"], row["round"], row["closed_time"]]).fetchone()
+            closer = self.worker.ledger.db.execute(
+                "SELECT worker FROM events WHERE kind = 'close' AND run = ? AND chunk = ? AND server_time = ?",
+                [row["run"], row["round"], row["closed_time"]]).fetchone()
+        return self.worker.id in {last and last[0], closer and closer[0]}
 
     def outer(self, row: dict, collab: dict, trainer) -> None:
         """Computes round `row`'s outer step from the changes it closed with, publishes the new

@@ -79,6 +79,10 @@ class WorkerSettings:
     checkpoint_floor_seconds: float = 60.0
     checkpoint_steps: int | None = None
     poll_seconds: float = 30.0  # when every ready chunk is taken, look again after this
+    # ... or after this when a collaborative round this worker trained in waits for the others:
+    # the next round opens when the last change is in, and a replica that waits a whole poll
+    # for it loses that time every round.
+    round_poll_seconds: float = 5.0
     min_upload_margin_s: float = 30.0  # kept back before the deadline for the last upload, at least
     deterministic: bool = True  # TensorFlow op determinism: exact resume, some speed on a GPU
     # Validation at each checkpoint: PSNR/SSIM against bicubic on this many images drawn evenly
@@ -311,6 +315,7 @@ class Worker:
         self._server_offset: float | None = None  # store time minus this machine's time
         self._verified_shards: set[str] = set()
         self._sources: dict[tuple[str, ...] | None, object] = {}  # shard ids (None: all) -> image source
+        self._holds: dict[tuple[str, int], str] = {}  # (run, replica) -> the final checkpoint its trainer holds
         self.rounds = Rounds(self)
         self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
         self._upload_bps: float | None = None
@@ -371,7 +376,7 @@ class Worker:
         plan_id = plan["id"] if plan else None
         if getattr(self, "_plan_id", plan_id) != plan_id:
             log.info("the job was planned again (%s); dropping cached data and trainers", plan_id)
-            self._sources, self._trainers, self._validation = {}, {}, None
+            self._sources, self._trainers, self._validation, self._holds = {}, {}, None, {}
             self._verified_shards = set()
             self.rounds.forget()
         self._plan_id = plan_id
@@ -455,8 +460,11 @@ class Worker:
         ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed]
         if not ready:
             return "idle"
-        # Different workers prefer different runs (and replicas), so simultaneous claims rarely collide.
-        ready.sort(key=lambda c: hashlib.sha256(f"{self.id}/{c['run']}/{c['replica']}".encode()).hexdigest())
+        # A worker keeps to the replicas it trains (their shards, trainer and optimiser state are
+        # here); otherwise different workers prefer different runs and replicas, so simultaneous
+        # claims rarely collide.
+        ready.sort(key=lambda c: ((c["run"], c["replica"]) not in self._trainers,
+                                  hashlib.sha256(f"{self.id}/{c['run']}/{c['replica']}".encode()).hexdigest()))
         chunk = ready[0]
         # Shards are fetched before claiming: a claim's lease runs from the claim, and downloading
         # gigabytes from Drive can take longer than the lease.
@@ -499,7 +507,21 @@ class Worker:
                 return result
             if result == "idle":
                 self._tell(activity="waiting", run=None, chunk=None, step=None, end_step=None)
-                self.clock.sleep(self.settings.poll_seconds)
+                self.clock.sleep(min(self.settings.poll_seconds, self.settings.round_poll_seconds)
+                                 if self._awaits_round() else self.settings.poll_seconds)
+
+    def _owns_done(self, chunk: dict, key: str | None) -> bool:
+        with self._lock:
+            now = self.ledger.chunk(chunk["run"], chunk["idx"])
+        return now is not None and now["state"] == "done" and key is not None and now["checkpoint_key"] == key
+
+    def _awaits_round(self) -> bool:
+        """True when a collaborative round is open or closed (its outer step to come) in a run this
+        worker trains: the next round's units are ready soon."""
+        trained = {key[0] for key in self._trainers if isinstance(key, tuple)}
+        with self._lock:
+            return any(self.ledger.db.execute("SELECT 1 FROM rounds WHERE run = ? AND state IN ('open', 'closed')",
+                                              [run]).fetchone() for run in trained)
 
     def _owns(self, chunk: dict) -> bool:
         with self._lock:
@@ -595,7 +617,9 @@ class Worker:
             figures = {"key": key, "md5": stat.md5, "step": info.step, "loss": info.loss,
                        "learning_rate": trainer.learning_rate_at(info.step),
                        **self._rates(info.patches_per_second, config.batch_size), **self.identity()}
-            validation = self._validate(trainer, run, idx, generation, info.step)
+            # A replica's own weights are never the product: the round's outer step validates the
+            # global network instead.
+            validation = None if unit else self._validate(trainer, run, idx, generation, info.step)
             if validation is not None:
                 figures["validation"] = validation
             if info.final:
@@ -655,6 +679,8 @@ class Worker:
             if unit:  # the round's change goes up before `done` names it
                 final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
             self._write("done", run, idx, generation, **{**self.identity(), **final})
+            if unit and self._owns_done(chunk, final.get("key")):
+                self._holds[(run, chunk["replica"])] = final["key"]
             result_name = "done"
         else:
             self._write("yield", run, idx, generation, reason=f"{result.reason} at step {trainer.step}",
@@ -858,14 +884,21 @@ class Worker:
         own newest usable checkpoint (a resume mid-round); else the round's global weights at the
         round's first step, with the optimiser state of the replica's last round (or a fresh one).
         Starting a round over is as exact as resuming it: the unit trains the same steps again."""
+        held = self._holds.pop((run, chunk["replica"]), None)  # the trainer is about to change
         own, earlier = self.rounds.resume_candidates(run, chunk)
         restored, notices = self._restore_from(trainer, own)
         if restored:
             if restored["step"] == chunk["end_step"]:  # handing in again: the round's end is trained
                 self._unit_end = {"key": restored["key"], "md5": restored["md5"], "step": restored["step"]}
             return trainer, notices
-        restored, more = self._restore_from(trainer, earlier)
-        notices += more
+        if earlier and held == earlier[0]["key"]:
+            # This trainer wrote that checkpoint and trained nothing since: its optimiser state is
+            # the checkpoint's (an outer step here sets only its weights and step, which the round
+            # sets again below), so it is not downloaded again.
+            restored = earlier[0]
+        else:
+            restored, more = self._restore_from(trainer, earlier)
+            notices += more
         if not restored:
             trainer = fresh_trainer()
         self.rounds.begin_round(trainer, run, chunk)

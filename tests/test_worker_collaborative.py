@@ -239,3 +239,26 @@ def test_a_damaged_change_is_handed_in_again_and_the_result_is_unchanged(togethe
     assert unit["generation"] == 1 and unit["change_key"] != damaged["change_key"]
     assert "cannot be read" in unit["last_error"] and ledger.bad_events() == []
     assert [r["weights_sha256"] for r in ledger.rounds("c")] == expected
+
+
+def test_the_worker_that_closes_a_round_steps_it_and_keeps_its_replicas_state(together, tmp_path):
+    a = worker(together, heartbeat_seconds=10.0)  # another worker waits 2 heartbeats for the closer
+    b = worker(together, account="bob", heartbeat_seconds=10.0)
+    assert a.run(max_chunks=2) == "max-chunks"
+    assert b.run(max_chunks=1) == "max-chunks"  # its change closes round 0
+    trained_by_a = {o.replica for o in a.outcomes}
+    assert len(trained_by_a) == 2 and {o.replica for o in b.outcomes} == {0, 1, 2} - trained_by_a
+    assert a.loop() == "idle"  # round 0 is closed, but its closer computes the outer step
+    assert b.loop() == "trained"
+    ledger = fold_journal(together, tmp_path / "check.db")
+    (outer,) = [e for e in ledger.db.query("SELECT worker FROM events WHERE kind = 'outer'")]
+    assert outer["worker"] == b.id and ledger.rounds("c")[0]["state"] == "done"
+    # Each keeps to its replicas, and starts their next rounds from the state it holds: no
+    # checkpoint is downloaded to start a round.
+    a.run(max_chunks=4)
+    assert {o.replica for o in a.outcomes[2:]} == trained_by_a
+    assert not (a.job.cache_dir / "restore").exists() or not any((a.job.cache_dir / "restore").iterdir())
+    # The run's validation in status is the global network's (the rounds' outer steps).
+    ledger = fold_journal(together, tmp_path / "later.db")
+    metrics = ledger.run_metrics()["c"]
+    assert metrics["psnr"] == json.loads(ledger.rounds("c")[metrics["val_step"] // 2 - 1]["validation"])["psnr"]

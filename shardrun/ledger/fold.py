@@ -358,6 +358,10 @@ class Fold:
                         momentum_size=momentum["size"],
                         validation=None if validation is None else json.dumps(validation, sort_keys=True),
                         checkpoint_key=checkpoint.get("key"), checkpoint_md5=checkpoint.get("md5"))
+        step = p.get("step")
+        if validation is not None and isinstance(step, int) and not isinstance(step, bool):
+            # The run's validation is its global network's (replicas validate nothing of their own).
+            self.summary.progress(event, {"run": row["run"], "idx": None, "generation": None}, step, checkpoint=False)
         nxt = self._round(row["run"], row["round"] + 1)
         if nxt and nxt["state"] == "waiting":
             self._set_round(nxt, state="open", opened_time=event.server_time)
