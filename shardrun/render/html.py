@@ -102,18 +102,25 @@ def _loss_plot(status: dict) -> str:
     return _svg(fig)
 
 
+def _psnr_lines(ax, series, marker: str) -> bool:
+    """Draws each run's PSNR (solid) and bicubic's (dashed) against x; `series` holds, per run,
+    its name and its (x, psnr, bicubic) points; returns whether anything was drawn."""
+    drawn = False
+    for i, (name, points) in enumerate(series):
+        if points:
+            xs, psnr, bicubic = zip(*points)
+            colour = PALETTE[i % len(PALETTE)]
+            ax.plot(xs, psnr, color=colour, label=name, linewidth=1.4, marker=marker if len(xs) < 40 else None)
+            ax.plot(xs, bicubic, color=colour, linestyle="--", linewidth=1, alpha=0.7)
+            drawn = True
+    return drawn
+
+
 def _psnr_plot(status: dict) -> str:
     fig, ax = _figure("Validation PSNR on luma (dashed: bicubic)")
-    drawn = False
-    for i, run in enumerate(status["runs"]):
-        points = [(h["step"], h["psnr"], h["bicubic_psnr"]) for h in run["history"] if h["psnr"] is not None]
-        if points:
-            steps, psnr, bicubic = zip(*points)
-            colour = PALETTE[i % len(PALETTE)]
-            ax.plot(steps, psnr, color=colour, label=run["name"], linewidth=1.4, marker="." if len(steps) < 40 else None)
-            ax.plot(steps, bicubic, color=colour, linestyle="--", linewidth=1, alpha=0.7)
-            drawn = True
-    if drawn:
+    series = [(run["name"], [(h["step"], h["psnr"], h["bicubic_psnr"]) for h in run["history"] if h["psnr"] is not None])
+              for run in status["runs"]]
+    if _psnr_lines(ax, series, "."):
         ax.set_xlabel("step")
         ax.set_ylabel("PSNR (dB)")
         ax.legend(fontsize=9)
@@ -129,17 +136,9 @@ def collaborative_runs(status: dict) -> list[dict]:
 def _rounds_plot(status: dict) -> str:
     """Returns the plot of each collaborative run's global model's validation PSNR per round."""
     fig, ax = _figure("Collaborative runs: the global model's validation PSNR per round (dashed: bicubic)")
-    drawn = False
-    for i, run in enumerate(collaborative_runs(status)):
-        points = [(h["round"], h["psnr"], h["bicubic_psnr"]) for h in run["collaborative"]["history"]
-                  if h["psnr"] is not None]
-        if points:
-            rounds, psnr, bicubic = zip(*points)
-            colour = PALETTE[i % len(PALETTE)]
-            ax.plot(rounds, psnr, color=colour, label=run["name"], linewidth=1.4, marker="o" if len(rounds) < 40 else None)
-            ax.plot(rounds, bicubic, color=colour, linestyle="--", linewidth=1, alpha=0.7)
-            drawn = True
-    if drawn:
+    series = [(run["name"], [(h["round"], h["psnr"], h["bicubic_psnr"]) for h in run["collaborative"]["history"]
+                             if h["psnr"] is not None]) for run in collaborative_runs(status)]
+    if _psnr_lines(ax, series, "o"):
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
