@@ -38,6 +38,12 @@ up to the plain run's. One model (ESPCN, x2, luma, patch 24, 8 patches per image
    processes. The outer step keeps the defaults (outer_lr 0.7, Nesterov momentum 0.9); without
    --quick the same four runs are trained again with outer_lr 1 and no momentum (plain averaging
    of the replicas' weights), shown beside them (--averaging / --no-averaging).
+   Warm start (as DiLoCo starts its replicas from a synchronously pre-trained model): the plain
+   run's accepted checkpoint after its first share of the samples (--warm-share, default 0.25:
+   step S_total/4), written as a Keras 2 HDF5 weights file, is the `init` of collaborative runs
+   of the remaining samples ((1 - share) x E epochs per replica; N = 2 and 4, the same H, capped
+   at the replica's steps, default outer settings); their final PSNR minus the plain run's final
+   (the same total samples) is shown beside the cold-start figures (--warm-share 0: none).
 (c) Bytes through the store per round and per training sample: the DiLoCo exchange (N changes up,
    the global weights and outer momentum up, the changes, the momentum and the global weights
    read back) as counted by the workers, and everything else a round moves (unit and global
@@ -45,23 +51,24 @@ up to the plain run's. One model (ESPCN, x2, luma, patch 24, 8 patches per image
    would send: every step, each replica's gradient up and the averaged gradient down
    (2 x N x H x packed_size per round, train/outer.packed_size of the weights).
 (d) Store API calls per round (the workers' calls outside polling, split by kind), per idle poll
-   and per heartbeat; how many workers computed each round's outer step (any worker that syncs
-   between a round's close and its `outer` event computes it too); how many units a worker
+   and per heartbeat; how many workers computed each round's outer step (the worker that closes
+   a round computes it; the others wait 2 heartbeats before computing it too); how many units a worker
    trained on another replica than its previous unit's (it then restores that replica's
    checkpoint and needs its part's shards). Then (c) and (d) projected to N = 8 T4 sessions on
    Google Drive: a T4 step of batch_size / patches_per_second of configs/profiles/colab-t4.toml
    (64 / 2500 = 25.6 ms for every model: input-bound), rounds of H steps with no overhead (the
    fastest rounds: the most calls and bytes per minute), calls and bytes per round fitted as
    a + b*N from the N = 2 and 4 runs, with the outer step computed once per round (best case) and
-   by all 8 sessions (worst case), polling at the worker's default 30 s and heartbeats at its
-   default 2 min (and the round length those 30 s polls give). Checked against Drive's limits as
+   by all 8 sessions (worst case), polling every 5 s throughout (round_poll_seconds, the polls of
+   a worker whose round waits: an upper bound, idle workers otherwise poll every 30 s) and
+   heartbeats at the default 2 min (and the round length those 5 s polls give). Checked against Drive's limits as
    assumed and printed (12,000 queries per minute per user; 20,000 per 100 s per project; 750 GB
    uploaded per day per user), every session counted as one user, one store call as one Drive
    request (a listing: one per 1,000 objects). The packed sizes of the other built-in models (as
    colab-t4.toml configures them) scale the bytes.
 
-    .venv/bin/python benchmarks/bench_collaborative.py                 # about 7 min on 2 cores
-    .venv/bin/python benchmarks/bench_collaborative.py --quick         # under 3 min
+    .venv/bin/python benchmarks/bench_collaborative.py                 # about 10-13 min on 2 cores
+    .venv/bin/python benchmarks/bench_collaborative.py --quick         # about 3 min
     .venv/bin/python benchmarks/bench_collaborative.py --quick --json /tmp/collab.json --keep /tmp/benchc/run
 """
 
@@ -98,6 +105,7 @@ FAST = dict(settle_seconds=0.05, poll_seconds=0.05, heartbeat_seconds=3.0, check
 DRIVE = {"queries_per_minute_per_user": 12_000, "queries_per_100s_per_project": 20_000,
          "upload_bytes_per_day_per_user": 750e9}
 DEFAULT_POLL_S, DEFAULT_HEARTBEAT_S = 30.0, 120.0  # WorkerSettings' defaults (heartbeat: min(2 min, lease/3))
+DEFAULT_ROUND_POLL_S = 5.0  # WorkerSettings.round_poll_seconds: the polls of a worker whose round waits
 ONE_TIME = {"shards", "manifest", "validation-set", "run-files", "usage"}
 
 
@@ -662,8 +670,8 @@ def projection(accounts: dict[tuple[int, int], dict], measured_h: int, h: int, s
                n: int = 8) -> dict:
     """Projects rounds of `h` T4 steps with `n` sessions on Drive, from the calls and bytes per
     round measured at H = `measured_h` (fitted as a + b*N over N = 2 and 4). The outer step is
-    counted once per round (best) and once per session (worst: as implemented, every worker that
-    syncs between a round's close and its `outer` event computes and uploads it too)."""
+    counted once per round (best: the worker that closes the round) and once per session (worst:
+    a closer slower than the others' grace of 2 heartbeats, and every session computes it too)."""
     step_s, batch = t4_step_seconds()
     m = {r: a for (r, hh), a in accounts.items() if hh == measured_h}
     round_s = h * step_s
@@ -672,7 +680,9 @@ def projection(accounts: dict[tuple[int, int], dict], measured_h: int, h: int, s
     outer_req = fit({r: a["outer_requests_each"] for r, a in m.items()}, n)
     poll = max(a["poll_calls_per_idle_loop"] for a in m.values())
     beat = max([a["calls_per_heartbeat"] for a in m.values() if a["calls_per_heartbeat"] is not None] + [1.0])
-    background = n * poll * 60 / DEFAULT_POLL_S + n * beat * 60 / DEFAULT_HEARTBEAT_S
+    # Polls counted at the shorter round_poll_seconds throughout (an upper bound: a session polls
+    # that often only while a round it trained in waits for the others).
+    background = n * poll * 60 / DEFAULT_ROUND_POLL_S + n * beat * 60 / DEFAULT_HEARTBEAT_S
     cases = {}
     for case, k in (("one outer step", 1), (f"{n} outer steps", n)):
         per_round = unit_req + k * outer_req
@@ -692,9 +702,9 @@ def projection(accounts: dict[tuple[int, int], dict], measured_h: int, h: int, s
                         "upload_per_day_all": {c: (unit_up + v["outer_steps"] * outer_up) * rounds_per_min * 1440
                                                for c, v in cases.items()},
                         "sync_dp_per_day": 2 * n * size * 86400 / step_s}
-    # With the default polls a replica that finishes before the last one sees the next round open
-    # only at its next look: the last of n - 1 uniform waits over poll_seconds, on average.
-    polled_round_s = round_s + DEFAULT_POLL_S * (n - 1) / n
+    # A replica that finishes before the last one sees the next round open only at its next look
+    # (every round_poll_seconds while its round waits): the last of n - 1 uniform waits, on average.
+    polled_round_s = round_s + DEFAULT_ROUND_POLL_S * (n - 1) / n
     return {"n": n, "h": h, "measured_h": measured_h, "t4_step_s": step_s, "t4_batch": batch, "round_s": round_s,
             "polled_round_s": polled_round_s, "busy_share_with_default_polls": round_s / polled_round_s,
             "unit_requests_per_round": unit_req, "outer_requests_each": outer_req, "poll_calls": poll,
@@ -717,7 +727,7 @@ def main() -> None:
         child(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs and H (under 3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs and H (about 3 min)")
     parser.add_argument("--epochs", type=int, help="epochs of the plain run and of each replica (default 200; 24 quick)")
     parser.add_argument("--sync-every", help="two H values, comma-separated (default 50,200; 20,40 quick); "
                                              "(a) uses the first")
@@ -953,7 +963,8 @@ def report(plain, runs, averaged, warm, control, timed, accounts, projections, e
     p0 = next(iter(projections.values()))
     print()
     print(f"    projected to N = 8 T4 sessions on Drive: a T4 step of {p0['t4_step_s'] * 1000:.1f} ms (batch {p0['t4_batch']}, "
-          f"configs/profiles/colab-t4.toml), rounds of H steps without overhead; polls every {DEFAULT_POLL_S:.0f} s and "
+          f"configs/profiles/colab-t4.toml), rounds of H steps without overhead; polls every {DEFAULT_ROUND_POLL_S:.0f} s "
+          f"(round_poll_seconds, as while a round waits; {DEFAULT_POLL_S:.0f} s otherwise) and "
           f"heartbeats every {DEFAULT_HEARTBEAT_S:.0f} s per session; calls per round fitted a + b*N")
     print(f"    Drive limits assumed: {DRIVE['queries_per_minute_per_user']:,} queries per minute per user, "
           f"{DRIVE['queries_per_100s_per_project']:,} per 100 s per project, "
@@ -962,7 +973,7 @@ def report(plain, runs, averaged, warm, control, timed, accounts, projections, e
     verdicts_d = []
     for h, p in sorted(projections.items()):
         note = "" if p["measured_h"] == h else f" (calls and bytes per round as measured at H = {p['measured_h']})"
-        print(f"    H = {h}: a round every {p['round_s']:.1f} s{note}; with the default {DEFAULT_POLL_S:.0f} s polls "
+        print(f"    H = {h}: a round every {p['round_s']:.1f} s{note}; with the default {DEFAULT_ROUND_POLL_S:.0f} s round polls "
               f"about {p['polled_round_s']:.1f} s (the T4s busy {100 * p['busy_share_with_default_polls']:.0f}% of the time)")
         for case, c in p["cases"].items():
             print(f"        {case:<16} {c['requests_per_round']:>6.0f} requests/round -> {c['requests_per_min_all']:>8,.0f}/min "
