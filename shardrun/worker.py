@@ -510,7 +510,7 @@ class Worker:
                 self.clock.sleep(min(self.settings.poll_seconds, self.settings.round_poll_seconds)
                                  if self._awaits_round() else self.settings.poll_seconds)
 
-    def _owns_done(self, chunk: dict, key: str | None) -> bool:
+    def _done_accepted(self, chunk: dict, key: str | None) -> bool:
         with self._lock:
             now = self.ledger.chunk(chunk["run"], chunk["idx"])
         return now is not None and now["state"] == "done" and key is not None and now["checkpoint_key"] == key
@@ -679,9 +679,17 @@ class Worker:
             if unit:  # the round's change goes up before `done` names it
                 final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
             self._write("done", run, idx, generation, **{**self.identity(), **final})
-            if unit and self._owns_done(chunk, final.get("key")):
-                self._holds[(run, chunk["replica"])] = final["key"]
             result_name = "done"
+            if not self._done_accepted(chunk, final.get("key")):
+                # The fold refused it (it names no final checkpoint, or no change): hand the chunk
+                # back with the reason rather than claim it again and again.
+                reason = f"its done at step {trainer.step} was refused by the ledger (no final checkpoint or change named)"
+                log.error("%s: %s", run, reason)
+                self._write("fail", run, idx, generation, reason=reason, **self.identity())
+                self._failed[(run, idx)] = reason
+                result_name = "failed"
+            elif unit:
+                self._holds[(run, chunk["replica"])] = final["key"]
         else:
             self._write("yield", run, idx, generation, reason=f"{result.reason} at step {trainer.step}",
                         **{**self.identity(), **final})
