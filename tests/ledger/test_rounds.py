@@ -8,6 +8,9 @@ import itertools
 import json
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shardrun.journal import Event
 from shardrun.ledger.db import Ledger
 
@@ -169,3 +172,46 @@ def test_every_reader_agrees_on_the_rounds_whatever_order_it_reads_them_in():
         for at in range(0, len(shuffled), 3):  # in several syncs, as a reader that lags would
             ledger.add_events(shuffled[at:at + 3])
         assert ledger.dump() == reference
+
+
+@st.composite
+def round_event_sets(draw):
+    """Random collaborative events: claims, heartbeats, checkpoints, yields, expiries, dones with
+    and without their change, closes, rejects and outer steps naming any replicas, by three
+    workers, at random store times (the round timeout is 30 min: 1800 s)."""
+    events = [plan(min_replicas=draw(st.integers(1, REPLICAS)))]
+    for n in range(draw(st.integers(0, 40))):
+        kind = draw(st.sampled_from(["claim", "heartbeat", "checkpoint", "yield", "expire", "done", "done",
+                                     "close", "outer", "reject", "fail"]))
+        time = draw(st.integers(1, 4000)) * 1.0
+        worker = draw(st.sampled_from(["w1", "w2", "w3"]))
+        idx, generation = draw(st.integers(0, 3 * REPLICAS - 1)), draw(st.integers(0, 2))
+        if kind == "done":
+            e = done(time, idx, worker, generation, with_change=draw(st.booleans()))
+        elif kind == "outer":
+            e = outer(time, draw(st.integers(0, 2)), sorted(draw(st.sets(st.integers(0, REPLICAS - 1), min_size=1))),
+                      worker)
+        elif kind == "close":
+            e = ev("close", time, worker, draw(st.integers(0, 2)))
+        else:
+            payload = {"step": draw(st.integers(0, STEPS))} if kind in ("heartbeat", "checkpoint") else {}
+            if kind == "checkpoint":
+                payload.update(key=f"ck{n}", md5="m")
+            e = ev(kind, time, worker, idx, generation, **payload)
+        events.append(e)
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(round_event_sets(), st.randoms(use_true_random=False))
+def test_readers_agree_on_random_rounds(events, rng):
+    reference = fold(events).dump()
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    ledger = Ledger.open(None)
+    at = 0
+    while at < len(shuffled):
+        step = rng.randint(1, 5)
+        ledger.add_events(shuffled[at:at + step])
+        at += step
+    assert ledger.dump() == reference
