@@ -100,6 +100,8 @@ class Event:
 CHUNK_KINDS = ("claim", "heartbeat", "checkpoint", "yield", "done", "fail", "expire", "reject")
 # A collaborative run's round events name the run and the round (in `chunk`): docs/collaborative.md.
 ROUND_KINDS = ("close", "outer")
+# The most (round, replica) units a plan may hold: a reader makes a row for each.
+MAX_UNITS = 1_000_000
 
 
 def _is_int(v: Any) -> bool:
@@ -133,7 +135,7 @@ def _opt_str(v: Any) -> bool:
 
 
 def _count(v: Any) -> bool:
-    return _is_int(v) and v >= 0
+    return _is_int(v) and 0 <= v < 2**63  # what SQLite stores as an integer
 
 
 def _list_of(check: Callable[[Any], None]) -> Callable[[Any], bool]:
@@ -175,6 +177,12 @@ def _check_plan_payload(p: dict) -> None:
             c = r["collaborative"]
             _check(c["rounds"] == -(-c["steps_per_replica"] // c["sync_every"]) and c["min_replicas"] <= c["replicas"],
                    f"run {r['name']!r}: its rounds, steps and replicas do not agree")
+            _check(c["rounds"] * c["replicas"] <= MAX_UNITS, f"run {r['name']!r}: more than {MAX_UNITS} units")
+            parts = c.get("parts")
+            _check(isinstance(parts, list) and len(parts) == c["replicas"]
+                   and all(isinstance(part, dict) and isinstance(part.get("shards"), list)
+                           and all(isinstance(s, str) for s in part["shards"]) for part in parts),
+                   f"run {r['name']!r}: its parts are not one list of shards per replica")
     names = [a["name"] for a in p["accounts"]]
     _check(len(set(names)) == len(names), "the plan names an account twice")
     _check(all(s["account"] in names for s in p["shards"]), "the plan places a shard on an account it lacks")
@@ -210,15 +218,22 @@ def event_problem(e: Event) -> str | None:
             _check(_opt_str(p.get("md5")), f"malformed checkpoint md5 {p.get('md5')!r}")
         if e.kind == "checkpoint":
             _check("step" in p and isinstance(p.get("key"), str), "a checkpoint event must carry its step and key")
+        if e.kind in ("yield", "fail", "reject") and "reason" in p:
+            _check(p["reason"] is None or isinstance(p["reason"], str), f"malformed reason {p['reason']!r}")
         if e.kind in ROUND_KINDS:
             _check(isinstance(e.run, str) and e.chunk is not None, f"a {e.kind} event must name its run and round")
         if e.kind == "done" and "change" in p:
-            _fields(p["change"], "the change", {"key": _str, "sha256": _str, "md5": _opt_str, "size": _count})
+            _fields(p["change"], "the change", {"key": _str, "sha256": _str, "md5": _opt_str, "size": _count,
+                                                "base": _str}, optional=("base",))
         if e.kind == "outer":
             arrays = {"key": _str, "sha256": _str, "md5": _opt_str, "size": _count}
             _fields(p, "the outer step", {"weights": lambda v: _fields(v, "the global weights", arrays) is None,
                                           "momentum": lambda v: _fields(v, "the outer momentum", arrays) is None,
-                                          "replicas": lambda v: isinstance(v, list) and all(_count(x) for x in v)})
+                                          "replicas": lambda v: isinstance(v, list) and all(_count(x) for x in v),
+                                          "base": _str,
+                                          "changes": lambda v: isinstance(v, list) and all(_str(x) for x in v)},
+                    optional=("base", "changes"))
+            _check(p.get("step") is None or _count(p["step"]), f"malformed step {p.get('step')!r}")
     except ValueError as err:
         return str(err)
     except (TypeError, KeyError, AttributeError) as err:  # a shape no check above foresaw

@@ -18,14 +18,20 @@ import logging
 import numpy as np
 
 from shardrun import paths
-from shardrun.errors import IntegrityError, NotFound, ShardrunError
-from shardrun.train.outer import OuterSettings, change_of, digest, outer_step, pack, unpack
+from shardrun.errors import IntegrityError, NotFound, ShardrunError, StoreError
+from shardrun.journal import LAG_S
+from shardrun.train.outer import OuterSettings, OuterStepError, change_of, digest, outer_step, pack, unpack
 
 log = logging.getLogger(__name__)
 
 
 class RoundError(ShardrunError):
-    """A round's inputs on the store are missing or fail their hash."""
+    """A round's inputs on the store are missing or fail their hash, or a replica diverged.
+    `missing`: the object was not found; `transient`: worth looking again later."""
+
+    def __init__(self, message: str, missing: bool = False, transient: bool = False):
+        super().__init__(message)
+        self.missing, self.transient = missing, transient
 
 
 def _sha256(data: bytes) -> str:
@@ -39,7 +45,7 @@ class Rounds:
     def __init__(self, worker):  # a shardrun.worker.Worker
         self.worker = worker
         self._initial: dict[str, list[np.ndarray]] = {}  # run -> round 0's global weights
-        self._globals: dict[tuple[str, int], list[np.ndarray]] = {}  # (run, round) -> its start weights
+        self._globals: dict[tuple[str, int], tuple[str, list[np.ndarray]]] = {}  # (run, round) -> sha256, start weights
 
     def forget(self) -> None:
         """Drops what was read for a plan that has been replaced."""
@@ -50,7 +56,9 @@ class Rounds:
     def _get(self, key: str, sha256: str, md5: str | None, what: str) -> list[np.ndarray]:
         try:
             data = self.worker.job.home.get_bytes(key, md5)
-        except (NotFound, IntegrityError) as e:
+        except NotFound as e:
+            raise RoundError(f"{what} ({key}) cannot be read: {e}", missing=True) from None
+        except IntegrityError as e:
             raise RoundError(f"{what} ({key}) cannot be read: {e}") from None
         if _sha256(data) != sha256:
             raise RoundError(f"{what} ({key}) fails its sha256 ({_sha256(data)[:12]}, the journal says {sha256[:12]})")
@@ -76,17 +84,20 @@ class Rounds:
         return self._initial[run]
 
     def start_weights(self, run: str, round_: int) -> list[np.ndarray]:
-        """Returns the global weights round `round_` starts from (the outer step of the round before)."""
+        """Returns the global weights round `round_` starts from (the outer step of the round before,
+        as the ledger accepted it now: a copy read before a refold is read again if it differs)."""
         if round_ == 0:
             return self.initial_weights(run)
-        if (run, round_) not in self._globals:
-            before = self._round(run, round_ - 1)
-            if before is None or before["state"] != "done":
-                raise RoundError(f"run {run!r}: round {round_} starts before round {round_ - 1}'s outer step")
+        before = self._round(run, round_ - 1)
+        if before is None or before["state"] != "done":
+            raise RoundError(f"run {run!r}: round {round_} starts before round {round_ - 1}'s outer step")
+        cached = self._globals.get((run, round_))
+        if cached is None or cached[0] != before["weights_sha256"]:
             self._globals = {k: v for k, v in self._globals.items() if k[0] != run}  # one round's, per run
-            self._globals[(run, round_)] = self._get(before["weights_key"], before["weights_sha256"],
-                                                     before["weights_md5"], f"round {round_ - 1}'s global weights")
-        return self._globals[(run, round_)]
+            weights = self._get(before["weights_key"], before["weights_sha256"], before["weights_md5"],
+                                f"round {round_ - 1}'s global weights")
+            self._globals[(run, round_)] = (before["weights_sha256"], weights)
+        return self._globals[(run, round_)][1]
 
     def _momentum(self, run: str, round_: int) -> list[np.ndarray] | None:
         if round_ == 0:
@@ -127,11 +138,18 @@ class Rounds:
     def hand_in(self, trainer, run: str, chunk: dict, generation: int) -> dict:
         """Uploads the unit's change of weights over its round; returns the `done` event's `change`."""
         end = [np.asarray(w.numpy(), dtype=np.float32) for w in trainer.model.weights]
-        change = change_of(self.start_weights(run, chunk["round"]), end)
+        start = self.start_weights(run, chunk["round"])
+        change = change_of(start, end)
+        if not all(np.isfinite(c).all() for c in change):
+            raise RoundError(f"run {run!r} replica {chunk['replica']} diverged in round {chunk['round']}: its "
+                             f"weights hold NaN or infinite values at step {trainer.step}; lower its learning rate "
+                             f"(or outer_lr) and plan it again")
         key = paths.round_object_key(self.worker.job.name, run, chunk["round"],
                                      f"change-{chunk['replica']:03d}-g{generation}-{self.worker.id}-"
                                      f"{digest(change)[:16]}.arr")
-        return self._put(key, change)
+        # `base` ties the change to the weights it was made from: the fold refuses a change made
+        # from another copy of the round's weights (one read before a refold).
+        return {**self._put(key, change), "base": digest(start)}
 
     # -- rounds: closing and the outer step --
 
@@ -162,15 +180,23 @@ class Rounds:
                         log.info("run %s round %d waited %.0f min: closing it with %d of %d replicas",
                                  row["run"], row["round"], waited / 60, done, collab["replicas"])
                         w._write("close", row["run"], row["round"], 0)
-                        wrote = True
                         row = self._round(row["run"], row["round"])
+                        # Refused when the store's time of the close is short of the timeout
+                        # (this worker's estimate of it ran ahead): looked at again next time.
+                        wrote = wrote or row["state"] == "closed"
                 if row["state"] != "closed":
                     continue
             elif not self._closed_by_us(row):
                 now = w.server_now()
                 if now is not None and now - row["closed_time"] < grace:
                     continue
-            self.outer(row, collab, trainer_for(row["run"]))
+            try:
+                self.outer(row, collab, trainer_for(row["run"]))
+            except (RoundError, OuterStepError, StoreError) as e:
+                # Never fatal to the worker (its other runs go on); the round waits, and status
+                # shows why in the worker's log. A transient miss is looked for at the next pass.
+                log.warning("run %s round %d: the outer step cannot be computed now: %s", row["run"], row["round"], e)
+                continue
             wrote = True
         if wrote:
             w.sync()
@@ -195,18 +221,24 @@ class Rounds:
         with w._lock:
             units = {c["replica"]: c for c in w.ledger.chunks(run) if c["round"] == round_}
         changes, unreadable = [], []
+        now = w.server_now()
         for i in replicas:
             try:
                 changes.append(self._get(units[i]["change_key"], units[i]["change_sha256"], units[i]["change_md5"],
                                          f"replica {i}'s change in round {round_}"))
             except RoundError as e:
+                if e.missing and (now is None or now - units[i]["done_time"] < LAG_S):
+                    # Drive's listings lag: a change handed in seconds ago may not be listed yet.
+                    raise RoundError(f"{e} (handed in {0 if now is None else now - units[i]['done_time']:.0f} s "
+                                     f"ago: looked for again later)", transient=True) from None
                 unreadable.append((units[i], str(e)))
         if unreadable:
             for unit, reason in unreadable:  # the unit hands in its change again; the round waits for it
                 log.warning("run %s: %s; replica %d trains its round's end again", run, reason, unit["replica"])
                 w._write("reject", run, unit["idx"], unit["generation"], reason=reason)
             return
-        weights, momentum = outer_step(self.start_weights(run, round_), self._momentum(run, round_), changes,
+        start = self.start_weights(run, round_)
+        weights, momentum = outer_step(start, self._momentum(run, round_), changes,
                                        OuterSettings(collab["outer_lr"], collab["outer_momentum"]))
         name = lambda kind, arrays: paths.round_object_key(  # noqa: E731
             w.job.name, run, round_, f"{kind}-{w.id}-{digest(arrays)[:16]}.arr")
@@ -225,5 +257,6 @@ class Rounds:
         extra = {"validation": validation} if validation is not None else {}
         log.info("run %s round %d: outer step over replicas %s (global weights %s)", run, round_, replicas,
                  published["weights"]["sha256"][:12])
-        w._write("outer", run, round_, 0, replicas=replicas, step=step,
+        w._write("outer", run, round_, 0, replicas=replicas, step=step, base=digest(start),
+                 changes=[units[i]["change_sha256"] for i in replicas],
                  checkpoint={"key": key, "md5": stat.md5, "step": step}, **published, **extra, **w.identity())

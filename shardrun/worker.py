@@ -316,6 +316,7 @@ class Worker:
         self._verified_shards: set[str] = set()
         self._sources: dict[tuple[str, ...] | None, object] = {}  # shard ids (None: all) -> image source
         self._holds: dict[tuple[str, int], str] = {}  # (run, replica) -> the final checkpoint its trainer holds
+        self._later: dict[tuple[str, int], float] = {}  # units handed back for a while (this clock's time)
         self.rounds = Rounds(self)
         self._trainers: dict[str, object] = {}  # per run: reusing one keeps its compiled step
         self._upload_bps: float | None = None
@@ -457,7 +458,9 @@ class Worker:
             return "trained"  # a round closed or stepped: look again at what is ready
         # A chunk this worker could not resume is left to others (their copies of the store may
         # serve them better); it waits in status with the reason.
-        ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed]
+        now = self.clock.now()
+        ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed
+                 and self._later.get((c["run"], c["idx"]), now) <= now]
         if not ready:
             return "idle"
         # A worker keeps to the replicas it trains (their shards, trainer and optimiser state are
@@ -574,6 +577,12 @@ class Worker:
             try:
                 trainer, restore_notices = self._start_unit(trainer, fresh_trainer, run, chunk)
             except RoundError as e:
+                if e.missing:  # the round's weights not listed yet (Drive's lag): hand it back, try later
+                    self._write("yield", run, idx, generation, reason=str(e), **self.identity())
+                    self._later[(run, idx)] = self.clock.now() + self.settings.poll_seconds
+                    self.sync()
+                    return ChunkOutcome(run, idx, generation, chunk["start_step"], chunk["start_step"], "yield",
+                                        0.0, notices + [str(e)])
                 reason, restore_notices = str(e), []
             notices += restore_notices
         else:
@@ -676,14 +685,20 @@ class Worker:
         if result.reason == "target":
             if unit and "key" not in final and self._unit_end is not None:
                 final.update(self._unit_end)  # no step trained: the unit ends on the checkpoint it started from
+            refused = None
             if unit:  # the round's change goes up before `done` names it
-                final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
-            self._write("done", run, idx, generation, **{**self.identity(), **final})
+                try:
+                    final["change"] = self.rounds.hand_in(trainer, run, chunk, generation)
+                except RoundError as e:  # a replica that diverged: nothing to hand in
+                    refused = str(e)
+            if refused is None:
+                self._write("done", run, idx, generation, **{**self.identity(), **final})
             result_name = "done"
-            if not self._done_accepted(chunk, final.get("key")):
+            if refused is not None or not self._done_accepted(chunk, final.get("key")):
                 # The fold refused it (it names no final checkpoint, or no change): hand the chunk
                 # back with the reason rather than claim it again and again.
-                reason = f"its done at step {trainer.step} was refused by the ledger (no final checkpoint or change named)"
+                reason = refused or (f"its done at step {trainer.step} was refused by the ledger (no final checkpoint, "
+                                     f"or no change made from the round's weights)")
                 log.error("%s: %s", run, reason)
                 self._write("fail", run, idx, generation, reason=reason, **self.identity())
                 self._failed[(run, idx)] = reason
@@ -891,7 +906,9 @@ class Worker:
         """Returns the trainer of a collaborative unit, ready at its resume point, and notices: its
         own newest usable checkpoint (a resume mid-round); else the round's global weights at the
         round's first step, with the optimiser state of the replica's last round (or a fresh one).
-        Starting a round over is as exact as resuming it: the unit trains the same steps again."""
+        Starting a round over is as exact as resuming it (the unit trains the same steps again),
+        as long as that optimiser state is there: without it the replica goes on with a fresh one,
+        which is said (a notice), since the run is then no longer exactly reproducible."""
         held = self._holds.pop((run, chunk["replica"]), None)  # the trainer is about to change
         own, earlier = self.rounds.resume_candidates(run, chunk)
         restored, notices = self._restore_from(trainer, own)
@@ -908,6 +925,11 @@ class Worker:
             restored, more = self._restore_from(trainer, earlier)
             notices += more
         if not restored:
+            if earlier:
+                notices.append(f"{run} replica {chunk['replica']}: its optimiser state of round {chunk['round'] - 1} "
+                               f"cannot be restored; round {chunk['round']} goes on with a fresh one (the run is no "
+                               f"longer exactly reproducible)")
+                log.warning(notices[-1])
             trainer = fresh_trainer()
         self.rounds.begin_round(trainer, run, chunk)
         return trainer, notices

@@ -267,8 +267,8 @@ class Fold:
         if not chunk or not event.payload.get("key"):
             return
         unit = chunk["round"] is not None
-        if unit and "change" not in event.payload:
-            return  # a replica's round ends only with its change of weights handed in
+        if unit and not self._change_fits(chunk, event.payload.get("change")):
+            return  # a replica's round ends only with its change of weights, from the round's weights
         self._update(chunk, state="done", step_reached=chunk["end_step"], done_time=event.server_time,
                      checkpoint_key=event.payload["key"], checkpoint_md5=event.payload.get("md5"))
         self._record_checkpoint(chunk, event, chunk["end_step"])
@@ -308,6 +308,18 @@ class Fold:
         self.conn.execute(f"UPDATE rounds SET {sets} WHERE run = ? AND round = ?",
                           (*changes.values(), row["run"], row["round"]))
 
+    def _change_fits(self, unit: dict, change: dict | None) -> bool:
+        """True when a unit's `done` hands in a change made from its round's global weights (the
+        first change of round 0 names them: every worker builds them from the run's seed)."""
+        row = self._round(unit["run"], unit["round"])
+        if change is None or row is None:
+            return False
+        if row["base_sha256"] is None and unit["round"] == 0:
+            if change.get("base") is not None:
+                self._set_round(row, base_sha256=change["base"])
+            return True
+        return change.get("base") == row["base_sha256"]
+
     def _units_done(self, run: str, round_: int) -> list[tuple[int, int]]:
         """Returns (replica, change size) of the round's units whose change is in, in replica order."""
         return self.conn.execute("SELECT replica, change_size FROM chunks WHERE run = ? AND round = ? "
@@ -316,6 +328,10 @@ class Fold:
     def _close(self, row: dict, event: Event, done: list[tuple[int, int]], closed_by: str) -> None:
         self._set_round(row, state="closed", closed_time=event.server_time, closed_by=closed_by,
                         replicas=json.dumps([r for r, _ in done]), change_bytes=sum(size for _, size in done))
+        cur = self.conn.execute("SELECT * FROM chunks WHERE run = ? AND round = ? AND state = 'running'",
+                                (row["run"], row["round"]))
+        for values in cur.fetchall():  # their attempts end here (retention may then let their uploads go)
+            self.summary.ended(event, dict(zip([c[0] for c in cur.description], values)), "expired")
         # The replicas left out are dropped: their late events are fenced off (they own nothing),
         # and they start the next round from its global weights like the others.
         self.conn.execute("UPDATE chunks SET state = 'dropped', owner = NULL WHERE run = ? AND round = ? "
@@ -347,6 +363,12 @@ class Fold:
         row, p = self._round(event.run, event.chunk), event.payload
         if not row or row["state"] != "closed" or p["replicas"] != json.loads(row["replicas"]):
             return
+        # ... and from exactly the inputs the ledger holds: the round's weights, its changes.
+        changes = [c for (c,) in self.conn.execute(
+            "SELECT change_sha256 FROM chunks WHERE run = ? AND round = ? AND state = 'done' ORDER BY replica",
+            (row["run"], row["round"]))]
+        if p.get("base") != row["base_sha256"] or p.get("changes") != changes:
+            return
         weights, momentum = p["weights"], p["momentum"]
         validation = validation_of(p)
         checkpoint = p.get("checkpoint") if isinstance(p.get("checkpoint"), dict) else {}
@@ -364,7 +386,7 @@ class Fold:
             self.summary.progress(event, {"run": row["run"], "idx": None, "generation": None}, step, checkpoint=False)
         nxt = self._round(row["run"], row["round"] + 1)
         if nxt and nxt["state"] == "waiting":
-            self._set_round(nxt, state="open", opened_time=event.server_time)
+            self._set_round(nxt, state="open", opened_time=event.server_time, base_sha256=weights["sha256"])
             self.conn.execute("UPDATE chunks SET state = 'ready' WHERE run = ? AND round = ? AND state = 'waiting'",
                               (row["run"], row["round"] + 1))
 

@@ -101,15 +101,22 @@ def kept_checkpoints(view: RunView, now: float, rule: RetentionRule) -> dict[str
     """Returns the accepted checkpoints (and any key a chunk names) that stay, each with its reason."""
     keep: dict[str, str] = {}
     order = view.accepted  # newest first
+    settled = now - rule.horizon(view.lease_seconds)
     # A collaborative run's unit starts from its replica's last round's final checkpoint (the
-    # optimiser state), or resumes from its own: the finals of older rounds are never read again.
-    last_round = {}
+    # optimiser state), or resumes from its own: an older round's final is never read again once
+    # the replica's next round is done, settled (a reader that has not folded that yet may still
+    # start the next round from it).
+    superseded = set()
+    finals: dict[int, list[dict]] = {}
     for c in view.chunks:
         if c.get("round") is not None and c["state"] == "done":
-            last_round[c["replica"]] = max(last_round.get(c["replica"], -1), c["round"])
+            finals.setdefault(c["replica"], []).append(c)
+    for done in finals.values():
+        done.sort(key=lambda c: c["round"])
+        superseded |= {c["idx"] for c, later in zip(done, done[1:]) if later["done_time"] <= settled}
     for c in view.chunks:
         unit = c.get("round") is not None
-        if c["checkpoint_key"] and (not unit or c["state"] != "done" or last_round.get(c["replica"]) == c["round"]):
+        if c["checkpoint_key"] and not (unit and (c["idx"] in superseded or c["state"] == "dropped")):
             keep.setdefault(c["checkpoint_key"], f"{'final' if c['state'] == 'done' else 'latest'} of chunk {c['idx']}")
         if c["start_checkpoint_key"]:
             keep.setdefault(c["start_checkpoint_key"], f"start of chunk {c['idx']}")
@@ -120,7 +127,7 @@ def kept_checkpoints(view: RunView, now: float, rule: RetentionRule) -> dict[str
                 keep.setdefault(cp["key"], f"resume point of chunk {c['idx']}")
     # A user's checkpoints (latest, best) of a collaborative run are its global network's, one a
     # round (round_objects_kept): a replica's own weights are only ever resumed.
-    if not last_round and not any(c.get("round") is not None for c in view.chunks):
+    if not any(c.get("round") is not None for c in view.chunks):
         for cp in order[:rule.keep_last]:
             keep.setdefault(cp["key"], "latest")
         best = best_checkpoint(order, view.scores)
@@ -128,7 +135,7 @@ def kept_checkpoints(view: RunView, now: float, rule: RetentionRule) -> dict[str
             keep.setdefault(best["key"], "best validation")
     # Readers lag: one that has not folded the newest events resumes from an older checkpoint. So
     # a checkpoint stays until `fallbacks` newer ones are settled: every reader has seen those.
-    settled, newer_settled = now - rule.horizon(view.lease_seconds), 0
+    newer_settled = 0
     for cp in order:
         if newer_settled < rule.fallbacks:
             keep.setdefault(cp["key"], "not yet superseded for good")

@@ -176,7 +176,7 @@ def _migration_10(db: sqlite_utils.Database) -> None:
     for column in ("change_key", "change_sha256", "change_md5"):
         db["chunks"].add_column(column, str)
     db["rounds"].create(
-        {"run": str, "round": int, "state": str, "opened_time": float, "started_time": float,
+        {"run": str, "round": int, "state": str, "base_sha256": str, "opened_time": float, "started_time": float,
          "closed_time": float, "closed_by": str,
          "replicas": str, "change_bytes": int, "weights_key": str, "weights_sha256": str, "weights_md5": str,
          "weights_size": int, "momentum_key": str, "momentum_sha256": str, "momentum_md5": str,

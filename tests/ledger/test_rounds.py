@@ -21,7 +21,7 @@ TIMEOUT_MIN = 30.0
 def plan(time=0.0, min_replicas=REPLICAS) -> Event:
     collaborative = {"replicas": REPLICAS, "sync_every": SYNC, "rounds": 3, "steps_per_replica": STEPS,
                      "outer_lr": 0.7, "outer_momentum": 0.9, "min_replicas": min_replicas,
-                     "round_timeout_minutes": TIMEOUT_MIN, "parts": []}
+                     "round_timeout_minutes": TIMEOUT_MIN, "parts": [{"replica": i, "shards": []} for i in range(REPLICAS)]}
     run = {"name": "c", "model": "espcn", "scale": 2, "channels": 1, "epochs": 1, "batch_size": 8,
            "patch_size": 16, "steps_per_epoch": STEPS, "steps_total": STEPS, "step_seconds": 0.1,
            "config": {}, "chunks": [], "mode": "collaborative", "collaborative": collaborative}
@@ -41,18 +41,25 @@ def ev(kind, time, worker="w1", chunk=0, generation=0, **payload) -> Event:
                  server_time=time)
 
 
-def done(time, idx, worker="w1", generation=0, with_change=True) -> Event:
-    change = {"change": {"key": f"j/rounds/c/r{idx // REPLICAS:06d}/change-{idx % REPLICAS}", "sha256": "s",
-                         "md5": "m", "size": 100}} if with_change else {}
+def base_of(round_) -> str:
+    """The sha256 of the weights a round starts from: round 0's are built by every worker."""
+    return "initial" if round_ == 0 else f"weights{round_ - 1}"
+
+
+def done(time, idx, worker="w1", generation=0, with_change=True, base=None) -> Event:
+    round_ = idx // REPLICAS
+    change = {"change": {"key": f"j/rounds/c/r{round_:06d}/change-{idx % REPLICAS}", "sha256": f"s{idx}",
+                         "md5": "m", "size": 100, "base": base or base_of(round_)}} if with_change else {}
     return ev("done", time, worker, idx, generation, key=f"ckpt-{idx}-{worker}", md5="m", **change)
 
 
-def outer(time, round_, replicas, worker="w1") -> Event:
+def outer(time, round_, replicas, worker="w1", base=None, changes=None) -> Event:
     arrays = lambda kind: {"key": f"j/rounds/c/r{round_:06d}/{kind}-{worker}", "sha256": f"{kind}{round_}",  # noqa: E731
                            "md5": "m", "size": 40}
     return ev("outer", time, worker, round_, replicas=replicas, weights=arrays("weights"),
-              momentum=arrays("momentum"), validation={"psnr": 30.0 + round_, "ssim": 0.9, "bicubic_psnr": 28.0,
-                                                       "bicubic_ssim": 0.8})
+              momentum=arrays("momentum"), base=base or base_of(round_),
+              changes=changes if changes is not None else [f"s{round_ * REPLICAS + i}" for i in replicas],
+              validation={"psnr": 30.0 + round_, "ssim": 0.9, "bicubic_psnr": 28.0, "bicubic_ssim": 0.8})
 
 
 def trained_round(round_, start, workers=("w1", "w2", "w3")) -> list[Event]:
@@ -98,6 +105,20 @@ def test_an_outer_step_is_refused_before_its_round_closes_or_for_other_replicas(
     ledger = fold(events + [early, wrong])
     assert round_row(ledger, 0)["state"] == "closed" and round_row(ledger, 1)["state"] == "waiting"
     assert fold(events + [early, wrong, outer(9.5, 0, [0, 1, 2])]).rounds("c")[0]["state"] == "done"
+
+
+def test_a_change_or_an_outer_step_made_from_other_inputs_is_refused():
+    events = [plan()] + trained_round(0, 1.0) + [outer(9.0, 0, [0, 1, 2])]
+    events += [ev("claim", 10.0, "w1", 3), done(15.0, 3, "w1", base="weights0-another-copy")]
+    ledger = fold(events)
+    assert ledger.chunks("c")[3]["state"] == "running"  # its change was made from other weights
+    events += [done(16.0, 3, "w1"), ev("claim", 10.1, "w2", 4), done(17.0, 4, "w2"),
+               ev("claim", 10.2, "w3", 5), done(18.0, 5, "w3")]
+    stale = [outer(19.0, 1, [0, 1, 2], base="weights-read-before-a-refold"),
+             outer(19.5, 1, [0, 1, 2], changes=["s3", "s4", "s-other"])]
+    ledger = fold(events + stale)
+    assert ledger.rounds("c")[1]["state"] == "closed"  # neither names the round's inputs
+    assert fold(events + stale + [outer(20.0, 1, [0, 1, 2])]).rounds("c")[1]["state"] == "done"
 
 
 def test_a_done_without_its_change_and_a_fenced_workers_done_are_ignored():

@@ -66,13 +66,19 @@ def ev(t, kind, worker, chunk=None, generation=0, **payload) -> Event:
                  server_time=T0 + t)
 
 
+def base_of(round_) -> str:
+    return "initial" if round_ == 0 else f"w{round_ - 1}"  # round 0's: built by every worker
+
+
 def done(t, worker, unit, size) -> Event:
     return ev(t, "done", worker, unit, key=f"k/u{unit}", md5="m", loss=0.1,
-              change={"key": f"rounds/change-{unit}", "sha256": f"c{unit}", "md5": "m", "size": size})
+              change={"key": f"rounds/change-{unit}", "sha256": f"c{unit}", "md5": "m", "size": size,
+                      "base": base_of(unit // 3)})
 
 
 def outer(t, worker, round_, replicas, weights, momentum, psnr) -> Event:
-    return ev(t, "outer", worker, round_, replicas=replicas, step=(round_ + 1) * H,
+    return ev(t, "outer", worker, round_, replicas=replicas, step=(round_ + 1) * H, base=base_of(round_),
+              changes=[f"c{round_ * 3 + i}" for i in replicas],
               weights={"key": f"rounds/w{round_}", "sha256": f"w{round_}", "md5": "m", "size": weights},
               momentum={"key": f"rounds/m{round_}", "sha256": f"m{round_}", "md5": "m", "size": momentum},
               validation={"psnr": psnr, "ssim": 0.9, "bicubic_psnr": 28.0, "bicubic_ssim": 0.85, "images": 4},
