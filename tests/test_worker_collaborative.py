@@ -262,3 +262,16 @@ def test_the_worker_that_closes_a_round_steps_it_and_keeps_its_replicas_state(to
     ledger = fold_journal(together, tmp_path / "later.db")
     metrics = ledger.run_metrics()["c"]
     assert metrics["psnr"] == json.loads(ledger.rounds("c")[metrics["val_step"] // 2 - 1]["validation"])["psnr"]
+
+
+def test_a_replica_that_diverges_fails_its_unit_with_the_reason_and_the_worker_goes_on(tmp_path):
+    run = dict(TOGETHER, learning_rate=1e30)  # Adam's first step takes the weights to 1e30: then inf, NaN
+    job = plan_test_job(tmp_path / "job", [run, dict(RUN, name="plain")], platform="local", validation_share=0)
+    w = worker(job)
+    results = [w.loop() for _ in range(6)]  # three units fail, the plain chunk trains, then idle
+    assert results.count("failed") == 3 and results[-1] == "idle"
+    ledger = fold_journal(job, tmp_path / "check.db")
+    failed = [c for c in ledger.chunks("c") if c["last_error"] and "diverged" in c["last_error"]]
+    assert failed and "lower its learning rate" in failed[0]["last_error"]
+    assert ledger.rounds("c")[0]["state"] == "open"  # nothing of a diverged replica is combined
+    assert {c["state"] for c in ledger.chunks("plain")} == {"done"}  # the worker's other work went on
