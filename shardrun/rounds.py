@@ -193,8 +193,8 @@ class Rounds:
             try:
                 self.outer(row, collab, trainer_for(row["run"]))
             except (RoundError, OuterStepError, StoreError) as e:
-                # Never fatal to the worker (its other runs go on); the round waits, and status
-                # shows why in the worker's log. A transient miss is looked for at the next pass.
+                # Never fatal to the worker (its other runs go on): the round waits, the log says
+                # why, and the next pass tries again (a change not listed yet may be by then).
                 log.warning("run %s round %d: the outer step cannot be computed now: %s", row["run"], row["round"], e)
                 continue
             wrote = True
