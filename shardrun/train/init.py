@@ -24,6 +24,22 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _fixed_shuffle(layer) -> bool:
+    """True for the fixed sub-pixel shuffle that `export` writes in place of ESPCN's Lambda
+    (train/portable.py): its weights are a permutation, not the network's, so an ESPCN export
+    initialises an ESPCN run like any other network's export."""
+    import keras
+
+    from shardrun.train.portable import shuffle_kernel
+
+    if not isinstance(layer, keras.layers.Conv2DTranspose) or layer.trainable_weights or len(layer.weights) != 1:
+        return False
+    kernel = np.asarray(layer.weights[0])
+    scale, _, channels, _ = kernel.shape
+    return kernel.shape == (scale, scale, channels, scale * scale * channels) and np.array_equal(
+        kernel, shuffle_kernel(scale, channels))
+
+
 def read_layers(path: Path | str) -> list[tuple[str, list[np.ndarray]]]:
     """Returns (layer name, arrays) of each layer with weights in the file, in model order."""
     path = Path(path)
@@ -36,7 +52,7 @@ def read_layers(path: Path | str) -> list[tuple[str, list[np.ndarray]]]:
             raise InitError(f"init file {path.name} cannot be loaded as a Keras model: "
                             f"{type(error).__name__}: {error}") from error
         return [(layer.name, [np.asarray(w) for w in layer.get_weights()])
-                for layer in model.layers if layer.weights]
+                for layer in model.layers if layer.weights and not _fixed_shuffle(layer)]
     import h5py
 
     try:

@@ -147,3 +147,18 @@ def test_a_keras_file_loads_too(tmp_path):
     target = tiny_decusr()
     load_init(target, tmp_path / "exported.keras")
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.weights, target.weights))
+
+
+def test_an_espcn_export_initialises_an_espcn_network(tmp_path):
+    # `export` writes ESPCN's shuffle as a fixed transposed convolution (train/portable.py); an
+    # export is still a run's init (a collaborative run started from a plain run's network).
+    from shardrun.train.portable import portable_model
+
+    config = resolve_model("espcn", 2, 1, {})
+    source = build_model(config, seed=1)
+    for w in source.weights:
+        w.assign(np.random.default_rng(4).standard_normal(w.shape).astype(np.float32))
+    portable_model(config, [w.numpy() for w in source.weights]).save(tmp_path / "espcn.keras")
+    target = build_model(config, seed=2)
+    assert load_init(target, tmp_path / "espcn.keras") == len([layer for layer in target.layers if layer.weights])
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.weights, target.weights))
