@@ -554,17 +554,13 @@ class Worker:
     # -- training a chunk --
 
     def _train(self, chunk: dict) -> ChunkOutcome:
-        from shardrun.train.trainer import Trainer
-
         run, idx, generation = chunk["run"], chunk["idx"], chunk["generation"]
         unit = chunk["round"] is not None  # a collaborative run's (round, replica)
         config = self._train_config(run)
         notices: list[str] = []
         trainer_key = (run, chunk["replica"]) if unit else run
         def fresh_trainer():
-            self._trainers[trainer_key] = Trainer(config, self._source_for(chunk),
-                                                  self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
-                                                  cache_dir=self.job.cache_dir / "decoded")
+            self._trainers[trainer_key] = self._new_trainer(config, chunk)
             return self._trainers[trainer_key]
 
         # Reusing a run's trainer keeps its compiled step; its state is replaced by the restored
@@ -572,10 +568,10 @@ class Worker:
         trainer = self._trainers.get(trainer_key) or fresh_trainer()
         expected_total = self.ledger.run(run)["steps_total"]
         reason = None
-        self._unit_end = None
+        unit_end = None  # a unit handed in again: the final checkpoint it starts (and ends) on
         if unit:
             try:
-                trainer, restore_notices = self._start_unit(trainer, fresh_trainer, run, chunk)
+                trainer, restore_notices, unit_end = self._start_unit(trainer, fresh_trainer, run, chunk)
             except RoundError as e:
                 if e.missing:  # the round's weights not listed yet (Drive's lag): hand it back, try later
                     self._write("yield", run, idx, generation, reason=str(e), **self.identity())
@@ -683,8 +679,8 @@ class Worker:
                 notices.append(f"{run} chunk {idx}: another worker owns it now; stopping without writing")
             return ChunkOutcome(run, idx, generation, start_step, trainer.step, "lost", train_seconds, notices)
         if result.reason == "target":
-            if unit and "key" not in final and self._unit_end is not None:
-                final.update(self._unit_end)  # no step trained: the unit ends on the checkpoint it started from
+            if unit and "key" not in final and unit_end is not None:
+                final.update(unit_end)  # no step trained: the unit ends on the checkpoint it started from
             refused = None
             if unit:  # the round's change goes up before `done` names it
                 try:
@@ -869,13 +865,16 @@ class Worker:
         for key, trainer in self._trainers.items():
             if isinstance(key, tuple) and key[0] == run:
                 return trainer
+        unit = next(c for c in self.ledger.chunks(run) if c["replica"] == 0)
+        self._trainers[(run, 0)] = self._new_trainer(self._train_config(run), unit)
+        return self._trainers[(run, 0)]
+
+    def _new_trainer(self, config, chunk: dict):
+        """Returns a new trainer of the chunk's run on the images the chunk trains on."""
         from shardrun.train.trainer import Trainer
 
-        unit = next(c for c in self.ledger.chunks(run) if c["replica"] == 0)
-        self._trainers[(run, 0)] = Trainer(self._train_config(run), self._source_for(unit),
-                                           self.job.cache_dir / "checkpoints" / self.id / run, clock=self.clock,
-                                           cache_dir=self.job.cache_dir / "decoded")
-        return self._trainers[(run, 0)]
+        return Trainer(config, self._source_for(chunk), self.job.cache_dir / "checkpoints" / self.id / chunk["run"],
+                       clock=self.clock, cache_dir=self.job.cache_dir / "decoded")
 
     def _fetch_shard(self, shard: dict, dest: Path) -> None:
         """Fetches a shard into the cache once per session, verified; a corrupt copy is fetched again."""
@@ -902,10 +901,12 @@ class Worker:
             log.warning(notices[-1])
         return False, notices
 
-    def _start_unit(self, trainer, fresh_trainer, run: str, chunk: dict) -> tuple[object, list[str]]:
-        """Returns the trainer of a collaborative unit, ready at its resume point, and notices: its
-        own newest usable checkpoint (a resume mid-round); else the round's global weights at the
-        round's first step, with the optimiser state of the replica's last round (or a fresh one).
+    def _start_unit(self, trainer, fresh_trainer, run: str, chunk: dict) -> tuple[object, list[str], dict | None]:
+        """Returns the trainer of a collaborative unit, ready at its resume point: its own newest
+        usable checkpoint (a resume mid-round); else the round's global weights at the round's
+        first step, with the optimiser state of the replica's last round (or a fresh one). Also
+        returns notices, and the checkpoint restored when it is the round's end (a change handed
+        in again after a reject), which the unit's `done` names.
         Starting a round over is as exact as resuming it (the unit trains the same steps again),
         as long as that optimiser state is there: without it the replica goes on with a fresh one,
         which is said (a notice), since the run is then no longer exactly reproducible."""
@@ -913,9 +914,9 @@ class Worker:
         own, earlier = self.rounds.resume_candidates(run, chunk)
         restored, notices = self._restore_from(trainer, own)
         if restored:
-            if restored["step"] == chunk["end_step"]:  # handing in again: the round's end is trained
-                self._unit_end = {"key": restored["key"], "md5": restored["md5"], "step": restored["step"]}
-            return trainer, notices
+            end = ({"key": restored["key"], "md5": restored["md5"], "step": restored["step"]}
+                   if restored["step"] == chunk["end_step"] else None)  # handing in again: the round's end is trained
+            return trainer, notices, end
         if earlier and held == earlier[0]["key"]:
             # This trainer wrote that checkpoint and trained nothing since: its optimiser state is
             # the checkpoint's (an outer step here sets only its weights and step, which the round
@@ -932,7 +933,7 @@ class Worker:
                 log.warning(notices[-1])
             trainer = fresh_trainer()
         self.rounds.begin_round(trainer, run, chunk)
-        return trainer, notices
+        return trainer, notices, None
 
     def _restore_from(self, trainer, candidates: list[dict]) -> tuple[dict | None, list[str]]:
         """Restores the first usable of `candidates` (checkpoint rows, newest first); returns it

@@ -140,54 +140,8 @@ def test_workers_killed_at_random_lose_nothing_and_end_with_the_straight_weights
     plan = fold_journal(job, tmp_path / "plan.db")
     assert {r["name"]: (r["steps_total"], len(plan.chunks(r["name"]))) for r in plan.runs()} == {
         "a": (300, 10), "b": (180, 6)}
-    rng = random.Random(7)
-    accounts = ["alice", "bob"]
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log_of: dict[int, Path] = {}
-
-    def spawn() -> subprocess.Popen:
-        log = logs / f"worker-{len(log_of) + 1}.log"
-        process = start_worker(job, accounts[len(log_of) % 2], log)
-        log_of[process.pid] = log
-        return process
-
-    workers = [spawn() for _ in range(3)]
-    watcher = Ledger.open(tmp_path / "watcher.db")
-    journal = Journal(home_store(job), job.name)
-    kills, victims_owning = 0, 0
-    next_kill = time.monotonic() + 8  # let the first ones import TensorFlow and claim
-    limit = time.monotonic() + 420
-    try:
-        while True:
-            watcher.sync(journal)
-            chunks = watcher.chunks()
-            if all(c["state"] == "done" for c in chunks):
-                break
-            assert time.monotonic() < limit, f"job not done after {kills} kills: {chunks}"
-            for w in workers:
-                if w.poll() not in (None, 0):
-                    pytest.fail(f"worker {w.pid} failed ({w.returncode}):\n{log_of[w.pid].read_text()}")
-            owners = [c["owner"] for c in chunks if c["state"] == "running"]
-            owning = [w for w in workers if w.poll() is None and any(f"-{w.pid}-" in o for o in owners)]
-            # Kill a worker that owns a chunk, or any one when none has owned one for 20 s (on a
-            # loaded machine a new worker takes that long to import TensorFlow and claim).
-            if kills < KILLS and time.monotonic() >= next_kill and (owning or time.monotonic() >= next_kill + 20):
-                victim = rng.choice(owning or [w for w in workers if w.poll() is None])
-                victim.send_signal(signal.SIGKILL)
-                victim.wait()
-                kills += 1
-                victims_owning += bool(owning)
-                workers.remove(victim)
-                workers.append(spawn())
-                next_kill = time.monotonic() + rng.uniform(2.0, 4.0)
-            time.sleep(0.3)
-        assert kills >= KILLS, f"the job ended after only {kills} kills: make it longer"
-        for w in workers:  # the survivors notice the job is finished and exit cleanly
-            assert w.wait(timeout=60) == 0, log_of[w.pid].read_text()
-    finally:
-        for w in workers:
-            w.kill()
+    kills = kill_at_random(job, tmp_path, random.Random(7), KILLS)
+    victims_owning = sum(k["owning"] for k in kills)
 
     ledger = fold_journal(job, tmp_path / "all-events.db")
     check_finished(ledger, home_store(job))
@@ -198,6 +152,58 @@ def test_workers_killed_at_random_lose_nothing_and_end_with_the_straight_weights
     for run in ("a", "b"):
         assert same_weights(final_weights(ledger, home_store(job), run, tmp_path),
                             straight_weights(job, run, tmp_path)), run
+
+
+def kill_at_random(job, tmp_path: Path, rng: random.Random, kills: int) -> list[dict]:
+    """Runs three `shardrun worker` processes on `job` until its ledger is finished, SIGKILLing
+    one every 2-4 s (`kills` times; a new one starts in its place), then lets the survivors exit;
+    returns each kill: whether some worker owned a chunk then, and the chunks the victim owned."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_of: dict[int, Path] = {}
+
+    def spawn() -> subprocess.Popen:
+        log = logs / f"worker-{len(log_of) + 1}.log"
+        process = start_worker(job, ["alice", "bob"][len(log_of) % 2], log)
+        log_of[process.pid] = log
+        return process
+
+    workers = [spawn() for _ in range(3)]
+    watcher = Ledger.open(tmp_path / "watcher.db")
+    journal = Journal(home_store(job), job.name)
+    made: list[dict] = []
+    next_kill = time.monotonic() + 8  # let the first ones import TensorFlow and claim
+    limit = time.monotonic() + 420
+    try:
+        while True:
+            watcher.sync(journal)
+            if watcher.finished():
+                break
+            chunks = watcher.chunks()
+            assert time.monotonic() < limit, f"job not done after {len(made)} kills: {chunks}"
+            for w in workers:
+                if w.poll() not in (None, 0):
+                    pytest.fail(f"worker {w.pid} failed ({w.returncode}):\n{log_of[w.pid].read_text()}")
+            running = [c for c in chunks if c["state"] == "running"]
+            owning = [w for w in workers if w.poll() is None and any(f"-{w.pid}-" in c["owner"] for c in running)]
+            # Kill a worker that owns a chunk, or any one when none has owned one for 20 s (on a
+            # loaded machine a new worker takes that long to import TensorFlow and claim).
+            if len(made) < kills and time.monotonic() >= next_kill and (owning or time.monotonic() >= next_kill + 20):
+                victim = rng.choice(owning or [w for w in workers if w.poll() is None])
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                made.append({"owning": bool(owning), "chunks": [c for c in running if f"-{victim.pid}-" in c["owner"]]})
+                workers.remove(victim)
+                workers.append(spawn())
+                next_kill = time.monotonic() + rng.uniform(2.0, 4.0)
+            time.sleep(0.3)
+        assert len(made) >= kills, f"the job ended after only {len(made)} kills: make it longer"
+        for w in workers:  # the survivors notice the job is finished and exit cleanly
+            assert w.wait(timeout=60) == 0, log_of[w.pid].read_text()
+    finally:
+        for w in workers:
+            w.kill()
+    return made
 
 
 # -- a collaborative run under SIGKILLs -------------------------------------------------------------
@@ -225,52 +231,9 @@ def test_a_collaborative_run_under_sigkills_ends_with_the_weights_of_one_process
     assert Worker(WorkerJob.from_config(reference), "alice", NO_LIMIT, settings=settings).run() == "finished"
     expected = fold_journal(reference, tmp_path / "reference.db").rounds("c")
 
-    rng = random.Random(11)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log_of: dict[int, Path] = {}
-
-    def spawn() -> subprocess.Popen:
-        log = logs / f"worker-{len(log_of) + 1}.log"
-        process = start_worker(job, ["alice", "bob"][len(log_of) % 2], log)
-        log_of[process.pid] = log
-        return process
-
-    workers = [spawn() for _ in range(3)]
-    watcher = Ledger.open(tmp_path / "watcher.db")
-    journal = Journal(home_store(job), job.name)
-    kills, mid_round = 0, 0
-    next_kill = time.monotonic() + 8
-    limit = time.monotonic() + 420
-    try:
-        while True:
-            watcher.sync(journal)
-            if watcher.finished():
-                break
-            assert time.monotonic() < limit, f"the run is not done after {kills} kills: {watcher.rounds('c')}"
-            for w in workers:
-                if w.poll() not in (None, 0):
-                    pytest.fail(f"worker {w.pid} failed ({w.returncode}):\n{log_of[w.pid].read_text()}")
-            units = [c for c in watcher.chunks("c") if c["state"] == "running"]
-            owning = [w for w in workers if w.poll() is None and any(f"-{w.pid}-" in c["owner"] for c in units)]
-            if kills < COLLABORATIVE_KILLS and time.monotonic() >= next_kill and (
-                    owning or time.monotonic() >= next_kill + 20):
-                victim = rng.choice(owning or [w for w in workers if w.poll() is None])
-                victim.send_signal(signal.SIGKILL)
-                victim.wait()
-                kills += 1
-                mid_round += any(f"-{victim.pid}-" in c["owner"] and c["step_reached"] > c["start_step"]
-                                 for c in units)
-                workers.remove(victim)
-                workers.append(spawn())
-                next_kill = time.monotonic() + rng.uniform(2.0, 4.0)
-            time.sleep(0.3)
-        assert kills >= COLLABORATIVE_KILLS, f"the run ended after only {kills} kills: make it longer"
-        for w in workers:
-            assert w.wait(timeout=60) == 0, log_of[w.pid].read_text()
-    finally:
-        for w in workers:
-            w.kill()
+    kills = kill_at_random(job, tmp_path, random.Random(11), COLLABORATIVE_KILLS)
+    # kills of a worker that had trained some of its unit's round
+    mid_round = sum(any(c["step_reached"] > c["start_step"] for c in k["chunks"]) for k in kills)
 
     ledger = fold_journal(job, tmp_path / "all-events.db")
     assert ledger.finished() and ledger.bad_events() == []

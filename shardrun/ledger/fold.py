@@ -134,12 +134,15 @@ class Fold:
         if handler is not None:
             handler(event)
 
+    def _rows(self, sql: str, args: tuple) -> list[dict]:
+        cur = self.conn.execute(sql, args)
+        return [dict(zip([c[0] for c in cur.description], row)) for row in cur.fetchall()]
+
     def _chunk(self, event: Event) -> dict | None:
         if event.run is None or event.chunk is None:
             return None
-        cur = self.conn.execute("SELECT * FROM chunks WHERE run = ? AND idx = ?", (event.run, event.chunk))
-        row = cur.fetchone()
-        return dict(zip([c[0] for c in cur.description], row)) if row else None
+        rows = self._rows("SELECT * FROM chunks WHERE run = ? AND idx = ?", (event.run, event.chunk))
+        return rows[0] if rows else None
 
     def _owned(self, event: Event) -> dict | None:
         """Returns the chunk if `event` comes from its current owner in its current generation.
@@ -299,9 +302,8 @@ class Fold:
     def _round(self, run: str | None, round_: int | None) -> dict | None:
         if run is None or round_ is None:
             return None
-        cur = self.conn.execute("SELECT * FROM rounds WHERE run = ? AND round = ?", (run, round_))
-        row = cur.fetchone()
-        return dict(zip([c[0] for c in cur.description], row)) if row else None
+        rows = self._rows("SELECT * FROM rounds WHERE run = ? AND round = ?", (run, round_))
+        return rows[0] if rows else None
 
     def _set_round(self, row: dict, **changes) -> None:
         sets = ", ".join(f"{k} = ?" for k in changes)
@@ -328,10 +330,9 @@ class Fold:
     def _close(self, row: dict, event: Event, done: list[tuple[int, int]], closed_by: str) -> None:
         self._set_round(row, state="closed", closed_time=event.server_time, closed_by=closed_by,
                         replicas=json.dumps([r for r, _ in done]), change_bytes=sum(size for _, size in done))
-        cur = self.conn.execute("SELECT * FROM chunks WHERE run = ? AND round = ? AND state = 'running'",
-                                (row["run"], row["round"]))
-        for values in cur.fetchall():  # their attempts end here (retention may then let their uploads go)
-            self.summary.ended(event, dict(zip([c[0] for c in cur.description], values)), "expired")
+        for unit in self._rows("SELECT * FROM chunks WHERE run = ? AND round = ? AND state = 'running'",
+                               (row["run"], row["round"])):  # their attempts end here (retention may let their uploads go)
+            self.summary.ended(event, unit, "expired")
         # The replicas left out are dropped: their late events are fenced off (they own nothing),
         # and they start the next round from its global weights like the others.
         self.conn.execute("UPDATE chunks SET state = 'dropped', owner = NULL WHERE run = ? AND round = ? "
