@@ -41,7 +41,7 @@ except ImportError:  # Windows: one worker per cache folder
 
 from shardrun import paths
 from shardrun.clock import Clock, SystemClock, wait_on
-from shardrun.config.job import JobConfig
+from shardrun.config.job import JobConfig, init_run_of
 from shardrun.errors import ShardrunError
 from shardrun.journal import Event, Journal
 from shardrun.ledger.db import Ledger
@@ -461,6 +461,9 @@ class Worker:
         now = self.clock.now()
         ready = [c for c in self.ledger.chunks() if c["state"] == "ready" and (c["run"], c["idx"]) not in self._failed
                  and self._later.get((c["run"], c["idx"]), now) <= now]
+        # A run that starts from another run's network (init = "run:NAME") waits for that run's end.
+        waiting = {run for run in {c["run"] for c in ready} if self.ledger.waits_for(run)}
+        ready = [c for c in ready if c["run"] not in waiting]
         if not ready:
             return "idle"
         # A worker keeps to the replicas it trains (their shards, trainer and optimiser state are
@@ -799,6 +802,7 @@ class Worker:
         """Returns the run's training settings, read from what the plan recorded in the ledger;
         the files it trains with (its own network, init weights) are fetched from the home store
         into the cache, md5-verified, and the trainer checks their sha256 against the plan's."""
+        from shardrun.train.checkpoint import CHECKPOINT_SUFFIX, TrainingError
         from shardrun.train.trainer import TrainConfig
 
         settings = json.loads(self.ledger.run(run)["config"])
@@ -807,6 +811,15 @@ class Worker:
             dest = self.job.cache_dir / "files" / f["key"].rsplit("/", 1)[-1]
             fetch_verified(self.job.home, f["key"], dest, f["md5"])
             local[kind] = str(dest)
+        source = init_run_of(settings.get("init"))
+        if source is not None:
+            with self._lock:
+                final = self.ledger.final_network(source)
+            if final is None:
+                raise TrainingError(f"run {run!r} starts from run {source!r}'s final network, which is not trained yet")
+            dest = self.job.cache_dir / "files" / f"{source}-{final['md5']}{CHECKPOINT_SUFFIX}"
+            fetch_verified(self.job.home, final["key"], dest, final["md5"])
+            local["init"] = str(dest)
         return TrainConfig.from_run(settings, local)
 
     def _deadline(self) -> float | None:

@@ -38,6 +38,8 @@ MB = 1_000_000
 MODEL_NAMES = ("srcnn-915", "srcnn-955", "fsrcnn", "espcn", "decusr", "vdsr", "edsr-baseline")
 # A network of the team's own: `file:<path to a .py beside the job file>:<function>`.
 CUSTOM_MODEL_PREFIX = "file:"
+# Weights from another run of the job: `init = "run:<name>"`, that run's final network.
+RUN_INIT_PREFIX = "run:"
 LOSSES = ("mse", "l1", "charbonnier")
 RUN_MODES = ("plain", "collaborative")
 SCHEDULE_KINDS = ("constant", "step", "cosine")
@@ -99,9 +101,19 @@ class RunConfig:
     loss: str | None = None  # None: the model's own default
     clip_norm: float | None = None
     schedule: dict[str, Any] | None = None  # [runs.schedule], the keys given (None: constant)
-    init: str | None = None  # weights to start from: a path relative to the job file
+    init: str | None = None  # weights to start from: a path relative to the job file, or "run:NAME"
     init_output_scale: float | None = None
     collaborative: CollaborativeConfig | None = None  # None: a plain run (mode = "plain")
+
+    @property
+    def init_run(self) -> str | None:
+        """Returns the run whose final network this run starts from (`init = "run:NAME"`), or None."""
+        return init_run_of(self.init)
+
+    @property
+    def init_file(self) -> str | None:
+        """Returns the weights file this run starts from (a path relative to the job file), or None."""
+        return None if self.init_run is not None else self.init
 
     @property
     def mode(self) -> str:
@@ -189,6 +201,13 @@ class JobConfig:
 
 
 # -- a small declarative validator --------------------------------------------------------------
+
+
+def init_run_of(init) -> str | None:
+    """Returns NAME of an `init = "run:NAME"` (a run's recorded settings say it so too), else None."""
+    if isinstance(init, str) and init.startswith(RUN_INIT_PREFIX):
+        return init[len(RUN_INIT_PREFIX):]
+    return None
 
 
 def split_custom_model(value: str) -> tuple[str, str] | None:
@@ -391,6 +410,36 @@ def _check_run(run: dict, table: Any, where: str, problems: list[str]) -> None:
                             "(a low-resolution patch of 4x4 pixels)")
 
 
+def _check_run_inits(runs: list[dict], problems: list[str]) -> None:
+    """Checks each `init = "run:NAME"`: NAME is another run of the job, the runs' inits form no
+    cycle (a run waits for the run it starts from), and no init_output_scale (the weights are
+    already a shardrun network's)."""
+    inits = {r.get("name"): init_run_of(r.get("init")) for r in runs if init_run_of(r.get("init"))}
+    names = [r.get("name") for r in runs]
+    for i, run in enumerate(runs):
+        source = inits.get(run.get("name"))
+        if source is None:
+            continue
+        where = f"runs[{i}]."
+        if source == run.get("name"):
+            problems.append(f"{where}init = {run['init']!r}: a run cannot start from its own network; "
+                            "name another run of the job")
+        elif source not in names:
+            problems.append(f"{where}init = {run['init']!r}: the job has no run named {source!r}; its runs are: "
+                            + ", ".join(repr(n) for n in names if n != run.get("name")))
+        else:
+            chain, at = [run.get("name")], source
+            while at in inits and at not in chain:
+                chain.append(at)
+                at = inits[at]
+            if at == run.get("name"):  # a run that only leads into a cycle is not in it
+                problems.append(f"{where}init = {run['init']!r}: the runs' inits form a cycle ("
+                                + " -> ".join(map(repr, chain + [at])) + "); each run would wait for the other")
+        if run.get("init_output_scale") is not None:
+            problems.append(f"{where}init_output_scale = {run['init_output_scale']}: only for an init file; "
+                            f"the network of run {source!r} already outputs what this run's does")
+
+
 @dataclass(frozen=True)
 class _Keys:
     """The keys a job file may use: the generic ones plus each store backend's own."""
@@ -456,6 +505,7 @@ def parse_job(text: str, base_dir: Path, source: str = "<job>", platforms: dict 
     tables = doc.get("runs") if isinstance(doc.get("runs"), list) else []
     for i, run in enumerate(runs):
         _check_run(run, tables[i] if i < len(tables) else {}, f"runs[{i}].", problems)
+    _check_run_inits(runs, problems)
     for i, account in enumerate(accounts):
         _check_store_settings(keys, account, job, base_dir, f"accounts[{i}].", problems)
     if platforms is not None and isinstance(job.get("platform"), str) and job["platform"] not in platforms:

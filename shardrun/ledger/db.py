@@ -37,6 +37,7 @@ from typing import Iterable
 import sqlite_utils
 
 from shardrun import paths
+from shardrun.config.job import init_run_of
 from shardrun.ledger import schema as ledger_schema
 from shardrun.errors import LedgerError
 from shardrun.ledger.schema import CHUNK_STATES, DERIVED_TABLES
@@ -683,6 +684,40 @@ class Ledger:
         chunks = self.db.execute("SELECT COUNT(*), SUM(state IN ('done', 'dropped')) FROM chunks").fetchone()
         rounds = self.db.execute("SELECT COUNT(*), SUM(state = 'done') FROM rounds").fetchone()
         return bool(chunks[0]) and chunks[0] == chunks[1] and (rounds[1] or 0) == rounds[0]
+
+    def run_finished(self, run: str) -> bool:
+        """True when `run` has trained to its end: every chunk of a plain run done, or the last round
+        of a collaborative run stepped."""
+        chunks = self.db.execute("SELECT COUNT(*), SUM(state IN ('done', 'dropped')), MAX(round IS NOT NULL) "
+                                 "FROM chunks WHERE run = ?", [run]).fetchone()
+        if not chunks[0]:
+            return False
+        if chunks[2]:
+            last = self.db.execute("SELECT state FROM rounds WHERE run = ? ORDER BY round DESC LIMIT 1",
+                                   [run]).fetchone()
+            return last is not None and last[0] == "done"
+        return chunks[0] == chunks[1]
+
+    def final_network(self, run: str) -> dict | None:
+        """Returns the key and md5 of `run`'s final network once it has finished: a plain run's
+        checkpoint at its last step, a collaborative run's last global checkpoint; else None."""
+        if not self.run_finished(run):
+            return None
+        last = self.db.execute("SELECT checkpoint_key, checkpoint_md5 FROM rounds WHERE run = ? "
+                               "ORDER BY round DESC LIMIT 1", [run]).fetchone()
+        if last is not None:
+            return {"key": last[0], "md5": last[1]} if last[0] else None
+        row, accepted = self.run(run), self.checkpoints(run)
+        if accepted and accepted[0]["step"] == row["steps_total"]:
+            return {"key": accepted[0]["key"], "md5": accepted[0]["md5"]}
+        return None
+
+    def waits_for(self, run: str) -> str | None:
+        """Returns the run whose final network `run` starts from (init = "run:NAME") while that run
+        has not finished, else None: until then no worker starts `run`."""
+        row = self.run(run)
+        source = init_run_of(json.loads(row["config"]).get("init")) if row else None
+        return None if source is None or self.run_finished(source) else source
 
     def runs(self) -> list[dict]:
         return list(self.db.query(

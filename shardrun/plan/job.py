@@ -444,13 +444,15 @@ def check_training(job: JobConfig, runs: list[RunPlan], checkpoint_sizes: dict[s
 
     problems: list[str] = []
     run_files: dict[str, dict[str, dict]] = {}
+    sources = {r.run.init_run for r in runs if r.run.init_run}
+    shapes: dict[str, list[tuple[int, ...]]] = {}  # run -> its network's weight shapes
     for i, r in enumerate(runs):
         where = f"runs[{i}]."
         given = {}
         if r.run.custom_network:
             given["network"] = ("model", r.run.custom_network[0])
-        if r.run.init:
-            given["init"] = ("init", r.run.init)
+        if r.run.init_file:
+            given["init"] = ("init", r.run.init_file)
         files, local = {}, {}
         for kind, (key, name) in given.items():
             path = job.base_dir / name
@@ -465,7 +467,9 @@ def check_training(job: JobConfig, runs: list[RunPlan], checkpoint_sizes: dict[s
             local[kind] = str(path)
         if len(files) < len(given):
             continue
-        config = TrainConfig.from_run({**r.run.to_payload(), "files": files}, local)
+        # Another run's network (init = "run:NAME") is checked against this run's below: it
+        # does not exist before that run has trained.
+        config = TrainConfig.from_run({**r.run.to_payload(), "init": r.run.init_file, "files": files}, local)
         model_config = None
         try:
             model_config = config.resolve()
@@ -486,17 +490,40 @@ def check_training(job: JobConfig, runs: list[RunPlan], checkpoint_sizes: dict[s
             else:
                 _record_size(checkpoint_sizes, r.run.name, model)
                 _record_change(change_sizes, r, model)
-        elif model_config is not None and (checkpoint_sizes is not None or change_sizes is not None):
+                shapes[r.run.name] = [tuple(w.shape) for w in model.weights]
+        elif model_config is not None and (checkpoint_sizes is not None or change_sizes is not None
+                                           or r.run.name in sources or r.run.init_run):
             from shardrun.train.models import build_model
 
             model = build_model(model_config, seed=config.seed)
             _record_size(checkpoint_sizes, r.run.name, model)
             _record_change(change_sizes, r, model)
+            shapes[r.run.name] = [tuple(w.shape) for w in model.weights]
         if files:
             run_files[r.run.name] = files
+    problems.extend(_run_init_problems(runs, shapes))
     if problems:
         raise ConfigError(job.source, problems)
     return run_files
+
+
+def _run_init_problems(runs: list[RunPlan], shapes: dict[str, list[tuple[int, ...]]]) -> list[str]:
+    """Returns one line for each run whose `init = "run:NAME"` names a run whose network's
+    weights have other shapes than its own (the job file has already checked that NAME exists)."""
+    problems = []
+    for i, r in enumerate(runs):
+        source = r.run.init_run
+        if source is None or r.run.name not in shapes or source not in shapes:
+            continue
+        ours, theirs = shapes[r.run.name], shapes[source]
+        if ours == theirs:
+            continue
+        first = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        shown = lambda ws: str(list(ws[first])) if first < len(ws) else "none"  # noqa: E731
+        problems.append(f"runs[{i}].init = {r.run.init!r}: the network of run {source!r} does not fit this run's "
+                        f"({len(theirs)} weights there, {len(ours)} here; weight {first + 1} is "
+                        f"{shown(theirs)} there, {shown(ours)} here)")
+    return problems
 
 
 def _record_size(sizes: dict[str, int] | None, run: str, model) -> None:

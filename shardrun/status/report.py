@@ -119,7 +119,11 @@ def status_from_ledger(job: JobConfig, ledger: Ledger, clock: Clock, usages: dic
             **run_figures(run, metrics.get(run["name"]), ledger.history(run["name"])),
             "mode": "plain" if record is None else "collaborative",
             "collaborative": collaborative,
+            "waits_for": ledger.waits_for(run["name"]),
         })
+        if runs[-1]["waits_for"]:
+            notes.append(f"run {run['name']} starts from run {runs[-1]['waits_for']}'s final network: "
+                         f"no worker starts it before {runs[-1]['waits_for']} has finished")
     running_chunks = ledger.chunks(state="running")
     owners = {c["owner"] for c in running_chunks}
     workers = worker_rows(_recent_workers(ledger, as_of, owners), as_of, lease, owners)

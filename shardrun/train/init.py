@@ -1,6 +1,7 @@
 """Starting a run from published weights: a `.keras` model, or a Keras 2 HDF5 weights or model
 file (as `save_weights`/`save` wrote them: the root's — or `model_weights`' — `layer_names`
-attribute in model order, one group per layer with a `weight_names` attribute and its arrays).
+attribute in model order, one group per layer with a `weight_names` attribute and its arrays);
+or from another run's network, a shardrun checkpoint (`.ckpt.npz`, its weights in model order).
 
 Weights are matched layer by layer, in order, among the layers that have weights (names differ
 between Keras versions and authors), with every array's shape checked; the first layer that
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shardrun.train.checkpoint import CHECKPOINT_SUFFIX
 from shardrun.train.models import ModelError
 
 
@@ -40,9 +42,32 @@ def _fixed_shuffle(layer) -> bool:
         kernel, shuffle_kernel(scale, channels))
 
 
-def read_layers(path: Path | str) -> list[tuple[str, list[np.ndarray]]]:
-    """Returns (layer name, arrays) of each layer with weights in the file, in model order."""
+def _checkpoint_layers(path: Path, model) -> list[tuple[str, list[np.ndarray]]]:
+    """Returns a shardrun checkpoint's weights (another run's network: init = "run:NAME") cut into
+    `model`'s layers: the file keeps the weights in model order, not by layer."""
+    from shardrun.train.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        _, weights, _ = read_checkpoint(path)
+    except CheckpointError as error:
+        raise InitError(f"init checkpoint {path.name} cannot be read: {error}") from error
+    layers, at = [], 0
+    for layer in model.layers:
+        if layer.weights:
+            count = len(layer.weights)
+            layers.append((f"weights {at + 1}-{at + count}", weights[at:at + count]))
+            at += count
+    if at < len(weights):
+        layers.append((f"weights {at + 1}-{len(weights)}", weights[at:]))
+    return layers
+
+
+def read_layers(path: Path | str, model=None) -> list[tuple[str, list[np.ndarray]]]:
+    """Returns (layer name, arrays) of each layer with weights in the file, in model order (a
+    shardrun checkpoint's cut into `model`'s layers)."""
     path = Path(path)
+    if path.suffix == Path(CHECKPOINT_SUFFIX).suffix and model is not None:
+        return _checkpoint_layers(path, model)
     if path.suffix == ".keras":
         import keras
 
@@ -81,7 +106,7 @@ def load_init(model, path: Path | str, output_scale: float | None = None) -> int
     Raises InitError naming the first layer that differs.
     """
     path = Path(path)
-    theirs = read_layers(path)
+    theirs = read_layers(path, model)
     ours = [layer for layer in model.layers if layer.weights]
     for i, layer in enumerate(ours):
         shapes = [tuple(w.shape) for w in layer.weights]

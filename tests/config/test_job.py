@@ -264,3 +264,31 @@ def test_a_collaborative_job_file_loads_through_the_loader(tmp_path):
                                         sync_every=25, min_replicas=2)]))
     job = load_job(path)
     assert job.runs[0].collaborative.min_replicas == 2 and job.runs[0].collaborative.sync_every == 25
+
+
+def _runs(*tables: str) -> str:
+    head = VALID.split("[[runs]]")[0]
+    body = "\n".join(f'[[runs]]\nname = "{name}"\nmodel = "espcn"\nscale = 2\nchannels = 1\nepochs = 4\n'
+                     f'batch_size = 16\npatch_size = 32\n{extra}' for name, extra in tables)
+    return head + body
+
+
+def test_a_run_may_start_from_another_runs_network():
+    job = parse_job(_runs(("warm", ""), ("main", 'init = "run:warm"\n'), ("fine", 'init = "run:main"\n')),
+                    Path("/jobs"), "job.toml", PLATFORMS)
+    assert [(r.init_run, r.init_file) for r in job.runs] == [(None, None), ("warm", None), ("main", None)]
+    assert job.runs[1].to_payload()["init"] == "run:warm"  # what the workers read back from the plan
+    with_file = parse_job(_runs(("a", 'init = "weights.h5"\n')), Path("/jobs"), "job.toml", PLATFORMS).runs[0]
+    assert (with_file.init_run, with_file.init_file) == (None, "weights.h5")
+
+
+def test_a_run_init_must_name_another_run_without_a_cycle_or_an_output_scale():
+    assert problems(_runs(("a", 'init = "run:b"\n'), ("b", 'init = "run:a"\n'), ("c", 'init = "run:c"\n'),
+                          ("d", 'init = "run:nope"\n'), ("e", 'init = "run:a"\ninit_output_scale = 255\n'))) == [
+        "runs[0].init = 'run:b': the runs' inits form a cycle ('a' -> 'b' -> 'a'); each run would wait for the other",
+        "runs[1].init = 'run:a': the runs' inits form a cycle ('b' -> 'a' -> 'b'); each run would wait for the other",
+        "runs[2].init = 'run:c': a run cannot start from its own network; name another run of the job",
+        "runs[3].init = 'run:nope': the job has no run named 'nope'; its runs are: 'a', 'b', 'c', 'e'",
+        "runs[4].init_output_scale = 255: only for an init file; the network of run 'a' already outputs what "
+        "this run's does",
+    ]
